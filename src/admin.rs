@@ -1,0 +1,249 @@
+//! The admin API: loopback by default, optional bearer token. Providers
+//! never reach it; it is a different listener from the callbacks'.
+//!
+//! - `POST /v1/payments`: track a payment (201 new, 200 already tracked).
+//! - `GET /v1/payments/{id}`: the payment, its window and its history.
+//! - `GET /v1/payments?state=&provider=&limit=&after=`: a page of payments.
+//! - `POST /v1/reconcile/{provider}`: one reconciliation sweep now.
+//! - `GET /healthz`: the process answers. `GET /readyz`: the store works.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use crate::config::Secret;
+use crate::engine::{Engine, EngineError, TrackRequest};
+use crate::http::{self, Answer, CloseConnection};
+use crate::model::{Observation, Payment, ProviderId};
+use crate::state::State;
+use crate::store::StoreError;
+
+/// A track request is a few hundred bytes.
+const MAX_BODY: usize = 64 * 1024;
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+pub struct Admin {
+    pub engine: Arc<Engine>,
+    pub token: Option<Secret>,
+}
+
+/// A payment as the API shows it: secret keys redacted.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct PaymentView {
+    #[serde(flatten)]
+    pub payment: Payment,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<Observation>>,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Page {
+    pub payments: Vec<PaymentView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
+impl Admin {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Answer, CloseConnection> {
+        Ok(self.route(req).await)
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Answer {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        let segs = http::segments(&path);
+        match (method.as_str(), segs.as_slice()) {
+            ("GET", ["healthz"]) => {
+                return http::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+            }
+            ("GET", ["readyz"]) => {
+                return if self.engine.store().healthy() {
+                    http::json(StatusCode::OK, &serde_json::json!({"ready": true}))
+                } else {
+                    http::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not_ready",
+                        "store is not usable",
+                    )
+                };
+            }
+            _ => {}
+        }
+        if let Some(token) = &self.token {
+            let given = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
+                return http::error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing or wrong bearer token",
+                );
+            }
+        }
+        match (method.as_str(), segs.as_slice()) {
+            ("POST", ["v1", "payments"]) => {
+                let body = match http::read_body(req, MAX_BODY).await {
+                    Ok(b) => b,
+                    Err(a) => return a,
+                };
+                let tr: TrackRequest = match serde_json::from_slice(&body) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return http::error(StatusCode::BAD_REQUEST, "invalid_json", &e.to_string())
+                    }
+                };
+                match self.engine.track(tr).await {
+                    Ok(t) => {
+                        let status = if t.created {
+                            StatusCode::CREATED
+                        } else {
+                            StatusCode::OK
+                        };
+                        http::json(status, &self.view(t.payment, None))
+                    }
+                    Err(e) => engine_error(e),
+                }
+            }
+            ("GET", ["v1", "payments", id]) => {
+                let store = self.engine.store();
+                match (store.get(id), store.history(id)) {
+                    (Ok(Some(p)), Ok(h)) => http::json(StatusCode::OK, &self.view(p, Some(h))),
+                    (Ok(None), _) => http::error(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        &format!("no payment `{id}`"),
+                    ),
+                    (Err(e), _) | (_, Err(e)) => engine_error(e.into()),
+                }
+            }
+            ("GET", ["v1", "payments"]) => self.list(req.uri().query()),
+            ("POST", ["v1", "reconcile", provider]) => {
+                let Ok(pid) = provider.parse::<ProviderId>() else {
+                    return http::error(
+                        StatusCode::NOT_FOUND,
+                        "unknown_provider",
+                        &format!("unknown provider `{provider}`"),
+                    );
+                };
+                match self.engine.reconcile(pid).await {
+                    Ok(n) => http::json(
+                        StatusCode::OK,
+                        &serde_json::json!({"provider": pid, "swept": n}),
+                    ),
+                    Err(e) => engine_error(e),
+                }
+            }
+            (_, ["v1", ..]) | (_, ["healthz" | "readyz"]) => http::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                &format!("{method} is not allowed on {path}"),
+            ),
+            _ => http::error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+        }
+    }
+
+    fn list(&self, query: Option<&str>) -> Answer {
+        let state = match http::query_param(query, "state").filter(|s| !s.is_empty()) {
+            Some(s) => match s.parse::<State>() {
+                Ok(s) => Some(s),
+                Err(e) => return http::error(StatusCode::BAD_REQUEST, "invalid_query", &e),
+            },
+            None => None,
+        };
+        let provider = match http::query_param(query, "provider").filter(|s| !s.is_empty()) {
+            Some(p) => match p.parse::<ProviderId>() {
+                Ok(p) => Some(p),
+                Err(e) => return http::error(StatusCode::BAD_REQUEST, "invalid_query", &e),
+            },
+            None => None,
+        };
+        let limit = match http::query_param(query, "limit") {
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+                _ => {
+                    return http::error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_query",
+                        &format!("limit must be 1 to {MAX_PAGE}"),
+                    )
+                }
+            },
+            None => DEFAULT_PAGE,
+        };
+        let after = http::query_param(query, "after").filter(|s| !s.is_empty());
+        match self
+            .engine
+            .store()
+            .list(state, provider, after.as_deref(), limit)
+        {
+            Ok(ps) => {
+                let next_after = if ps.len() == limit {
+                    ps.last().map(|p| p.id.clone())
+                } else {
+                    None
+                };
+                let payments = ps.into_iter().map(|p| self.view(p, None)).collect();
+                http::json(
+                    StatusCode::OK,
+                    &Page {
+                        payments,
+                        next_after,
+                    },
+                )
+            }
+            Err(e) => engine_error(e.into()),
+        }
+    }
+
+    fn view(&self, mut payment: Payment, history: Option<Vec<Observation>>) -> PaymentView {
+        if let Some(p) = self.engine.provider(payment.provider) {
+            for k in p.secret_keys() {
+                if let Some(v) = payment.keys.get_mut(*k) {
+                    *v = "[redacted]".into();
+                }
+            }
+        }
+        PaymentView { payment, history }
+    }
+}
+
+/// The one place engine errors become HTTP answers. Store failures are
+/// opaque 503s with the detail in the log.
+fn engine_error(e: EngineError) -> Answer {
+    match e {
+        EngineError::UnknownProvider(p) => http::error(
+            StatusCode::BAD_REQUEST,
+            "unknown_provider",
+            &format!("provider `{p}` is not configured"),
+        ),
+        EngineError::BadRequest(m) => http::error(StatusCode::BAD_REQUEST, "invalid_request", &m),
+        EngineError::Callback(c) => {
+            http::error(StatusCode::BAD_REQUEST, "invalid_request", &c.to_string())
+        }
+        EngineError::Store(StoreError::NotFound(id)) => http::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no payment `{id}`"),
+        ),
+        EngineError::Store(e) => {
+            tracing::error!(error = %e, "admin request failed in the store");
+            http::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the store could not serve this request",
+            )
+        }
+    }
+}

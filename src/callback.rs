@@ -1,0 +1,79 @@
+//! The callback listener: the only port providers reach. It verifies each
+//! callback, commits it durably, and only then answers 200.
+//!
+//! Routes: `GET|POST /callback/{provider}`. Answers: 200 `OK` once durable
+//! (also for duplicates and orphans, so the gateway stops re-sending), 400
+//! malformed, 403 signature invalid (nothing stored), 404 unknown route,
+//! 503 store unavailable (the gateway will re-send).
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+
+use crate::engine::{Engine, EngineError};
+use crate::http::{self, Answer, CloseConnection};
+use crate::model::ProviderId;
+use crate::provider::{CallbackError, RawCallback};
+
+pub async fn handle(
+    engine: Arc<Engine>,
+    max_body: usize,
+    req: Request<Incoming>,
+) -> Result<Answer, CloseConnection> {
+    Ok(route(engine, max_body, req).await)
+}
+
+async fn route(engine: Arc<Engine>, max_body: usize, req: Request<Incoming>) -> Answer {
+    let path = req.uri().path().to_string();
+    let segs = http::segments(&path);
+    let pid = match segs.as_slice() {
+        ["callback", name] => match name.parse::<ProviderId>() {
+            Ok(p) => p,
+            Err(_) => return not_found(),
+        },
+        _ => return not_found(),
+    };
+    let method = req.method().as_str().to_string();
+    if method != "GET" && method != "POST" {
+        return http::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use GET or POST",
+        );
+    }
+    let query = req.uri().query().unwrap_or("").to_string();
+    let body = match http::read_body(req, max_body).await {
+        Ok(b) => b,
+        Err(a) => return a,
+    };
+    let raw = RawCallback {
+        method: &method,
+        query: &query,
+        body: &body,
+    };
+    match engine.ingest(pid, &raw).await {
+        Ok(_) => http::text(StatusCode::OK, "OK"),
+        Err(EngineError::Callback(CallbackError::Forged)) => http::error(
+            StatusCode::FORBIDDEN,
+            "signature_invalid",
+            "callback signature does not verify",
+        ),
+        Err(EngineError::Callback(CallbackError::Malformed(m))) => {
+            http::error(StatusCode::BAD_REQUEST, "malformed_callback", &m)
+        }
+        Err(EngineError::UnknownProvider(_)) => not_found(),
+        Err(e) => {
+            tracing::error!(error = %e, "callback not committed");
+            http::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "callback not stored; send it again",
+            )
+        }
+    }
+}
+
+fn not_found() -> Answer {
+    http::error(StatusCode::NOT_FOUND, "not_found", "no such route")
+}

@@ -1,0 +1,287 @@
+//! The command line: argument types (parsed in `main.rs`) and what each
+//! subcommand does. Errors are printed once, whole, and give exit code 1
+//! (2 for a bad config).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::AdminClient;
+use crate::config::Config;
+use crate::engine::TrackRequest;
+use crate::model::Keys;
+
+/// The admin token is read from this variable, never from a flag, so it
+/// stays out of `ps`, shell history and `--help`.
+pub const ADMIN_TOKEN_ENV: &str = "PAYRECON_ADMIN_TOKEN";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "payrecon",
+    version,
+    about = "Tracks in-flight payments: polls, verified callbacks, reconciliation, durable final states."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Check a config file (and that its secrets are in the environment).
+    CheckConfig {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Track a payment on a running daemon.
+    Track {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        provider: String,
+        /// A provider key, NAME=VALUE; repeat. For ConnPay: endpoint_id,
+        /// invoice_id, session_token, access_token.
+        #[arg(long = "key", value_name = "NAME=VALUE", value_parser = parse_kv)]
+        keys: Vec<(String, String)>,
+        /// Read keys from a JSON object in FILE ('-' for standard input),
+        /// which keeps tokens out of the process list.
+        #[arg(long, value_name = "FILE")]
+        keys_file: Option<PathBuf>,
+        #[arg(long)]
+        amount_minor: Option<i64>,
+        #[arg(long)]
+        currency: Option<String>,
+    },
+    /// Show one payment with its history.
+    Show {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+    },
+    /// List payments, a page at a time.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Run one reconciliation sweep for a provider now.
+    Reconcile {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        provider: String,
+    },
+    /// Start a ConnPay sandbox and the daemon on loopback and watch
+    /// transfers settle. Needs no config and no network.
+    Demo {
+        /// How many transfers to track.
+        #[arg(long, default_value_t = 36)]
+        transfers: usize,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The daemon's admin API. The bearer token, if any, is read from
+    /// PAYRECON_ADMIN_TOKEN.
+    #[arg(
+        long,
+        env = "PAYRECON_ADMIN_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub admin_url: String,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))
+}
+
+/// Runs a parsed command line.
+pub fn main(cli: Cli) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("payrecon: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(dispatch(cli))
+}
+
+fn env() -> HashMap<String, String> {
+    std::env::vars().collect()
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("payrecon: {msg}");
+    ExitCode::FAILURE
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Run { config } => run(config).await,
+        Command::CheckConfig { config } => match Config::load(&config, &env()) {
+            Ok(c) => {
+                println!("{}: ok", config.display());
+                if let Some(cp) = &c.connpay {
+                    let p = &cp.polling;
+                    println!(
+                        "  connpay: {} (poll every {:?}-{:?} for {:?}-{:?}, {} in flight)",
+                        cp.base_url,
+                        p.poll_interval_min,
+                        p.poll_interval_max,
+                        p.poll_window_min,
+                        p.poll_window_max,
+                        p.max_in_flight
+                    );
+                }
+                println!(
+                    "  callbacks on {}, admin on {}",
+                    c.file.callback.listen, c.file.admin.listen
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("payrecon: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Track {
+            admin,
+            provider,
+            keys,
+            keys_file,
+            amount_minor,
+            currency,
+        } => {
+            let mut all: Keys = Keys::new();
+            if let Some(f) = keys_file {
+                let text = if f.as_os_str() == "-" {
+                    std::io::read_to_string(std::io::stdin())
+                } else {
+                    std::fs::read_to_string(&f)
+                };
+                let parsed = text
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| serde_json::from_str::<Keys>(&t).map_err(|e| e.to_string()));
+                match parsed {
+                    Ok(k) => all.extend(k),
+                    Err(e) => return fail(format!("{}: {e}", f.display())),
+                }
+            }
+            all.extend(keys);
+            let req = TrackRequest {
+                provider,
+                keys: all,
+                amount_minor,
+                currency,
+            };
+            print_json(client(&admin).track(&req).await)
+        }
+        Command::Show { admin, id } => print_json(client(&admin).get(&id).await),
+        Command::List {
+            admin,
+            state,
+            provider,
+            limit,
+            after,
+        } => print_json(
+            client(&admin)
+                .list(
+                    state.as_deref(),
+                    provider.as_deref(),
+                    limit,
+                    after.as_deref(),
+                )
+                .await,
+        ),
+        Command::Reconcile { admin, provider } => {
+            print_json(client(&admin).reconcile(&provider).await)
+        }
+        Command::Demo { transfers } => match crate::demo::run(transfers).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => fail(format!("demo: {e}")),
+        },
+    }
+}
+
+fn client(a: &AdminArgs) -> AdminClient {
+    AdminClient::new(
+        &a.admin_url,
+        std::env::var(ADMIN_TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty()),
+    )
+}
+
+fn print_json<T: serde::Serialize, E: std::fmt::Display>(r: Result<T, E>) -> ExitCode {
+    match r {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn run(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path, &env()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("payrecon: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::logging::init(config.file.log.format, &config.file.log.level);
+    let listeners = match crate::daemon::Listeners::bind(&config).await {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let cancel = CancellationToken::new();
+    tokio::spawn(on_signal(cancel.clone()));
+    match crate::daemon::run(&config, listeners, cancel).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "payrecon stopped");
+            fail(e)
+        }
+    }
+}
+
+/// SIGTERM or SIGINT cancels the root token.
+async fn on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
+    }
+    cancel.cancel();
+}

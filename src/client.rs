@@ -1,0 +1,119 @@
+//! A client for the admin API, used by the CLI and the demo.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::admin::{Page, PaymentView};
+use crate::engine::TrackRequest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach payrecon at {url}: {reason}")]
+    Transport { url: String, reason: String },
+    #[error("payrecon answered {status}: {code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("payrecon's answer could not be read: {0}")]
+    Decode(String),
+}
+
+pub struct AdminClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    pub fn new(base: &str, token: Option<String>) -> AdminClient {
+        AdminClient {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    pub async fn track(&self, req: &TrackRequest) -> Result<PaymentView, ClientError> {
+        self.send(
+            self.http
+                .post(format!("{}/v1/payments", self.base))
+                .json(req),
+        )
+        .await
+    }
+
+    pub async fn get(&self, id: &str) -> Result<PaymentView, ClientError> {
+        self.send(self.http.get(format!("{}/v1/payments/{id}", self.base)))
+            .await
+    }
+
+    pub async fn list(
+        &self,
+        state: Option<&str>,
+        provider: Option<&str>,
+        limit: Option<usize>,
+        after: Option<&str>,
+    ) -> Result<Page, ClientError> {
+        let mut q: Vec<(&str, String)> = vec![];
+        if let Some(s) = state {
+            q.push(("state", s.into()));
+        }
+        if let Some(p) = provider {
+            q.push(("provider", p.into()));
+        }
+        if let Some(l) = limit {
+            q.push(("limit", l.to_string()));
+        }
+        if let Some(a) = after {
+            q.push(("after", a.into()));
+        }
+        self.send(
+            self.http
+                .get(format!("{}/v1/payments", self.base))
+                .query(&q),
+        )
+        .await
+    }
+
+    pub async fn reconcile(&self, provider: &str) -> Result<serde_json::Value, ClientError> {
+        self.send(
+            self.http
+                .post(format!("{}/v1/reconcile/{provider}", self.base)),
+        )
+        .await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        mut rb: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        if let Some(t) = &self.token {
+            rb = rb.bearer_auth(t);
+        }
+        let resp = rb.send().await.map_err(|e| ClientError::Transport {
+            url: self.base.clone(),
+            reason: e.without_url().to_string(),
+        })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Decode(e.without_url().to_string()))?;
+        if !status.is_success() {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let field = |k: &str| v["error"][k].as_str().unwrap_or("").to_string();
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                code: field("code"),
+                message: field("message"),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}

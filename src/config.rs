@@ -1,0 +1,551 @@
+//! The configuration file: its typed shape, defaults, validation, and
+//! errors that name the file, the line and the key at fault.
+//!
+//! Secrets are never in the file. The file names environment variables
+//! (`*_env` keys) and the loader reads them from an environment map that
+//! the caller passes in, so tests never touch the real environment.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A configuration error, with where it is.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    /// Dotted key, e.g. `providers.connpay.poll_interval_min`.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// A secret string: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The whole file, as written (before secrets are resolved).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub callback: CallbackConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub providers: ProvidersConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The sled folder. Created if missing.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackConfig {
+    /// Where providers' callbacks arrive (behind a TLS proxy in production).
+    #[serde(default = "default_callback_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_header_timeout", deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+}
+
+impl Default for CallbackConfig {
+    fn default() -> Self {
+        CallbackConfig {
+            listen: default_callback_listen(),
+            max_body_bytes: default_max_body(),
+            header_read_timeout: default_header_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The admin API. Loopback by default; providers must never reach it.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// Environment variable holding the bearer token. Unset: no token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            token_env: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines without colour or timestamps of its own
+    /// (journald adds them).
+    #[default]
+    Text,
+    /// One JSON object per line, stable field names.
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing-subscriber filter, e.g. `info` or `payrecon=debug`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: default_log_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvidersConfig {
+    pub connpay: Option<ConnpayConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnpayConfig {
+    /// `https://sandbox.connpay.com` or `https://gate.connpay.com`.
+    pub base_url: String,
+    /// Environment variable holding the merchant control key.
+    pub control_key_env: String,
+    /// `[providers.connpay.polling]`.
+    #[serde(default)]
+    pub polling: PollingConfig,
+}
+
+/// How a provider is polled. Defaults are ConnPay's advice: every 3-5 s for
+/// 2-3 minutes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollingConfig {
+    #[serde(default = "d3s", deserialize_with = "duration")]
+    pub poll_interval_min: Duration,
+    #[serde(default = "d5s", deserialize_with = "duration")]
+    pub poll_interval_max: Duration,
+    #[serde(default = "d2m", deserialize_with = "duration")]
+    pub poll_window_min: Duration,
+    #[serde(default = "d3m", deserialize_with = "duration")]
+    pub poll_window_max: Duration,
+    /// Polls in flight at once for this provider.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    /// One inquiry's whole time limit, retries included.
+    #[serde(default = "d10s", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// Cron expression (with seconds) for the reconciliation sweep.
+    #[serde(default)]
+    pub reconcile_schedule: Option<String>,
+}
+
+impl Default for PollingConfig {
+    fn default() -> Self {
+        PollingConfig {
+            poll_interval_min: d3s(),
+            poll_interval_max: d5s(),
+            poll_window_min: d2m(),
+            poll_window_max: d3m(),
+            max_in_flight: default_in_flight(),
+            request_timeout: d10s(),
+            reconcile_schedule: None,
+        }
+    }
+}
+
+fn default_callback_listen() -> SocketAddr {
+    ([0, 0, 0, 0], 8080).into()
+}
+fn default_admin_listen() -> SocketAddr {
+    ([127, 0, 0, 1], 8081).into()
+}
+/// Callbacks are a few hundred bytes of query string; 16 KiB leaves room
+/// for a JSON webhook while keeping a flood cheap to refuse.
+fn default_max_body() -> usize {
+    16 * 1024
+}
+/// A gateway sends its headers at once; slow senders are cut off early.
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_in_flight() -> usize {
+    64
+}
+fn d3s() -> Duration {
+    Duration::from_secs(3)
+}
+fn d5s() -> Duration {
+    Duration::from_secs(5)
+}
+fn d10s() -> Duration {
+    Duration::from_secs(10)
+}
+fn d2m() -> Duration {
+    Duration::from_secs(120)
+}
+fn d3m() -> Duration {
+    Duration::from_secs(180)
+}
+
+/// Parses `250ms`, `3s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{s}` has no unit (use ms, s, m or h)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 250ms, 3s, 2m or 1h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!(
+            "`{s}` has unknown unit `{unit}` (use ms, s, m or h)"
+        )),
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// The validated configuration with its secrets resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: FileConfig,
+    pub admin_token: Option<Secret>,
+    pub connpay: Option<Connpay>,
+}
+
+/// ConnPay's settings, ready to use.
+#[derive(Debug, Clone)]
+pub struct Connpay {
+    pub base_url: String,
+    pub control_key: Secret,
+    pub polling: PollingConfig,
+}
+
+impl Config {
+    /// Reads and validates `path`, taking secrets from `env`.
+    pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&path.display().to_string(), &text, env)
+    }
+
+    /// Parses and validates a config text; `name` is used in errors.
+    pub fn parse(
+        name: &str,
+        text: &str,
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            let (line, key) = match e.span() {
+                Some(span) => {
+                    let (line, key) = locate_offset(text, span.start);
+                    (Some(line), key)
+                }
+                None => (None, None),
+            };
+            ConfigError {
+                file: name.to_string(),
+                line,
+                key,
+                message: e.message().to_string(),
+            }
+        })?;
+        let err = |key: &str, message: String| {
+            let (section, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+            ConfigError {
+                file: name.to_string(),
+                line: locate_key(text, section, leaf),
+                key: Some(key.to_string()),
+                message,
+            }
+        };
+        let secret = |key: &str, var: &str| -> Result<Secret, ConfigError> {
+            match env.get(var) {
+                Some(v) if !v.is_empty() => Ok(Secret::new(v.clone())),
+                _ => Err(err(
+                    key,
+                    format!("environment variable `{var}` is not set or empty"),
+                )),
+            }
+        };
+        let admin_token = match &file.admin.token_env {
+            Some(var) => Some(secret("admin.token_env", var)?),
+            None => None,
+        };
+        let connpay = match &file.providers.connpay {
+            Some(c) => {
+                let p = "providers.connpay";
+                if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
+                    return Err(err(
+                        &format!("{p}.base_url"),
+                        format!("`{}` is not an http(s) URL", c.base_url),
+                    ));
+                }
+                validate_polling(&c.polling, &format!("{p}.polling"), &err)?;
+                Some(Connpay {
+                    base_url: c.base_url.trim_end_matches('/').to_string(),
+                    control_key: secret(&format!("{p}.control_key_env"), &c.control_key_env)?,
+                    polling: c.polling.clone(),
+                })
+            }
+            None => None,
+        };
+        Ok(Config {
+            file,
+            admin_token,
+            connpay,
+        })
+    }
+}
+
+fn validate_polling(
+    p: &PollingConfig,
+    section: &str,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if p.poll_interval_min.is_zero() {
+        return Err(err(
+            &format!("{section}.poll_interval_min"),
+            "must be more than zero".into(),
+        ));
+    }
+    if p.poll_interval_max < p.poll_interval_min {
+        return Err(err(
+            &format!("{section}.poll_interval_max"),
+            "must not be less than poll_interval_min".into(),
+        ));
+    }
+    if p.poll_window_max < p.poll_window_min {
+        return Err(err(
+            &format!("{section}.poll_window_max"),
+            "must not be less than poll_window_min".into(),
+        ));
+    }
+    if p.max_in_flight == 0 {
+        return Err(err(
+            &format!("{section}.max_in_flight"),
+            "must be at least 1".into(),
+        ));
+    }
+    if let Some(cron) = &p.reconcile_schedule {
+        if let Err(e) = cron_ok(cron) {
+            return Err(err(&format!("{section}.reconcile_schedule"), e));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a cron expression the way tokio-cron-scheduler will read it:
+/// six or seven fields, seconds first.
+fn cron_ok(expr: &str) -> Result<(), String> {
+    let n = expr.split_whitespace().count();
+    if !(6..=7).contains(&n) {
+        return Err(format!(
+            "`{expr}` has {n} fields; use sec min hour day month weekday [year]"
+        ));
+    }
+    Ok(())
+}
+
+/// The 1-based line of byte `offset`, and the dotted key written on it.
+fn locate_offset(text: &str, offset: usize) -> (usize, Option<String>) {
+    let offset = offset.min(text.len());
+    let line_no = text[..offset].matches('\n').count() + 1;
+    let mut section = String::new();
+    let mut key = None;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(name) = section_header(t) {
+            section = name;
+            if i + 1 == line_no {
+                key = Some(section.clone());
+            }
+        } else if i + 1 == line_no {
+            if let Some((k, _)) = t.split_once('=') {
+                let k = k.trim().trim_matches('"');
+                key = Some(if section.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{section}.{k}")
+                });
+            }
+        }
+        if i + 1 >= line_no {
+            break;
+        }
+    }
+    (line_no, key)
+}
+
+/// The line on which `leaf` is set inside `[section]`.
+fn locate_key(text: &str, section: &str, leaf: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(name) = section_header(t) {
+            current = name;
+        } else if current == section {
+            if let Some((k, _)) = t.split_once('=') {
+                if k.trim().trim_matches('"') == leaf {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn section_header(t: &str) -> Option<String> {
+    let inner = t.strip_prefix('[')?.split(']').next()?;
+    Some(inner.trim_matches('[').trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> HashMap<String, String> {
+        HashMap::from([("CP_KEY".to_string(), "k3y".to_string())])
+    }
+
+    const GOOD: &str = r#"
+[store]
+path = "/tmp/x"
+
+[providers.connpay]
+base_url = "http://127.0.0.1:9000"
+control_key_env = "CP_KEY"
+
+[providers.connpay.polling]
+poll_interval_min = "3s"
+"#;
+
+    #[test]
+    fn a_good_file_loads_with_defaults_and_secrets_from_env() {
+        let c = Config::parse("c.toml", GOOD, &env()).unwrap();
+        let cp = c.connpay.unwrap();
+        assert_eq!(cp.control_key.expose(), "k3y");
+        assert_eq!(cp.polling.poll_interval_max, Duration::from_secs(5));
+        assert_eq!(cp.polling.poll_window_max, Duration::from_secs(180));
+        assert_eq!(format!("{:?}", cp.control_key), "[redacted]");
+        assert!(c.file.admin.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn an_unknown_key_names_the_key_and_line() {
+        let bad = GOOD.replace("poll_interval_min", "pol_interval_min");
+        let e = Config::parse("c.toml", &bad, &env()).unwrap_err();
+        assert_eq!(e.line, Some(10));
+        assert_eq!(
+            e.key.as_deref(),
+            Some("providers.connpay.polling.pol_interval_min")
+        );
+        assert!(e
+            .to_string()
+            .starts_with("c.toml:10: key `providers.connpay.polling.pol_interval_min`"));
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let bad = GOOD.replace("\"3s\"", "\"three\"");
+        let e = Config::parse("c.toml", &bad, &env()).unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("providers.connpay.polling.poll_interval_min")
+        );
+        assert_eq!(e.line, Some(10));
+        let bad = GOOD.replace("path = \"/tmp/x\"", "path = 7");
+        let e = Config::parse("c.toml", &bad, &env()).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("store.path"), "{e}");
+    }
+
+    #[test]
+    fn validation_errors_name_the_key_and_line() {
+        let bad = GOOD.replace("\"3s\"", "\"9s\"");
+        let e = Config::parse("c.toml", &bad, &env()).unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("providers.connpay.polling.poll_interval_max")
+        );
+        let e = Config::parse("c.toml", GOOD, &HashMap::new()).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("providers.connpay.control_key_env"));
+        assert_eq!(e.line, Some(7));
+        assert!(e.message.contains("CP_KEY"));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+}

@@ -1,0 +1,232 @@
+//! The daemon: opens the store, builds the providers and the engine,
+//! serves both listeners, runs the reconciliation schedule, and shuts down
+//! in order when its cancellation token fires: stop accepting, let
+//! in-flight work finish within the grace period, flush the store last.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::model::ProviderId;
+use crate::provider::connpay::Connpay;
+use crate::provider::Provider;
+use crate::store::{Store, StoreError};
+
+/// How long shutdown waits for in-flight polls and requests. Polls are
+/// bounded by the request timeout; anything cut off is redone after a
+/// restart because windows are persisted.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot open the store at {path}: {source}")]
+    Store { path: String, source: StoreError },
+    #[error("cannot bind {what} listener on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("reconciliation schedule: {0}")]
+    Cron(String),
+}
+
+/// The two bound listeners. Tests bind `127.0.0.1:0` themselves.
+pub struct Listeners {
+    pub callback: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> Result<Listeners, DaemonError> {
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Bind { what, addr, source })
+        };
+        Ok(Listeners {
+            callback: bind("callback", config.file.callback.listen).await?,
+            admin: bind("admin", config.file.admin.listen).await?,
+        })
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub engine: Arc<Engine>,
+    pub callback_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    cancel: CancellationToken,
+    http_tasks: TaskTracker,
+    cron: Option<JobScheduler>,
+    store: Store,
+}
+
+/// Builds the configured providers.
+pub fn providers(config: &Config) -> Vec<Arc<dyn Provider>> {
+    let mut out: Vec<Arc<dyn Provider>> = vec![];
+    if let Some(c) = &config.connpay {
+        out.push(Arc::new(Connpay::new(
+            c.base_url.clone(),
+            c.control_key.clone(),
+            c.polling.clone(),
+        )));
+    }
+    out
+}
+
+/// Starts everything and returns once the store is open, the windows are
+/// resumed and both listeners serve.
+pub async fn start(
+    config: &Config,
+    listeners: Listeners,
+    cancel: CancellationToken,
+) -> Result<Daemon, DaemonError> {
+    let path = config.file.store.path.clone();
+    let store = Store::open(&path).map_err(|source| DaemonError::Store {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let engine = Engine::start(store.clone(), providers(config), cancel.clone());
+    let resumed = engine.resume().map_err(|source| DaemonError::Store {
+        path: path.display().to_string(),
+        source,
+    })?;
+
+    let http_tasks = TaskTracker::new();
+    let callback_addr = listeners
+        .callback
+        .local_addr()
+        .map_err(|source| DaemonError::Bind {
+            what: "callback",
+            addr: config.file.callback.listen,
+            source,
+        })?;
+    let admin_addr = listeners
+        .admin
+        .local_addr()
+        .map_err(|source| DaemonError::Bind {
+            what: "admin",
+            addr: config.file.admin.listen,
+            source,
+        })?;
+    let cb = &config.file.callback;
+    let (e, max_body) = (engine.clone(), cb.max_body_bytes);
+    http_tasks.spawn(crate::http::serve(
+        listeners.callback,
+        cb.header_read_timeout,
+        cancel.clone(),
+        http_tasks.clone(),
+        move |req| crate::callback::handle(e.clone(), max_body, req),
+    ));
+    let admin = Arc::new(Admin {
+        engine: engine.clone(),
+        token: config.admin_token.clone(),
+    });
+    http_tasks.spawn(crate::http::serve(
+        listeners.admin,
+        cb.header_read_timeout,
+        cancel.clone(),
+        http_tasks.clone(),
+        move |req| admin.clone().handle(req),
+    ));
+    let cron = start_cron(config, &engine).await?;
+    tracing::info!(%callback_addr, %admin_addr, resumed_windows = resumed, store = %path.display(), "payrecon ready");
+    Ok(Daemon {
+        engine,
+        callback_addr,
+        admin_addr,
+        cancel,
+        http_tasks,
+        cron,
+        store,
+    })
+}
+
+/// One cron job per provider that has a reconcile schedule. A run that is
+/// still going when the next one is due makes the next one skip.
+async fn start_cron(
+    config: &Config,
+    engine: &Arc<Engine>,
+) -> Result<Option<JobScheduler>, DaemonError> {
+    let mut jobs = vec![];
+    if let Some(c) = &config.connpay {
+        if let Some(expr) = &c.polling.reconcile_schedule {
+            jobs.push((ProviderId::Connpay, expr.clone()));
+        }
+    }
+    if jobs.is_empty() {
+        return Ok(None);
+    }
+    let cron_err = |e: tokio_cron_scheduler::JobSchedulerError| DaemonError::Cron(e.to_string());
+    let sched = JobScheduler::new().await.map_err(cron_err)?;
+    for (pid, expr) in jobs {
+        let running = Arc::new(tokio::sync::Mutex::new(()));
+        let engine = Arc::downgrade(engine);
+        let job = Job::new_async(expr.as_str(), move |_id, _l| {
+            let engine = engine.clone();
+            let running = running.clone();
+            Box::pin(async move {
+                let Ok(_guard) = running.try_lock() else {
+                    tracing::warn!(provider = %pid, "previous reconciliation still running; skipped");
+                    return;
+                };
+                if let Some(engine) = engine.upgrade() {
+                    match engine.reconcile(pid).await {
+                        Ok(n) => tracing::info!(provider = %pid, swept = n, "reconciliation sweep done"),
+                        Err(e) => tracing::error!(provider = %pid, error = %e, "reconciliation sweep failed"),
+                    }
+                }
+            })
+        })
+        .map_err(|e| DaemonError::Cron(format!("{pid}: `{expr}`: {e}")))?;
+        sched.add(job).await.map_err(cron_err)?;
+    }
+    sched.start().await.map_err(cron_err)?;
+    Ok(Some(sched))
+}
+
+impl Daemon {
+    /// Waits for the cancellation token, then shuts down in order.
+    pub async fn wait(mut self) {
+        self.cancel.cancelled().await;
+        tracing::info!("shutting down");
+        if let Some(mut c) = self.cron.take() {
+            let _ = c.shutdown().await;
+        }
+        self.http_tasks.close();
+        self.engine.tasks().close();
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            self.http_tasks.wait().await;
+            self.engine.tasks().wait().await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("grace period over; unfinished polls resume after restart");
+        }
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.flush_blocking()).await {
+            Ok(Ok(())) => tracing::info!("store flushed; bye"),
+            Ok(Err(e)) => tracing::error!(error = %e, "final store flush failed"),
+            Err(e) => tracing::error!(error = %e, "final store flush failed"),
+        }
+    }
+}
+
+/// Starts the daemon and runs it until `cancel` fires.
+pub async fn run(
+    config: &Config,
+    listeners: Listeners,
+    cancel: CancellationToken,
+) -> Result<(), DaemonError> {
+    start(config, listeners, cancel).await?.wait().await;
+    Ok(())
+}

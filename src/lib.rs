@@ -1,0 +1,37 @@
+//! payrecon keeps the true status of every in-flight payment across
+//! providers: it polls, receives verified callbacks, reconciles on a
+//! schedule and records every observation durably in sled.
+//!
+//! # Layout
+//!
+//! - [`state`]: the normalized states and the transition rule (pure).
+//! - [`model`]: payments, poll windows and observations.
+//! - [`config`]: the config file, validation, secrets from the environment.
+//! - [`store`]: sled trees, one transaction per change, group commit.
+//! - [`provider`]: the provider trait and one module per provider.
+//! - [`scheduler`]: the one task that owns every poll deadline.
+//! - [`engine`]: tracking, polling and callback ingest on top of the store.
+//! - [`http`]: the hyper serve loop and the JSON error shape.
+//! - [`callback`] and [`admin`]: the two listeners.
+//! - [`daemon`]: wires it all together under one cancellation token.
+//! - [`sim`]: provider simulators for tests, the demo and benchmarks.
+//! - [`demo`], [`client`], [`cli`]: the command line.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod callback;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod engine;
+pub mod http;
+pub mod logging;
+pub mod model;
+pub mod provider;
+pub mod scheduler;
+pub mod sim;
+pub mod state;
+pub mod store;

@@ -1,0 +1,642 @@
+//! ConnPay (a Paynet-based gateway), from seed 002 and providers.md: the
+//! transfer status inquiry, the signed GET callback, and how both map to
+//! normalized states.
+//!
+//! Assumptions the documents leave open (also in docs/providers.md):
+//! - the callback's `client_orderid` is the merchant's `invoiceId`; callbacks
+//!   are matched by it first, and by the gateway `orderid` learned from polls;
+//! - an inquiry's fail answer never decides a payment: `ORDER_NOT_FOUND` and
+//!   `INVALID_REQUEST` raise an alert, `INTERNAL_ERROR` is retried like a
+//!   5xx, `FILTERED` and `PROCESSING_FAILED` are recorded and the callback
+//!   decides;
+//! - callback `type` values other than `reversal` and `chargeback` are the
+//!   transfer's own type and all read the same way.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use serde::{Deserialize, Serialize};
+use sha1::{Digest, Sha1};
+use subtle::ConstantTimeEq;
+
+use super::{lookup_key, BoxFuture, CallbackError, InquiryError, Provider, RawCallback, TrackKeys};
+use crate::config::{PollingConfig, Secret};
+use crate::model::{Keys, Payment, ProviderId, Report, Source};
+use crate::state::State;
+use crate::store::CallbackRecord;
+
+const ID: ProviderId = ProviderId::Connpay;
+
+/// Key names a tracked ConnPay payment carries.
+pub const ENDPOINT_ID: &str = "endpoint_id";
+pub const INVOICE_ID: &str = "invoice_id";
+pub const SESSION_TOKEN: &str = "session_token";
+pub const ACCESS_TOKEN: &str = "access_token";
+
+/// Retries inside one poll tick for transport errors and 5xx. The next
+/// tick is 3-5 s away, so two quick retries are all that fit.
+const RETRIES_PER_TICK: usize = 2;
+
+/// The status inquiry request body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusRequest {
+    pub session: RequestSession,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestSession {
+    pub access_token: String,
+    pub token: String,
+}
+
+/// The inquiry's answer: the success fields and the fail fields, all
+/// optional, as the seed documents them.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusResponse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoice_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<ResponseSession>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Required with APPROVED and DECLINED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bank_order_id: Option<String>,
+    /// Required with REDIRECT_REQUEST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_url: Option<String>,
+    /// The gateway's order id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<Transaction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    #[serde(
+        default,
+        rename = "secure3DAuthStatus",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub secure3d_auth_status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random_sum_auth_status: Option<String>,
+    /// Only with TRANSFER_FEE_REQUEST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_fee_list: Option<Vec<TransferFee>>,
+    /// Only in a fail answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<FailError>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseSession {
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transaction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_centis: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commission_centis: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_created_date: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction_created_date: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferFee {
+    pub assigned_id: String,
+    /// The seed's example writes it as a string; both forms are read.
+    #[serde(deserialize_with = "int_or_string")]
+    pub commission_centis: i64,
+    pub currency: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailError {
+    pub cause: String,
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+fn int_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum IntOrString {
+        I(i64),
+        S(String),
+    }
+    match IntOrString::deserialize(d)? {
+        IntOrString::I(i) => Ok(i),
+        IntOrString::S(s) => s.trim().parse().map_err(serde::de::Error::custom),
+    }
+}
+
+/// Maps an inquiry `state` to a normalized state.
+pub fn map_state(state: &str) -> Option<State> {
+    match state {
+        "PROCESSING" => Some(State::Pending),
+        "REDIRECT_REQUEST" | "TRANSFER_FEE_REQUEST" => Some(State::ActionRequired),
+        "APPROVED" => Some(State::Succeeded),
+        "DECLINED" => Some(State::Failed),
+        _ => None,
+    }
+}
+
+/// Maps a callback's `type` and `status` (read together, never alone).
+pub fn map_callback(kind: &str, status: &str) -> Option<State> {
+    match (kind, status) {
+        ("reversal" | "chargeback", "approved") => Some(State::Reversed),
+        // A reversal that did not go through changes nothing.
+        ("reversal" | "chargeback", _) => None,
+        (_, "approved") => Some(State::Succeeded),
+        (_, "declined" | "filtered" | "error") => Some(State::Failed),
+        (_, "processing") => Some(State::Pending),
+        _ => None,
+    }
+}
+
+/// `control` = lowercase hex SHA-1 of status + orderid + client_orderid + key.
+pub fn control(status: &str, orderid: &str, client_orderid: &str, key: &str) -> String {
+    let mut h = Sha1::new();
+    h.update(status.as_bytes());
+    h.update(orderid.as_bytes());
+    h.update(client_orderid.as_bytes());
+    h.update(key.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Turns an inquiry answer into a report.
+pub fn report_from(resp: &StatusResponse) -> Result<Report, InquiryError> {
+    let mut fields = BTreeMap::new();
+    let mut put = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            fields.insert(k.to_string(), v);
+        }
+    };
+    if let Some(err) = &resp.error {
+        put("cause", Some(err.cause.clone()));
+        put("code", err.code.clone());
+        put("message", err.message.clone());
+        if err.cause == "INTERNAL_ERROR" {
+            return Err(InquiryError::Transient(format!(
+                "INTERNAL_ERROR {}",
+                err.message.clone().unwrap_or_default()
+            )));
+        }
+        return Ok(Report {
+            source: Source::Poll,
+            raw_status: format!("error:{}", err.cause),
+            state: None,
+            fields,
+            learned_keys: vec![],
+        });
+    }
+    let Some(state) = &resp.state else {
+        return Err(InquiryError::Invalid(
+            "answer has neither state nor error".into(),
+        ));
+    };
+    put("bank_order_id", resp.bank_order_id.clone());
+    put("order_id", resp.order_id.clone());
+    put("redirect_url", resp.redirect_url.clone());
+    put("error_code", resp.error_code.map(|c| c.to_string()));
+    put("error_message", resp.error_message.clone());
+    put("secure3d_auth_status", resp.secure3d_auth_status.clone());
+    put(
+        "random_sum_auth_status",
+        resp.random_sum_auth_status.clone(),
+    );
+    if let Some(t) = &resp.transaction {
+        put("amount_minor", t.amount_centis.map(|c| c.to_string()));
+        put(
+            "commission_minor",
+            t.commission_centis.map(|c| c.to_string()),
+        );
+        put("order_created_date", t.order_created_date.clone());
+        put(
+            "transaction_created_date",
+            t.transaction_created_date.clone(),
+        );
+    }
+    if let Some(fees) = &resp.transfer_fee_list {
+        put("transfer_fee_list", serde_json::to_string(fees).ok());
+    }
+    Ok(Report {
+        source: Source::Poll,
+        raw_status: state.clone(),
+        state: map_state(state),
+        fields,
+        learned_keys: resp
+            .order_id
+            .iter()
+            .map(|o| lookup_key(ID, "ord", o))
+            .collect(),
+    })
+}
+
+/// The ConnPay adapter.
+pub struct Connpay {
+    base_url: String,
+    control_key: Secret,
+    polling: PollingConfig,
+    client: reqwest::Client,
+}
+
+impl Connpay {
+    pub fn new(base_url: String, control_key: Secret, polling: PollingConfig) -> Connpay {
+        let client = reqwest::Client::builder()
+            .timeout(polling.request_timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Connpay {
+            base_url,
+            control_key,
+            polling,
+            client,
+        }
+    }
+
+    async fn inquire_once(&self, url: &str, body: &StatusRequest) -> Result<Report, InquiryError> {
+        let resp = self
+            .client
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| InquiryError::Transient(without_url(e)))?;
+        let status = resp.status();
+        if status.is_server_error() {
+            return Err(InquiryError::Transient(format!("HTTP {status}")));
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| InquiryError::Transient(without_url(e)))?;
+        let parsed: StatusResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| InquiryError::Invalid(format!("HTTP {status}: {e}")))?;
+        report_from(&parsed)
+    }
+}
+
+/// reqwest errors print the URL, and ConnPay's holds no secret, but keep
+/// logs to the cause alone.
+fn without_url(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect error"
+    } else {
+        "transport error"
+    };
+    format!("{kind}: {}", e.without_url())
+}
+
+fn check_id(keys: &Keys, name: &str, len: std::ops::RangeInclusive<usize>) -> Result<(), String> {
+    let v = keys
+        .get(name)
+        .ok_or_else(|| format!("missing key `{name}`"))?;
+    if !len.contains(&v.len()) {
+        return Err(format!(
+            "key `{name}` must be {} to {} characters long",
+            len.start(),
+            len.end()
+        ));
+    }
+    if !v
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!("key `{name}` may hold only letters, digits, - _ ."));
+    }
+    Ok(())
+}
+
+impl Provider for Connpay {
+    fn id(&self) -> ProviderId {
+        ID
+    }
+
+    fn polling(&self) -> &PollingConfig {
+        &self.polling
+    }
+
+    fn track_keys(&self, keys: &Keys) -> Result<TrackKeys, String> {
+        for k in keys.keys() {
+            if ![ENDPOINT_ID, INVOICE_ID, SESSION_TOKEN, ACCESS_TOKEN].contains(&k.as_str()) {
+                return Err(format!("unknown key `{k}` for connpay"));
+            }
+        }
+        check_id(keys, ENDPOINT_ID, 1..=64)?;
+        check_id(keys, INVOICE_ID, 1..=128)?;
+        check_id(keys, SESSION_TOKEN, 16..=36)?;
+        check_id(keys, ACCESS_TOKEN, 32..=128)?;
+        let invoice = &keys[INVOICE_ID];
+        Ok(TrackKeys {
+            idempotency_key: lookup_key(ID, "idem", &format!("{}/{invoice}", keys[ENDPOINT_ID])),
+            lookup_keys: vec![lookup_key(ID, "inv", invoice)],
+        })
+    }
+
+    fn secret_keys(&self) -> &'static [&'static str] {
+        &[SESSION_TOKEN, ACCESS_TOKEN]
+    }
+
+    fn inquire<'a>(&'a self, payment: &'a Payment) -> BoxFuture<'a, Result<Report, InquiryError>> {
+        Box::pin(async move {
+            let k = |name: &str| payment.keys.get(name).cloned().unwrap_or_default();
+            let url = format!(
+                "{}/paynet/dapi/v1/transfer/{}/{}/status",
+                self.base_url,
+                k(ENDPOINT_ID),
+                k(INVOICE_ID)
+            );
+            let body = StatusRequest {
+                session: RequestSession {
+                    access_token: k(ACCESS_TOKEN),
+                    token: k(SESSION_TOKEN),
+                },
+            };
+            let attempt = || self.inquire_once(&url, &body);
+            let retried = attempt
+                .retry(
+                    ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_millis(50))
+                        .with_max_delay(Duration::from_millis(500))
+                        .with_max_times(RETRIES_PER_TICK)
+                        .with_jitter(),
+                )
+                .when(|e| matches!(e, InquiryError::Transient(_)));
+            match tokio::time::timeout(self.polling.request_timeout, retried).await {
+                Ok(r) => r,
+                Err(_) => Err(InquiryError::Transient("inquiry timed out".into())),
+            }
+        })
+    }
+
+    fn parse_callback(
+        &self,
+        raw: &RawCallback<'_>,
+        received_ms: u64,
+    ) -> Result<CallbackRecord, CallbackError> {
+        // The gateway sends a GET with a query string; a form POST is read
+        // the same way.
+        let text = if raw.method == "POST" && !raw.body.is_empty() {
+            std::str::from_utf8(raw.body)
+                .map_err(|_| CallbackError::Malformed("body is not UTF-8".into()))?
+        } else {
+            raw.query
+        };
+        let mut params: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in form_urlencoded::parse(text.as_bytes()) {
+            if params.insert(k.to_string(), v.to_string()).is_some() {
+                return Err(CallbackError::Malformed(format!(
+                    "parameter `{k}` repeated"
+                )));
+            }
+        }
+        let get = |k: &str| -> Result<&str, CallbackError> {
+            params
+                .get(k)
+                .map(String::as_str)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| CallbackError::Malformed(format!("missing parameter `{k}`")))
+        };
+        let status = get("status")?;
+        let kind = get("type")?;
+        let orderid = get("orderid")?;
+        let client_orderid = get("client_orderid")?;
+        let given = get("control")?;
+        let want = control(status, orderid, client_orderid, self.control_key.expose());
+        if !bool::from(want.as_bytes().ct_eq(given.to_ascii_lowercase().as_bytes())) {
+            return Err(CallbackError::Forged);
+        }
+        let mut fields = BTreeMap::new();
+        for k in [
+            "type",
+            "orderid",
+            "merchant_order",
+            "amount",
+            "currency",
+            "descriptor",
+            "error_code",
+            "error_message",
+        ] {
+            if let Some(v) = params.get(k).filter(|v| !v.is_empty()) {
+                fields.insert(k.to_string(), v.clone());
+            }
+        }
+        let raw_status = match kind {
+            "reversal" | "chargeback" => format!("{kind}:{status}"),
+            _ => status.to_string(),
+        };
+        Ok(CallbackRecord {
+            dedupe_key: format!("connpay|cb|{status}|{kind}|{orderid}|{client_orderid}"),
+            match_key: lookup_key(ID, "inv", client_orderid),
+            report: Report {
+                source: Source::Callback,
+                raw_status,
+                state: map_callback(kind, status),
+                fields,
+                learned_keys: vec![],
+            },
+            received_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adapter() -> Connpay {
+        Connpay::new(
+            "http://127.0.0.1:1".into(),
+            Secret::new("merchant-key"),
+            PollingConfig::default(),
+        )
+    }
+
+    #[test]
+    fn every_documented_field_of_a_success_answer_is_read() {
+        let body = r#"{
+            "invoiceId": "inv-1", "session": {"token": "s"}, "state": "APPROVED",
+            "bankOrderId": "b-9", "orderId": "o-5", "redirectUrl": "https://x/y",
+            "transaction": {"amountCentis": 1250, "commissionCentis": 30,
+                "orderCreatedDate": "2026-01-01 10:00:00", "transactionCreatedDate": "2026-01-01 10:00:01"},
+            "errorCode": 0, "errorMessage": "", "secure3DAuthStatus": "AUTHENTICATED",
+            "randomSumAuthStatus": "NOT_AUTHENTICATED"
+        }"#;
+        let r: StatusResponse = serde_json::from_str(body).unwrap();
+        assert_eq!(r.secure3d_auth_status.as_deref(), Some("AUTHENTICATED"));
+        let rep = report_from(&r).unwrap();
+        assert_eq!(rep.state, Some(State::Succeeded));
+        assert_eq!(rep.fields["bank_order_id"], "b-9");
+        assert_eq!(rep.fields["amount_minor"], "1250");
+        assert_eq!(rep.fields["commission_minor"], "30");
+        assert_eq!(rep.fields["random_sum_auth_status"], "NOT_AUTHENTICATED");
+        assert_eq!(rep.learned_keys, vec!["connpay|ord|o-5".to_string()]);
+    }
+
+    #[test]
+    fn transfer_fee_list_is_read_in_both_number_forms() {
+        let body = r#"{"invoiceId":"i","state":"TRANSFER_FEE_REQUEST","session":{"token":"s"},
+            "transferFeeList":[{"assignedId":"gate-a","commissionCentis":"120","currency":"EUR"},
+                               {"assignedId":"gate-b","commissionCentis":95,"currency":"USD"}]}"#;
+        let r: StatusResponse = serde_json::from_str(body).unwrap();
+        let fees = r.transfer_fee_list.as_ref().unwrap();
+        assert_eq!(fees[0].commission_centis, 120);
+        assert_eq!(fees[1].assigned_id, "gate-b");
+        let rep = report_from(&r).unwrap();
+        assert_eq!(rep.state, Some(State::ActionRequired));
+        assert!(rep.fields["transfer_fee_list"].contains("gate-a"));
+    }
+
+    #[test]
+    fn fail_answers_never_decide_a_payment() {
+        for cause in [
+            "ORDER_NOT_FOUND",
+            "INVALID_REQUEST",
+            "FILTERED",
+            "PROCESSING_FAILED",
+        ] {
+            let body = format!(
+                r#"{{"error":{{"cause":"{cause}","code":"E1","message":"m"}},"invoiceId":"i"}}"#
+            );
+            let r: StatusResponse = serde_json::from_str(&body).unwrap();
+            let rep = report_from(&r).unwrap();
+            assert_eq!(rep.state, None, "{cause}");
+            assert_eq!(rep.raw_status, format!("error:{cause}"));
+            assert_eq!(rep.fields["code"], "E1");
+        }
+        let r: StatusResponse =
+            serde_json::from_str(r#"{"error":{"cause":"INTERNAL_ERROR"}}"#).unwrap();
+        assert!(matches!(report_from(&r), Err(InquiryError::Transient(_))));
+        assert!(matches!(
+            report_from(&StatusResponse::default()),
+            Err(InquiryError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn every_state_maps() {
+        assert_eq!(map_state("PROCESSING"), Some(State::Pending));
+        assert_eq!(map_state("REDIRECT_REQUEST"), Some(State::ActionRequired));
+        assert_eq!(
+            map_state("TRANSFER_FEE_REQUEST"),
+            Some(State::ActionRequired)
+        );
+        assert_eq!(map_state("APPROVED"), Some(State::Succeeded));
+        assert_eq!(map_state("DECLINED"), Some(State::Failed));
+        assert_eq!(map_state("SOMETHING"), None);
+        assert_eq!(map_callback("sale", "approved"), Some(State::Succeeded));
+        assert_eq!(map_callback("transfer", "filtered"), Some(State::Failed));
+        assert_eq!(map_callback("sale", "error"), Some(State::Failed));
+        assert_eq!(map_callback("sale", "processing"), Some(State::Pending));
+        assert_eq!(map_callback("reversal", "approved"), Some(State::Reversed));
+        assert_eq!(
+            map_callback("chargeback", "approved"),
+            Some(State::Reversed)
+        );
+        assert_eq!(map_callback("reversal", "declined"), None);
+    }
+
+    fn query(status: &str, kind: &str, control: &str) -> String {
+        format!("status={status}&type={kind}&orderid=o-1&client_orderid=inv-1&merchant_order=inv-1&amount=12.50&currency=EUR&control={control}")
+    }
+
+    #[test]
+    fn a_signed_callback_is_read_and_a_forged_one_refused() {
+        let a = adapter();
+        let good = control("approved", "o-1", "inv-1", "merchant-key");
+        let q = query("approved", "sale", &good);
+        let cb = a
+            .parse_callback(
+                &RawCallback {
+                    method: "GET",
+                    query: &q,
+                    body: b"",
+                },
+                7,
+            )
+            .unwrap();
+        assert_eq!(cb.report.state, Some(State::Succeeded));
+        assert_eq!(cb.match_key, "connpay|inv|inv-1");
+        assert_eq!(cb.dedupe_key, "connpay|cb|approved|sale|o-1|inv-1");
+        assert_eq!(cb.report.fields["amount"], "12.50");
+
+        let forged = query(
+            "approved",
+            "sale",
+            &control("approved", "o-1", "inv-1", "guess"),
+        );
+        let err = a.parse_callback(
+            &RawCallback {
+                method: "GET",
+                query: &forged,
+                body: b"",
+            },
+            7,
+        );
+        assert!(matches!(err, Err(CallbackError::Forged)));
+        // A control for another status does not carry over.
+        let swapped = query("declined", "sale", &good);
+        let err = a.parse_callback(
+            &RawCallback {
+                method: "GET",
+                query: &swapped,
+                body: b"",
+            },
+            7,
+        );
+        assert!(matches!(err, Err(CallbackError::Forged)));
+        let err = a.parse_callback(
+            &RawCallback {
+                method: "GET",
+                query: "status=approved",
+                body: b"",
+            },
+            7,
+        );
+        assert!(matches!(err, Err(CallbackError::Malformed(_))));
+    }
+
+    #[test]
+    fn control_is_lowercase_sha1_hex() {
+        // sha1("abc") is the FIPS 180 test vector.
+        assert_eq!(
+            control("a", "b", "c", ""),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
+    }
+
+    #[test]
+    fn keys_are_checked() {
+        let a = adapter();
+        let mut keys = Keys::from([
+            (ENDPOINT_ID.to_string(), "1234".to_string()),
+            (INVOICE_ID.to_string(), "inv-1".to_string()),
+            (SESSION_TOKEN.to_string(), "s".repeat(20)),
+            (ACCESS_TOKEN.to_string(), "a".repeat(40)),
+        ]);
+        let tk = a.track_keys(&keys).unwrap();
+        assert_eq!(tk.idempotency_key, "connpay|idem|1234/inv-1");
+        keys.insert(SESSION_TOKEN.into(), "short".into());
+        assert!(a.track_keys(&keys).unwrap_err().contains("session_token"));
+        keys.insert("extra".into(), "x".into());
+        assert!(a.track_keys(&keys).unwrap_err().contains("extra"));
+    }
+}

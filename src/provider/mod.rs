@@ -1,0 +1,81 @@
+//! The provider trait: how payrecon asks a provider for a payment's status,
+//! how it reads and verifies that provider's callbacks, and how its
+//! statuses map to normalized states. One module per provider.
+
+pub mod connpay;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::config::PollingConfig;
+use crate::model::{Keys, Payment, ProviderId, Report};
+use crate::store::CallbackRecord;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a status inquiry gave no answer to record.
+#[derive(Debug, thiserror::Error)]
+pub enum InquiryError {
+    /// Transport error, timeout, 5xx: ask again at the next tick.
+    #[error("provider unreachable or failing: {0}")]
+    Transient(String),
+    /// An answer that cannot be read. Logged; asked again at the next tick.
+    #[error("unreadable provider answer: {0}")]
+    Invalid(String),
+}
+
+/// Why a callback was refused. Nothing of it is stored.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    /// Missing or unreadable fields: answered 400.
+    #[error("malformed callback: {0}")]
+    Malformed(String),
+    /// The signature does not verify: answered 403.
+    #[error("callback signature does not verify")]
+    Forged,
+}
+
+/// How a tracked payment is found again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackKeys {
+    /// The same for the same payment, whatever else the request carries.
+    pub idempotency_key: String,
+    /// Keys that this provider's callbacks are matched by.
+    pub lookup_keys: Vec<String>,
+}
+
+/// A callback as it arrived: method, raw query string, raw body.
+pub struct RawCallback<'a> {
+    pub method: &'a str,
+    pub query: &'a str,
+    pub body: &'a [u8],
+}
+
+pub trait Provider: Send + Sync + 'static {
+    fn id(&self) -> ProviderId;
+
+    /// How this provider is polled.
+    fn polling(&self) -> &PollingConfig;
+
+    /// Checks the keys of a payment to track and says how to find it again.
+    fn track_keys(&self, keys: &Keys) -> Result<TrackKeys, String>;
+
+    /// Names of keys that must never be shown or logged.
+    fn secret_keys(&self) -> &'static [&'static str];
+
+    /// Asks the provider for the payment's status. The report's source is
+    /// `Poll`; callers that reconcile set their own.
+    fn inquire<'a>(&'a self, payment: &'a Payment) -> BoxFuture<'a, Result<Report, InquiryError>>;
+
+    /// Reads and verifies a callback.
+    fn parse_callback(
+        &self,
+        raw: &RawCallback<'_>,
+        received_ms: u64,
+    ) -> Result<CallbackRecord, CallbackError>;
+}
+
+/// A lookup key in the store's `keys` tree: `provider|kind|value`.
+pub fn lookup_key(provider: ProviderId, kind: &str, value: &str) -> String {
+    format!("{}|{kind}|{value}", provider.as_str())
+}

@@ -1,0 +1,206 @@
+//! The one task that owns every poll deadline: a timer queue that sleeps
+//! until the nearest deadline and wakes early when a nearer one arrives.
+//! There is no task or sleep per payment; when a deadline falls due the
+//! scheduler hands the payment id to a dispatch function and forgets it
+//! until it is scheduled again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Handle to the scheduler task. Cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    tx: mpsc::UnboundedSender<(String, Instant)>,
+    stats: Arc<Stats>,
+}
+
+/// Counters for liveness checks and metrics.
+#[derive(Default)]
+pub struct Stats {
+    /// Deadlines currently queued.
+    pub queued: AtomicU64,
+    /// Deadlines dispatched so far.
+    pub dispatched: AtomicU64,
+    /// Loop turns; it moving shows the task is alive.
+    pub turns: AtomicU64,
+}
+
+impl Scheduler {
+    /// Starts the scheduler task. `dispatch(id, due)` is called from the
+    /// task for each deadline that falls due; it must not block (spawn the
+    /// work). The task ends when `cancel` fires.
+    pub fn start<F>(
+        cancel: CancellationToken,
+        dispatch: F,
+    ) -> (Scheduler, tokio::task::JoinHandle<()>)
+    where
+        F: Fn(String, Instant) + Send + 'static,
+    {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let task = tokio::spawn(run(rx, cancel, dispatch, stats.clone()));
+        (Scheduler { tx, stats }, task)
+    }
+
+    /// Schedules (or moves) the deadline of `id`.
+    pub fn schedule(&self, id: String, at: Instant) {
+        // Fails only once the task has ended, at shutdown: nothing to do then.
+        let _ = self.tx.send((id, at));
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+async fn run<F>(
+    mut rx: mpsc::UnboundedReceiver<(String, Instant)>,
+    cancel: CancellationToken,
+    dispatch: F,
+    stats: Arc<Stats>,
+) where
+    F: Fn(String, Instant),
+{
+    // (deadline, tie-breaker) → id, and id → its key, so moving a deadline
+    // replaces the old one.
+    let mut queue: BTreeMap<(Instant, u64), String> = BTreeMap::new();
+    let mut index: HashMap<String, (Instant, u64)> = HashMap::new();
+    let mut seq = 0u64;
+    let mut insert = |queue: &mut BTreeMap<_, _>, index: &mut HashMap<_, _>, id: String, at| {
+        seq += 1;
+        if let Some(old) = index.insert(id.clone(), (at, seq)) {
+            queue.remove(&old);
+        }
+        queue.insert((at, seq), id);
+    };
+    loop {
+        stats.turns.fetch_add(1, Ordering::Relaxed);
+        stats.queued.store(queue.len() as u64, Ordering::Relaxed);
+        let next = queue.keys().next().map(|(at, _)| *at);
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            msg = rx.recv() => {
+                let Some((id, at)) = msg else { break };
+                insert(&mut queue, &mut index, id, at);
+                // Take whatever else is waiting in one go.
+                while let Ok((id, at)) = rx.try_recv() {
+                    insert(&mut queue, &mut index, id, at);
+                }
+            }
+            _ = sleep_until(next), if next.is_some() => {
+                let now = Instant::now();
+                while let Some(entry) = queue.first_entry() {
+                    if entry.key().0 > now {
+                        break;
+                    }
+                    let ((due, _), id) = entry.remove_entry();
+                    index.remove(&id);
+                    stats.dispatched.fetch_add(1, Ordering::Relaxed);
+                    dispatch(id, due);
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    type Log = Arc<Mutex<Vec<(String, Instant)>>>;
+
+    fn start() -> (Scheduler, Log, CancellationToken, Instant) {
+        let log: Log = Arc::default();
+        let l = log.clone();
+        let cancel = CancellationToken::new();
+        let (s, _task) = Scheduler::start(cancel.clone(), move |id, _due| {
+            l.lock().unwrap().push((id, Instant::now()));
+        });
+        (s, log, cancel, Instant::now())
+    }
+
+    async fn wait_for(log: &Log, n: usize) {
+        while log.lock().unwrap().len() < n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_fire_in_order_at_their_time() {
+        let (s, log, _c, t0) = start();
+        s.schedule("c".into(), t0 + Duration::from_secs(5));
+        s.schedule("a".into(), t0 + Duration::from_secs(3));
+        s.schedule("b".into(), t0 + Duration::from_secs(4));
+        wait_for(&log, 3).await;
+        let log = log.lock().unwrap();
+        let ids: Vec<_> = log.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        for (i, (_, at)) in log.iter().enumerate() {
+            assert_eq!(*at - t0, Duration::from_secs(3 + i as u64));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_nearer_deadline_wakes_the_sleeping_task() {
+        let (s, log, _c, t0) = start();
+        s.schedule("far".into(), t0 + Duration::from_secs(100));
+        // Let the task go to sleep on the far deadline first.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        s.schedule("near".into(), t0 + Duration::from_secs(2));
+        wait_for(&log, 1).await;
+        let (id, at) = log.lock().unwrap()[0].clone();
+        assert_eq!(id, "near");
+        assert_eq!(at - t0, Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rescheduling_moves_the_deadline_instead_of_adding_one() {
+        let (s, log, _c, t0) = start();
+        s.schedule("x".into(), t0 + Duration::from_secs(2));
+        s.schedule("x".into(), t0 + Duration::from_secs(7));
+        s.schedule("y".into(), t0 + Duration::from_secs(9));
+        wait_for(&log, 2).await;
+        let log = log.lock().unwrap();
+        assert_eq!(log[0].0, "x");
+        assert_eq!(log[0].1 - t0, Duration::from_secs(7));
+        assert_eq!(log.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_thousand_deadlines_need_one_task() {
+        let (s, log, _c, t0) = start();
+        for i in 0..10_000u64 {
+            s.schedule(format!("p{i}"), t0 + Duration::from_millis(3000 + i % 2000));
+        }
+        wait_for(&log, 10_000).await;
+        let log = log.lock().unwrap();
+        assert!(log.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert!(log.iter().all(|(_, at)| *at - t0 >= Duration::from_secs(3)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_ends_the_task() {
+        let log: Log = Arc::default();
+        let cancel = CancellationToken::new();
+        let (s, task) = Scheduler::start(cancel.clone(), |_, _| {});
+        s.schedule("x".into(), Instant::now() + Duration::from_secs(3600));
+        cancel.cancel();
+        task.await.unwrap();
+        assert!(log.lock().unwrap().is_empty());
+    }
+}

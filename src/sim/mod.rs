@@ -1,0 +1,5 @@
+//! Provider simulators: sandbox HTTP servers on loopback, faithful to the
+//! seed documents, with fault knobs. Tests, the demo and the benchmarks
+//! drive them in-process.
+
+pub mod connpay;

@@ -1,0 +1,783 @@
+//! The sled store: payments, their histories, the key index, the callback
+//! inbox and orphan callbacks, and the group commit that makes them durable.
+//!
+//! Every change is one sled transaction over the trees it touches, so a
+//! state change, its history entry and (for callbacks) the inbox entry that
+//! de-duplicates it land together or not at all. [`Store::sync`] then waits
+//! for a flush that covers the commit; concurrent callers share one flush.
+//!
+//! Trees and their keys:
+//! - `payments`: payment id → Payment (JSON)
+//! - `history`: payment id, 0x00, seq (u32 BE) → Observation (JSON)
+//! - `keys`: provider lookup key (`connpay|inv|…`) → payment id
+//! - `inbox`: callback de-duplication key → InboxEntry (JSON)
+//! - `orphans`: lookup key → callbacks that came before their payment
+//! - `windows`: payment id → next poll, unix ms (u64 BE); open windows only
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+};
+use tokio::sync::{watch, Notify};
+
+use crate::model::{Keys, Observation, Payment, PollWindow, ProviderId, Report, Source};
+use crate::state::{decide, Decision, State};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store record `{key}` is unreadable: {source}")]
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("no payment `{0}`")]
+    NotFound(String),
+    #[error("store is shutting down")]
+    Closed,
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// A payment to start tracking.
+#[derive(Debug, Clone)]
+pub struct NewPayment {
+    pub provider: ProviderId,
+    pub keys: Keys,
+    /// Same value for the same payment: tracking it twice finds the first.
+    pub idempotency_key: String,
+    /// Keys that callbacks are matched by; orphans under them are applied.
+    pub lookup_keys: Vec<String>,
+    pub amount_minor: Option<i64>,
+    pub currency: Option<String>,
+    pub window: Option<PollWindow>,
+    pub now_ms: u64,
+}
+
+/// A state change that a commit made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub payment_id: String,
+    pub provider: ProviderId,
+    pub from: State,
+    pub to: State,
+    pub source: Source,
+    /// From tracking to this change.
+    pub latency_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tracked {
+    pub payment: Payment,
+    /// False when the payment was already tracked.
+    pub created: bool,
+    /// Changes made by orphan callbacks applied on tracking.
+    pub changes: Vec<Change>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub payment: Payment,
+    pub observation: Observation,
+    pub change: Option<Change>,
+}
+
+/// What became of a verified callback.
+#[derive(Debug, Clone)]
+pub enum Ingested {
+    /// Seen before; nothing written.
+    Duplicate,
+    /// Applied to its payment.
+    Applied(Observed),
+    /// No payment matches yet; kept until one is tracked.
+    Orphaned,
+}
+
+/// A verified callback, ready to commit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallbackRecord {
+    pub dedupe_key: String,
+    /// The lookup key the callback is matched by.
+    pub match_key: String,
+    pub report: Report,
+    pub received_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct InboxEntry {
+    payment_id: Option<String>,
+    received_ms: u64,
+}
+
+/// What to do with a payment's poll window in the same commit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WindowChange {
+    Keep,
+    /// Count a poll and schedule the next at this unix ms.
+    Next(u64),
+    /// Count a poll and close the window.
+    Close,
+}
+
+/// Shares flushes between concurrent committers. A committer takes a
+/// ticket after its transaction; the flusher reads the newest ticket
+/// *before* it flushes, so a flush that finishes covers every ticket it read.
+struct GroupCommit {
+    tickets: AtomicU64,
+    wake: Notify,
+    flushed: watch::Sender<u64>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    payments: sled::Tree,
+    history: sled::Tree,
+    keys: sled::Tree,
+    inbox: sled::Tree,
+    orphans: sled::Tree,
+    windows: sled::Tree,
+    gc: Arc<GroupCommit>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path` and starts its flusher on the
+    /// current tokio runtime. The flusher ends when the last `Store` clone
+    /// is dropped, after a final flush.
+    pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            // sled also flushes on its own; acknowledgements never rely on it.
+            .flush_every_ms(Some(1000))
+            .open()?;
+        let gc = Arc::new(GroupCommit {
+            tickets: AtomicU64::new(0),
+            wake: Notify::new(),
+            flushed: watch::channel(0).0,
+        });
+        let store = Store {
+            payments: db.open_tree("payments")?,
+            history: db.open_tree("history")?,
+            keys: db.open_tree("keys")?,
+            inbox: db.open_tree("inbox")?,
+            orphans: db.open_tree("orphans")?,
+            windows: db.open_tree("windows")?,
+            db,
+            gc,
+        };
+        let weak = Arc::downgrade(&store.gc);
+        let db = store.db.clone();
+        tokio::spawn(flusher(weak, db));
+        Ok(store)
+    }
+
+    /// Waits until everything committed before this call is on disk.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let ticket = self.gc.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut rx = self.gc.flushed.subscribe();
+        self.gc.wake.notify_one();
+        rx.wait_for(|&f| f >= ticket)
+            .await
+            .map(|_| ())
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Flushes now, on the calling thread. For shutdown.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Whether the store answers reads and writes.
+    pub fn healthy(&self) -> bool {
+        self.db.get(b"__probe").is_ok()
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn new_id(&self) -> Result<String, StoreError> {
+        // Creation-ordered (for paging) with a random tail so ids from two
+        // stores do not collide.
+        let n = self.db.generate_id()?;
+        Ok(format!("pay_{:012x}{:04x}", n, fastrand::u16(..)))
+    }
+
+    /// Starts tracking a payment, or finds it if it is already tracked.
+    /// Orphan callbacks waiting under its lookup keys are applied in the
+    /// same transaction.
+    pub fn track(&self, new: NewPayment) -> Result<Tracked, StoreError> {
+        let fresh_id = self.new_id()?;
+        let res = (
+            &self.payments,
+            &self.history,
+            &self.keys,
+            &self.orphans,
+            &self.windows,
+        )
+            .transaction(|(payments, history, keys, orphans, windows)| {
+                if let Some(id) = keys.get(new.idempotency_key.as_bytes())? {
+                    let id = String::from_utf8_lossy(&id).into_owned();
+                    let payment = load(payments, &id)?;
+                    return Ok(Tracked {
+                        payment,
+                        created: false,
+                        changes: vec![],
+                    });
+                }
+                let mut payment = Payment {
+                    id: fresh_id.clone(),
+                    provider: new.provider,
+                    keys: new.keys.clone(),
+                    amount_minor: new.amount_minor,
+                    currency: new.currency.clone(),
+                    state: State::Pending,
+                    raw_status: None,
+                    created_ms: new.now_ms,
+                    updated_ms: new.now_ms,
+                    final_ms: None,
+                    final_source: None,
+                    window: new.window,
+                    observations: 0,
+                };
+                keys.insert(new.idempotency_key.as_bytes(), fresh_id.as_bytes())?;
+                let mut changes = vec![];
+                for k in &new.lookup_keys {
+                    keys.insert(k.as_bytes(), fresh_id.as_bytes())?;
+                    if let Some(raw) = orphans.remove(k.as_bytes())? {
+                        let waiting: Vec<CallbackRecord> = decode(k, &raw)?;
+                        for cb in waiting {
+                            let (obs, change) =
+                                apply(&mut payment, cb.report.clone(), cb.received_ms);
+                            put_history(history, &payment.id, &obs)?;
+                            changes.extend(change);
+                        }
+                    }
+                }
+                if let Some(w) = payment
+                    .window
+                    .filter(|w| w.open && !payment.state.is_final())
+                {
+                    windows.insert(payment.id.as_bytes(), &w.next_ms.to_be_bytes())?;
+                } else if let Some(w) = payment.window.as_mut() {
+                    w.open = false;
+                }
+                put_payment(payments, &payment)?;
+                Ok(Tracked {
+                    payment,
+                    created: true,
+                    changes,
+                })
+            });
+        unwrap_tx(res)
+    }
+
+    /// Records an observation of a payment (poll, reconcile, action) and
+    /// moves its window.
+    pub fn observe(
+        &self,
+        id: &str,
+        report: Report,
+        window: WindowChange,
+        now_ms: u64,
+    ) -> Result<Observed, StoreError> {
+        let res = (&self.payments, &self.history, &self.keys, &self.windows).transaction(
+            |(payments, history, keys, windows)| {
+                let mut payment = load(payments, id)?;
+                let learned = report.learned_keys.clone();
+                let (observation, change) = apply(&mut payment, report.clone(), now_ms);
+                for k in &learned {
+                    keys.insert(k.as_bytes(), id.as_bytes())?;
+                }
+                put_history(history, id, &observation)?;
+                if let Some(w) = payment.window.as_mut() {
+                    match window {
+                        WindowChange::Keep => {}
+                        WindowChange::Next(at) => {
+                            w.polls += 1;
+                            w.next_ms = at;
+                        }
+                        WindowChange::Close => {
+                            w.polls += 1;
+                            w.open = false;
+                        }
+                    }
+                    if payment.state.is_final() {
+                        w.open = false;
+                    }
+                    if w.open {
+                        windows.insert(id.as_bytes(), &w.next_ms.to_be_bytes())?;
+                    } else {
+                        windows.remove(id.as_bytes())?;
+                    }
+                }
+                put_payment(payments, &payment)?;
+                Ok(Observed {
+                    payment,
+                    observation,
+                    change,
+                })
+            },
+        );
+        unwrap_tx(res)
+    }
+
+    /// Moves a payment's poll window without an observation (the inquiry
+    /// gave no answer to record).
+    pub fn move_window(
+        &self,
+        id: &str,
+        window: WindowChange,
+    ) -> Result<Option<PollWindow>, StoreError> {
+        let res = (&self.payments, &self.windows).transaction(|(payments, windows)| {
+            let mut payment = load(payments, id)?;
+            let Some(w) = payment.window.as_mut() else {
+                return Ok(None);
+            };
+            match window {
+                WindowChange::Keep => {}
+                WindowChange::Next(at) => {
+                    w.polls += 1;
+                    w.next_ms = at;
+                }
+                WindowChange::Close => {
+                    w.polls += 1;
+                    w.open = false;
+                }
+            }
+            let w = *w;
+            if w.open {
+                windows.insert(id.as_bytes(), &w.next_ms.to_be_bytes())?;
+            } else {
+                windows.remove(id.as_bytes())?;
+            }
+            put_payment(payments, &payment)?;
+            Ok(Some(w))
+        });
+        unwrap_tx(res)
+    }
+
+    /// Commits a verified callback: de-duplicates it, applies it to its
+    /// payment or keeps it as an orphan. Call [`Store::sync`] before
+    /// acknowledging it.
+    pub fn ingest_callback(&self, cb: &CallbackRecord) -> Result<Ingested, StoreError> {
+        let res = (
+            &self.payments,
+            &self.history,
+            &self.keys,
+            &self.inbox,
+            &self.orphans,
+            &self.windows,
+        )
+            .transaction(|(payments, history, keys, inbox, orphans, windows)| {
+                if inbox.get(cb.dedupe_key.as_bytes())?.is_some() {
+                    return Ok(Ingested::Duplicate);
+                }
+                let Some(id) = keys.get(cb.match_key.as_bytes())? else {
+                    let mut waiting: Vec<CallbackRecord> =
+                        match orphans.get(cb.match_key.as_bytes())? {
+                            Some(raw) => decode(&cb.match_key, &raw)?,
+                            None => vec![],
+                        };
+                    waiting.push(cb.clone());
+                    orphans.insert(cb.match_key.as_bytes(), encode(&waiting))?;
+                    let entry = InboxEntry {
+                        payment_id: None,
+                        received_ms: cb.received_ms,
+                    };
+                    inbox.insert(cb.dedupe_key.as_bytes(), encode(&entry))?;
+                    return Ok(Ingested::Orphaned);
+                };
+                let id = String::from_utf8_lossy(&id).into_owned();
+                let mut payment = load(payments, &id)?;
+                let (observation, change) = apply(&mut payment, cb.report.clone(), cb.received_ms);
+                put_history(history, &id, &observation)?;
+                if payment.state.is_final() {
+                    if let Some(w) = payment.window.as_mut() {
+                        w.open = false;
+                    }
+                    windows.remove(id.as_bytes())?;
+                }
+                put_payment(payments, &payment)?;
+                let entry = InboxEntry {
+                    payment_id: Some(id),
+                    received_ms: cb.received_ms,
+                };
+                inbox.insert(cb.dedupe_key.as_bytes(), encode(&entry))?;
+                Ok(Ingested::Applied(Observed {
+                    payment,
+                    observation,
+                    change,
+                }))
+            });
+        unwrap_tx(res)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Payment>, StoreError> {
+        match self.payments.get(id.as_bytes())? {
+            Some(raw) => Ok(Some(decode(id, &raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The payment id a lookup key points at.
+    pub fn find(&self, lookup_key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .keys
+            .get(lookup_key.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn history(&self, id: &str) -> Result<Vec<Observation>, StoreError> {
+        let mut prefix = id.as_bytes().to_vec();
+        prefix.push(0);
+        self.history
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&String::from_utf8_lossy(&k), &v)
+            })
+            .collect()
+    }
+
+    /// Payments in id (creation) order after `after`, filtered.
+    pub fn list(
+        &self,
+        state: Option<State>,
+        provider: Option<ProviderId>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Payment>, StoreError> {
+        let range = match after {
+            Some(a) => self.payments.range::<&[u8], _>((
+                std::ops::Bound::Excluded(a.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.payments.iter(),
+        };
+        let mut out = Vec::new();
+        for kv in range {
+            let (k, v) = kv?;
+            let p: Payment = decode(&String::from_utf8_lossy(&k), &v)?;
+            if state.is_some_and(|s| s != p.state) || provider.is_some_and(|pr| pr != p.provider) {
+                continue;
+            }
+            out.push(p);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every open poll window: payment id and next poll (unix ms).
+    pub fn open_windows(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.windows
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&v[..8.min(v.len())]);
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    u64::from_be_bytes(b),
+                ))
+            })
+            .collect()
+    }
+
+    /// Orphan callbacks still waiting for their payment.
+    pub fn orphan_count(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.orphans.iter() {
+            let (k, v) = kv?;
+            let list: Vec<CallbackRecord> = decode(&String::from_utf8_lossy(&k), &v)?;
+            n += list.len();
+        }
+        Ok(n)
+    }
+
+    /// Callbacks recorded in the inbox (each counted once).
+    pub fn inbox_len(&self) -> usize {
+        self.inbox.len()
+    }
+}
+
+/// Applies a report to a payment in memory: numbers it, judges it with the
+/// state machine, and moves the payment if it advances.
+fn apply(payment: &mut Payment, report: Report, at_ms: u64) -> (Observation, Option<Change>) {
+    let decision = report.state.map(|to| decide(payment.state, to));
+    let mut change = None;
+    if let (Some(Decision::Advance), Some(to)) = (decision, report.state) {
+        change = Some(Change {
+            payment_id: payment.id.clone(),
+            provider: payment.provider,
+            from: payment.state,
+            to,
+            source: report.source,
+            latency_ms: at_ms.saturating_sub(payment.created_ms),
+        });
+        if to.is_final() && payment.final_ms.is_none() {
+            payment.final_ms = Some(at_ms);
+            payment.final_source = Some(report.source);
+        }
+        payment.state = to;
+        payment.raw_status = Some(report.raw_status.clone());
+    }
+    if payment.amount_minor.is_none() {
+        payment.amount_minor = report
+            .fields
+            .get("amount_minor")
+            .and_then(|a| a.parse().ok());
+    }
+    payment.updated_ms = payment.updated_ms.max(at_ms);
+    let observation = Observation {
+        seq: payment.observations,
+        source: report.source,
+        at_ms,
+        raw_status: report.raw_status,
+        state: report.state,
+        decision,
+        fields: report.fields,
+    };
+    payment.observations += 1;
+    (observation, change)
+}
+
+fn load(payments: &TransactionalTree, id: &str) -> TxResult<Payment> {
+    match payments.get(id.as_bytes())? {
+        Some(raw) => Ok(decode(id, &raw)?),
+        None => Err(ConflictableTransactionError::Abort(StoreError::NotFound(
+            id.to_string(),
+        ))),
+    }
+}
+
+fn put_payment(payments: &TransactionalTree, p: &Payment) -> TxResult<()> {
+    payments.insert(p.id.as_bytes(), encode(p))?;
+    Ok(())
+}
+
+fn put_history(history: &TransactionalTree, id: &str, obs: &Observation) -> TxResult<()> {
+    let mut key = id.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&obs.seq.to_be_bytes());
+    history.insert(key, encode(obs))?;
+    Ok(())
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing these plain structs cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, raw: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(raw).map_err(|source| StoreError::Corrupt {
+        key: key.to_string(),
+        source,
+    })
+}
+
+impl From<StoreError> for ConflictableTransactionError<StoreError> {
+    fn from(e: StoreError) -> Self {
+        ConflictableTransactionError::Abort(e)
+    }
+}
+
+fn unwrap_tx<T>(res: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
+    res.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
+    })
+}
+
+/// The group-commit loop: one flush serves every ticket taken before it
+/// started. Ends when the store is dropped.
+async fn flusher(gc: std::sync::Weak<GroupCommit>, db: sled::Db) {
+    loop {
+        let Some(g) = gc.upgrade() else { break };
+        let target = g.tickets.load(Ordering::SeqCst);
+        if target <= *g.flushed.borrow() {
+            // Nothing to do: wait for a ticket. The timeout lets the loop
+            // notice, within a second, that the store was dropped.
+            tokio::select! {
+                _ = g.wake.notified() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
+        let db2 = db.clone();
+        match tokio::task::spawn_blocking(move || db2.flush()).await {
+            Ok(Ok(_)) => {
+                g.flushed.send_replace(target);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(alert = "store_flush_failed", error = %e, "store flush failed; acknowledgements wait");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                tracing::error!(alert = "store_flush_failed", error = %e, "store flush task failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let _ = db.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn report(source: Source, raw: &str, state: Option<State>) -> Report {
+        Report {
+            source,
+            raw_status: raw.into(),
+            state,
+            fields: BTreeMap::new(),
+            learned_keys: vec![],
+        }
+    }
+
+    fn new_payment(inv: &str) -> NewPayment {
+        NewPayment {
+            provider: ProviderId::Connpay,
+            keys: Keys::from([("invoice_id".to_string(), inv.to_string())]),
+            idempotency_key: format!("connpay|idem|{inv}"),
+            lookup_keys: vec![format!("connpay|inv|{inv}")],
+            amount_minor: Some(100),
+            currency: Some("EUR".into()),
+            window: Some(PollWindow {
+                ends_ms: 10_000,
+                next_ms: 1_000,
+                polls: 0,
+                open: true,
+            }),
+            now_ms: 0,
+        }
+    }
+
+    fn callback(inv: &str, status: &str, state: State) -> CallbackRecord {
+        CallbackRecord {
+            dedupe_key: format!("connpay|{status}|sale|o-{inv}|{inv}"),
+            match_key: format!("connpay|inv|{inv}"),
+            report: report(Source::Callback, status, Some(state)),
+            received_ms: 5,
+        }
+    }
+
+    #[tokio::test]
+    async fn track_is_idempotent_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let store = Store::open(dir.path()).unwrap();
+            let a = store.track(new_payment("inv-1")).unwrap();
+            let b = store.track(new_payment("inv-1")).unwrap();
+            assert!(a.created && !b.created);
+            assert_eq!(a.payment.id, b.payment.id);
+            store.sync().await.unwrap();
+            a.payment.id
+        };
+        // sled holds a file lock until every handle is gone.
+        tokio::task::yield_now().await;
+        let store = reopen(dir.path()).await;
+        let p = store.get(&id).unwrap().unwrap();
+        assert_eq!(p.state, State::Pending);
+        assert_eq!(store.find("connpay|inv|inv-1").unwrap(), Some(id.clone()));
+        assert_eq!(store.open_windows().unwrap(), vec![(id, 1_000)]);
+    }
+
+    async fn reopen(path: &std::path::Path) -> Store {
+        for _ in 0..100 {
+            if let Ok(s) = Store::open(path) {
+                return s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("store did not reopen");
+    }
+
+    #[tokio::test]
+    async fn duplicate_callbacks_leave_one_entry_and_late_news_does_not_regress() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store.track(new_payment("inv-2")).unwrap().payment.id;
+        let cb = callback("inv-2", "approved", State::Succeeded);
+        let Ingested::Applied(o) = store.ingest_callback(&cb).unwrap() else {
+            panic!("not applied")
+        };
+        assert_eq!(o.change.unwrap().to, State::Succeeded);
+        assert!(matches!(
+            store.ingest_callback(&cb).unwrap(),
+            Ingested::Duplicate
+        ));
+        let late = store
+            .observe(
+                &id,
+                report(Source::Poll, "PROCESSING", Some(State::Pending)),
+                WindowChange::Keep,
+                9,
+            )
+            .unwrap();
+        assert!(late.change.is_none());
+        assert_eq!(late.observation.decision, Some(Decision::Backwards));
+        let p = store.get(&id).unwrap().unwrap();
+        assert_eq!(p.state, State::Succeeded);
+        assert_eq!(p.final_source, Some(Source::Callback));
+        assert!(!p.window.unwrap().open, "final closes the window");
+        assert!(store.open_windows().unwrap().is_empty());
+        assert_eq!(store.history(&id).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn orphans_are_applied_when_their_payment_is_tracked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let cb = callback("inv-3", "declined", State::Failed);
+        assert!(matches!(
+            store.ingest_callback(&cb).unwrap(),
+            Ingested::Orphaned
+        ));
+        assert!(matches!(
+            store.ingest_callback(&cb).unwrap(),
+            Ingested::Duplicate
+        ));
+        assert_eq!(store.orphan_count().unwrap(), 1);
+        let t = store.track(new_payment("inv-3")).unwrap();
+        assert_eq!(t.payment.state, State::Failed);
+        assert_eq!(t.changes.len(), 1);
+        assert_eq!(store.orphan_count().unwrap(), 0);
+        assert!(store.open_windows().unwrap().is_empty());
+        // A retry after the match is still a duplicate.
+        assert!(matches!(
+            store.ingest_callback(&cb).unwrap(),
+            Ingested::Duplicate
+        ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_syncs_share_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut tasks = vec![];
+        for i in 0..50 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.track(new_payment(&format!("inv-c{i}"))).unwrap();
+                s.sync().await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(store.list(None, None, None, 100).unwrap().len(), 50);
+        let page = store.list(None, None, None, 20).unwrap();
+        let next = store.list(None, None, Some(&page[19].id), 100).unwrap();
+        assert_eq!(next.len(), 30);
+    }
+}
