@@ -283,7 +283,7 @@ pub async fn run(count: usize) -> Result<bool, String> {
     println!("  final states:        {}", fmt_counts(&by_state));
     println!("  first learned from:  {}", fmt_counts(&by_source));
     println!(
-        "  polls: {} answered, {} failed (sandbox faults) | callbacks: {} received, {} duplicates ignored",
+        "  polls: {} answered, {} gave up after retries | callbacks: {} received, {} duplicates ignored",
         c.polls_ok.load(Relaxed), c.polls_failed.load(Relaxed), c.callbacks_received.load(Relaxed), c.callbacks_duplicate.load(Relaxed)
     );
     println!("  state transitions:   {}", c.transitions.load(Relaxed));
