@@ -1,0 +1,203 @@
+//! Shared helpers for the integration tests: a ConnPay sandbox and the
+//! daemon on ephemeral loopback ports, a temp folder each, and waits on
+//! conditions (never fixed sleeps).
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use payrecon::admin::PaymentView;
+use payrecon::client::AdminClient;
+use payrecon::config::Config;
+use payrecon::daemon::{self, Daemon, Listeners};
+use payrecon::engine::{Engine, TrackRequest};
+use payrecon::sim::connpay::{ConnpaySim, NewTransfer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const KEY_ENV: &str = "TEST_CONNPAY_CONTROL_KEY";
+pub const CONTROL_KEY: &str = "test-merchant-control-key";
+
+/// How long a condition may take before the test fails. Generous: it only
+/// bounds a broken run; a passing run never waits for it.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polling settings for a test, as TOML values.
+pub struct Polling {
+    pub interval: (&'static str, &'static str),
+    pub window: (&'static str, &'static str),
+    pub max_in_flight: usize,
+    pub request_timeout: &'static str,
+}
+
+impl Default for Polling {
+    fn default() -> Self {
+        Polling {
+            interval: ("20ms", "40ms"),
+            window: ("60s", "60s"),
+            max_in_flight: 16,
+            request_timeout: "2s",
+        }
+    }
+}
+
+pub fn config_text(
+    store: &std::path::Path,
+    base_url: &str,
+    p: &Polling,
+    extra_admin: &str,
+) -> String {
+    format!(
+        r#"
+[store]
+path = "{}"
+
+[callback]
+listen = "127.0.0.1:0"
+
+[admin]
+listen = "127.0.0.1:0"
+{extra_admin}
+
+[log]
+format = "json"
+level = "info"
+
+[providers.connpay]
+base_url = "{base_url}"
+control_key_env = "{KEY_ENV}"
+
+[providers.connpay.polling]
+poll_interval_min = "{}"
+poll_interval_max = "{}"
+poll_window_min = "{}"
+poll_window_max = "{}"
+max_in_flight = {}
+request_timeout = "{}"
+"#,
+        store.display(),
+        p.interval.0,
+        p.interval.1,
+        p.window.0,
+        p.window.1,
+        p.max_in_flight,
+        p.request_timeout
+    )
+}
+
+pub async fn start_sim(cancel: &CancellationToken) -> ConnpaySim {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    ConnpaySim::start(l, CONTROL_KEY, cancel.child_token())
+}
+
+/// The sandbox and an in-process daemon.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub sim: ConnpaySim,
+    pub engine: Arc<Engine>,
+    pub admin: AdminClient,
+    pub callback_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub cancel: CancellationToken,
+    daemon: Option<Daemon>,
+}
+
+impl Harness {
+    pub async fn start(p: Polling) -> Harness {
+        Harness::start_with(p, "", HashMap::new()).await
+    }
+
+    pub async fn start_with(
+        p: Polling,
+        extra_admin: &str,
+        mut env: HashMap<String, String>,
+    ) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = CancellationToken::new();
+        let sim = start_sim(&cancel).await;
+        let text = config_text(&dir.path().join("store"), &sim.base_url(), &p, extra_admin);
+        env.insert(KEY_ENV.into(), CONTROL_KEY.into());
+        let config = Config::parse("test config", &text, &env).unwrap();
+        let listeners = Listeners::bind(&config).await.unwrap();
+        let d = daemon::start(&config, listeners, cancel.clone())
+            .await
+            .unwrap();
+        sim.set_callback_url(&format!("http://{}/callback/connpay", d.callback_addr));
+        Harness {
+            admin: AdminClient::new(&format!("http://{}", d.admin_addr), None),
+            engine: d.engine.clone(),
+            callback_addr: d.callback_addr,
+            admin_addr: d.admin_addr,
+            sim,
+            dir,
+            cancel,
+            daemon: Some(d),
+        }
+    }
+
+    /// Creates the transfer in the sandbox and tracks it; returns its id.
+    pub async fn track(&self, t: &NewTransfer) -> String {
+        self.sim.add(t.clone());
+        self.admin
+            .track(&track_request(t))
+            .await
+            .unwrap()
+            .payment
+            .id
+    }
+
+    pub async fn get(&self, id: &str) -> PaymentView {
+        self.admin.get(id).await.unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(d) = self.daemon.take() {
+            d.wait().await;
+        }
+        self.sim.shutdown().await;
+    }
+}
+
+pub fn track_request(t: &NewTransfer) -> TrackRequest {
+    TrackRequest {
+        provider: "connpay".into(),
+        keys: t.keys(),
+        amount_minor: Some(t.amount_centis),
+        currency: Some(t.currency.clone()),
+    }
+}
+
+/// Waits until `cond` holds, checking every few milliseconds.
+pub async fn wait_until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A signed ConnPay callback query string.
+pub fn callback_query(
+    status: &str,
+    kind: &str,
+    orderid: &str,
+    client_orderid: &str,
+    key: &str,
+) -> String {
+    let control = payrecon::provider::connpay::control(status, orderid, client_orderid, key);
+    format!("status={status}&type={kind}&orderid={orderid}&client_orderid={client_orderid}&merchant_order={client_orderid}&amount=10.00&currency=EUR&control={control}")
+}
