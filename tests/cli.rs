@@ -1,0 +1,166 @@
+//! The command line as a user meets it: check-config on the shipped example
+//! and on broken files, and the client commands against a running daemon.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use payrecon::sim::connpay::{NewTransfer, Script, Settle};
+
+fn payrecon(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_payrecon"))
+        .args(args)
+        .env("PAYRECON_CONNPAY_CONTROL_KEY", "example-key")
+        .env("PAYRECON_ADMIN_TOKEN", "example-token")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_example_config_passes_check_config() {
+    let out = payrecon(&[
+        "check-config",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml.example"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+}
+
+#[test]
+fn a_broken_config_names_the_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml.example"))
+            .unwrap();
+    let cases = [
+        (
+            "poll_interval_min",
+            "poll_intervall_min",
+            "providers.connpay.polling.poll_intervall_min",
+            "unknown field",
+        ),
+        (
+            "max_in_flight = 64",
+            "max_in_flight = \"many\"",
+            "providers.connpay.polling.max_in_flight",
+            "invalid type",
+        ),
+        (
+            "max_in_flight = 64",
+            "max_in_flight = 0",
+            "providers.connpay.polling.max_in_flight",
+            "at least 1",
+        ),
+    ];
+    for (from, to, key, what) in cases {
+        assert!(example.contains(from), "example lost `{from}`");
+        let path = dir.path().join("broken.toml");
+        std::fs::write(&path, example.replacen(from, to, 1)).unwrap();
+        let out = payrecon(&["check-config", "--config", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = example.lines().position(|l| l.contains(from)).unwrap() + 1;
+        assert!(
+            err.contains(&format!("broken.toml:{line}: key `{key}`")),
+            "{err}"
+        );
+        assert!(err.contains(what), "{err}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_payrecon"))
+        .args([
+            "check-config",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml.example"),
+        ])
+        .env_remove("PAYRECON_CONNPAY_CONTROL_KEY")
+        .env("PAYRECON_ADMIN_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PAYRECON_CONNPAY_CONTROL_KEY"));
+    let out = payrecon(&["check-config", "--config", "/nonexistent/payrecon.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/payrecon.toml"));
+}
+
+#[test]
+fn help_shows_no_secret_values() {
+    let out = payrecon(&["track", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--provider"));
+    assert!(!help.contains("example-token"));
+    assert!(!help.contains("example-key"));
+}
+
+#[tokio::test]
+async fn track_show_and_list_talk_to_a_running_daemon() {
+    let h = Harness::start(Polling::default()).await;
+    let t = NewTransfer::new(
+        "cli-1",
+        Script {
+            settle: Settle::Manual,
+            ..Default::default()
+        },
+    );
+    h.sim.add(t.clone());
+    let admin = format!("http://{}", h.admin_addr);
+    let mut args = vec![
+        "track".to_string(),
+        "--admin-url".into(),
+        admin.clone(),
+        "--provider".into(),
+        "connpay".into(),
+    ];
+    for (k, v) in t.keys() {
+        args.push("--key".into());
+        args.push(format!("{k}={v}"));
+    }
+    let bin = env!("CARGO_BIN_EXE_payrecon");
+    let out = tokio::process::Command::new(bin)
+        .args(&args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["state"], "pending");
+
+    let out = tokio::process::Command::new(bin)
+        .args(["show", "--admin-url", &admin, &id])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["id"], id.as_str());
+    assert!(v["history"].is_array());
+
+    let out = tokio::process::Command::new(bin)
+        .args(["list", "--admin-url", &admin, "--state", "pending"])
+        .output()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["payments"].as_array().unwrap().len(), 1);
+
+    let out = tokio::process::Command::new(bin)
+        .args(["show", "--admin-url", &admin, "pay_missing"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("404") && err.contains("not_found"), "{err}");
+    h.stop().await;
+}
