@@ -64,7 +64,7 @@ pub async fn serve<H, F>(
         let h = handler.clone();
         let cancel = cancel.clone();
         tasks.spawn(async move {
-            let svc = service_fn(move |req| h(req));
+            let svc = service_fn(h);
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

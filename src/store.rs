@@ -92,7 +92,7 @@ pub enum Ingested {
     /// Seen before; nothing written.
     Duplicate,
     /// Applied to its payment.
-    Applied(Observed),
+    Applied(Box<Observed>),
     /// No payment matches yet; kept until one is tracked.
     Orphaned,
 }
@@ -409,11 +409,11 @@ impl Store {
                     received_ms: cb.received_ms,
                 };
                 inbox.insert(cb.dedupe_key.as_bytes(), encode(&entry))?;
-                Ok(Ingested::Applied(Observed {
+                Ok(Ingested::Applied(Box::new(Observed {
                     payment,
                     observation,
                     change,
-                }))
+                })))
             });
         unwrap_tx(res)
     }

@@ -241,7 +241,7 @@ async fn sigkill_mid_window_then_restart_loses_nothing() {
     }
     drop(d);
     // Secrets never reach the logs.
-    let logs = logs.lock().unwrap();
+    let logs = logs.lock().unwrap().clone();
     assert!(logs.iter().any(|l| l.contains("\"event\":\"transition\"")));
     for line in logs.iter() {
         for s in &secrets {
