@@ -4,6 +4,8 @@
 //! - `POST /v1/payments`: track a payment (201 new, 200 already tracked).
 //! - `GET /v1/payments/{id}`: the payment, its window and its history.
 //! - `GET /v1/payments?state=&provider=&limit=&after=`: a page of payments.
+//! - `GET /v1/providers/{provider}/payments/{key}/{value}`: a payment found
+//!   by the provider's own identifier (ConnPay: `invoice_id`, `order_id`).
 //! - `POST /v1/reconcile/{provider}`: one reconciliation sweep now.
 //! - `GET /healthz`: the process answers. `GET /readyz`: the store works.
 
@@ -129,6 +131,9 @@ impl Admin {
                 }
             }
             ("GET", ["v1", "payments"]) => self.list(req.uri().query()),
+            ("GET", ["v1", "providers", provider, "payments", name, value]) => {
+                self.by_key(provider, name, value)
+            }
             ("POST", ["v1", "reconcile", provider]) => {
                 let Ok(pid) = provider.parse::<ProviderId>() else {
                     return http::error(
@@ -151,6 +156,41 @@ impl Admin {
                 &format!("{method} is not allowed on {path}"),
             ),
             _ => http::error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+        }
+    }
+
+    fn by_key(&self, provider: &str, name: &str, value: &str) -> Answer {
+        let Some(p) = provider
+            .parse::<ProviderId>()
+            .ok()
+            .and_then(|p| self.engine.provider(p))
+        else {
+            return http::error(
+                StatusCode::NOT_FOUND,
+                "unknown_provider",
+                &format!("provider `{provider}` is not configured"),
+            );
+        };
+        let Some(key) = p.lookup_by(name, value) else {
+            return http::error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("{provider} payments are not found by `{name}`"),
+            );
+        };
+        let store = self.engine.store();
+        let found = store.find(&key).and_then(|id| match id {
+            Some(id) => Ok(store.get(&id)?.map(|p| (p, store.history(&id)))),
+            None => Ok(None),
+        });
+        match found {
+            Ok(Some((p, Ok(h)))) => http::json(StatusCode::OK, &self.view(p, Some(h))),
+            Ok(None) => http::error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no {provider} payment with {name} `{value}`"),
+            ),
+            Ok(Some((_, Err(e)))) | Err(e) => engine_error(e.into()),
         }
     }
 

@@ -60,11 +60,19 @@ pub enum Command {
         #[arg(long)]
         currency: Option<String>,
     },
-    /// Show one payment with its history.
+    /// Show one payment with its history, by payrecon id or, with
+    /// --provider and --by, by the provider's own identifier.
     Show {
         #[command(flatten)]
         admin: AdminArgs,
-        id: String,
+        /// The payrecon id (pay_...).
+        #[arg(required_unless_present = "by")]
+        id: Option<String>,
+        #[arg(long, requires = "by")]
+        provider: Option<String>,
+        /// The provider's identifier, NAME=VALUE (ConnPay: invoice_id or order_id).
+        #[arg(long, value_name = "NAME=VALUE", value_parser = parse_kv, requires = "provider", conflicts_with = "id")]
+        by: Option<(String, String)>,
     },
     /// List payments, a page at a time.
     List {
@@ -198,7 +206,18 @@ async fn dispatch(cli: Cli) -> ExitCode {
             };
             print_json(client(&admin).track(&req).await)
         }
-        Command::Show { admin, id } => print_json(client(&admin).get(&id).await),
+        Command::Show {
+            admin,
+            id,
+            provider,
+            by,
+        } => match (id, provider, by) {
+            (_, Some(p), Some((name, value))) => {
+                print_json(client(&admin).find(&p, &name, &value).await)
+            }
+            (Some(id), _, _) => print_json(client(&admin).get(&id).await),
+            _ => fail("give a payment id, or --provider and --by NAME=VALUE"),
+        },
         Command::List {
             admin,
             state,

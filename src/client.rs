@@ -53,6 +53,25 @@ impl AdminClient {
             .await
     }
 
+    /// Finds a payment by one of the provider's own identifiers.
+    pub async fn find(
+        &self,
+        provider: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<PaymentView, ClientError> {
+        let url = reqwest::Url::parse(&self.base)
+            .and_then(|u| {
+                u.join(&format!(
+                    "/v1/providers/{provider}/payments/{}/{}",
+                    enc(name),
+                    enc(value)
+                ))
+            })
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.send(self.http.get(url)).await
+    }
+
     pub async fn list(
         &self,
         state: Option<&str>,
@@ -116,4 +135,11 @@ impl AdminClient {
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
+}
+
+/// Percent-encodes one path segment.
+fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }

@@ -543,3 +543,77 @@ async fn the_admin_token_is_required_when_configured() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn payments_are_found_by_the_providers_own_identifiers() {
+    let h = Harness::start(Polling::default()).await;
+    let t = NewTransfer::new(
+        "find-1",
+        Script {
+            settle: Settle::AfterPolls(1),
+            callback: CallbackMode::Never,
+            ..Default::default()
+        },
+    );
+    let id = h.track(&t).await;
+    assert_eq!(
+        h.admin
+            .find("connpay", "invoice_id", "find-1")
+            .await
+            .unwrap()
+            .payment
+            .id,
+        id
+    );
+    // The gateway's order id is learned from the first poll.
+    wait_until("final", || async {
+        h.get(&id).await.payment.state.is_final()
+    })
+    .await;
+    assert_eq!(
+        h.admin
+            .find("connpay", "order_id", "cp00000001")
+            .await
+            .unwrap()
+            .payment
+            .id,
+        id
+    );
+    let err = h
+        .admin
+        .find("connpay", "invoice_id", "nope")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("404"), "{err}");
+    let err = h.admin.find("connpay", "colour", "blue").await.unwrap_err();
+    assert!(err.to_string().contains("invalid_request"), "{err}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_callback_listener_bounds_body_size_and_header_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start(Polling::default()).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/callback/connpay", h.callback_addr);
+    let r = http.post(&url).body(vec![b'a'; 5000]).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "body_too_large");
+
+    // A client that never finishes its headers is cut off.
+    let mut s = tokio::net::TcpStream::connect(h.callback_addr)
+        .await
+        .unwrap();
+    s.write_all(b"GET /callback/connpay HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![];
+    let read = tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "connection still open after the header-read timeout"
+    );
+    assert_eq!(h.engine.store().inbox_len(), 0);
+    h.stop().await;
+}

@@ -351,6 +351,14 @@ impl Provider for Connpay {
         })
     }
 
+    fn lookup_by(&self, name: &str, value: &str) -> Option<String> {
+        match name {
+            INVOICE_ID => Some(lookup_key(ID, "inv", value)),
+            "order_id" => Some(lookup_key(ID, "ord", value)),
+            _ => None,
+        }
+    }
+
     fn secret_keys(&self) -> &'static [&'static str] {
         &[SESSION_TOKEN, ACCESS_TOKEN]
     }

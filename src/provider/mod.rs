@@ -60,6 +60,11 @@ pub trait Provider: Send + Sync + 'static {
     /// Checks the keys of a payment to track and says how to find it again.
     fn track_keys(&self, keys: &Keys) -> Result<TrackKeys, String>;
 
+    /// The store lookup key for one of the provider's own identifiers
+    /// (ConnPay: `invoice_id`, `order_id`); `None` for names it is not
+    /// indexed by.
+    fn lookup_by(&self, name: &str, value: &str) -> Option<String>;
+
     /// Names of keys that must never be shown or logged.
     fn secret_keys(&self) -> &'static [&'static str];
 

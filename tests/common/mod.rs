@@ -58,6 +58,8 @@ path = "{}"
 
 [callback]
 listen = "127.0.0.1:0"
+max_body_bytes = 4096
+header_read_timeout = "300ms"
 
 [admin]
 listen = "127.0.0.1:0"
