@@ -26,33 +26,81 @@ const DEMO_DEADLINE: Duration = Duration::from_secs(90);
 
 const KEY_ENV: &str = "PAYRECON_DEMO_CONTROL_KEY";
 
-/// The config the demo runs with: the same loader and checks as production.
-pub fn config_text(store: &std::path::Path, base_url: &str) -> String {
-    format!(
-        r#"
+/// A config for a daemon on loopback against a sandbox: the demo, the
+/// tests and the benchmarks all start the daemon through the same loader
+/// and checks as production.
+#[derive(Debug, Clone)]
+pub struct LoopbackConfig {
+    pub interval: (String, String),
+    pub window: (String, String),
+    pub max_in_flight: usize,
+    pub request_timeout: String,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// Extra lines for the `[admin]` table.
+    pub admin_extra: String,
+    /// Environment variable that holds the control key.
+    pub key_env: String,
+}
+
+impl Default for LoopbackConfig {
+    /// The demo's settings: a tenth of ConnPay's timescale.
+    fn default() -> Self {
+        LoopbackConfig {
+            interval: ("300ms".into(), "500ms".into()),
+            window: ("4s".into(), "5s".into()),
+            max_in_flight: 16,
+            request_timeout: "2s".into(),
+            log_format: "text".into(),
+            admin_extra: String::new(),
+            key_env: KEY_ENV.into(),
+        }
+    }
+}
+
+impl LoopbackConfig {
+    pub fn render(&self, store: &std::path::Path, base_url: &str) -> String {
+        format!(
+            r#"
 [store]
-path = "{}"
+path = "{store}"
 
 [callback]
 listen = "127.0.0.1:0"
+max_body_bytes = 4096
+header_read_timeout = "300ms"
 
 [admin]
 listen = "127.0.0.1:0"
+{admin_extra}
+
+[log]
+format = "{log_format}"
 
 [providers.connpay]
 base_url = "{base_url}"
-control_key_env = "{KEY_ENV}"
+control_key_env = "{key_env}"
 
 [providers.connpay.polling]
-poll_interval_min = "300ms"
-poll_interval_max = "500ms"
-poll_window_min = "4s"
-poll_window_max = "5s"
-max_in_flight = 16
-request_timeout = "2s"
+poll_interval_min = "{i0}"
+poll_interval_max = "{i1}"
+poll_window_min = "{w0}"
+poll_window_max = "{w1}"
+max_in_flight = {max_in_flight}
+request_timeout = "{request_timeout}"
 "#,
-        store.display()
-    )
+            store = store.display(),
+            admin_extra = self.admin_extra,
+            log_format = self.log_format,
+            key_env = self.key_env,
+            i0 = self.interval.0,
+            i1 = self.interval.1,
+            w0 = self.window.0,
+            w1 = self.window.1,
+            max_in_flight = self.max_in_flight,
+            request_timeout = self.request_timeout,
+        )
+    }
 }
 
 /// The scripts the demo cycles through, with a label for each.
@@ -170,7 +218,7 @@ pub async fn run(count: usize) -> Result<bool, String> {
         drop_rate: 0.03,
     });
 
-    let text = config_text(&dir.path().join("store"), &sim.base_url());
+    let text = LoopbackConfig::default().render(&dir.path().join("store"), &sim.base_url());
     let env = HashMap::from([(KEY_ENV.to_string(), key)]);
     let config = Config::parse("demo config", &text, &env).map_err(|e| e.to_string())?;
     let listeners = Listeners::bind(&config).await.map_err(|e| e.to_string())?;

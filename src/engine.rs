@@ -322,7 +322,7 @@ impl Engine {
                         tracing::warn!(alert = "provider_answer_invalid", error = %m, "status inquiry answer unreadable")
                     }
                 }
-                self.store.move_window(&id, change).unwrap_or_else(|e| {
+                self.store.advance_window(&id, change).unwrap_or_else(|e| {
                     tracing::error!(error = %e, "poll window not moved");
                     None
                 })

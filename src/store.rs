@@ -295,27 +295,7 @@ impl Store {
                     keys.insert(k.as_bytes(), id.as_bytes())?;
                 }
                 put_history(history, id, &observation)?;
-                if let Some(w) = payment.window.as_mut() {
-                    match window {
-                        WindowChange::Keep => {}
-                        WindowChange::Next(at) => {
-                            w.polls += 1;
-                            w.next_ms = at;
-                        }
-                        WindowChange::Close => {
-                            w.polls += 1;
-                            w.open = false;
-                        }
-                    }
-                    if payment.state.is_final() {
-                        w.open = false;
-                    }
-                    if w.open {
-                        windows.insert(id.as_bytes(), &w.next_ms.to_be_bytes())?;
-                    } else {
-                        windows.remove(id.as_bytes())?;
-                    }
-                }
+                move_window(windows, &mut payment, window)?;
                 put_payment(payments, &payment)?;
                 Ok(Observed {
                     payment,
@@ -329,35 +309,16 @@ impl Store {
 
     /// Moves a payment's poll window without an observation (the inquiry
     /// gave no answer to record).
-    pub fn move_window(
+    pub fn advance_window(
         &self,
         id: &str,
         window: WindowChange,
     ) -> Result<Option<PollWindow>, StoreError> {
         let res = (&self.payments, &self.windows).transaction(|(payments, windows)| {
             let mut payment = load(payments, id)?;
-            let Some(w) = payment.window.as_mut() else {
-                return Ok(None);
-            };
-            match window {
-                WindowChange::Keep => {}
-                WindowChange::Next(at) => {
-                    w.polls += 1;
-                    w.next_ms = at;
-                }
-                WindowChange::Close => {
-                    w.polls += 1;
-                    w.open = false;
-                }
-            }
-            let w = *w;
-            if w.open {
-                windows.insert(id.as_bytes(), &w.next_ms.to_be_bytes())?;
-            } else {
-                windows.remove(id.as_bytes())?;
-            }
+            move_window(windows, &mut payment, window)?;
             put_payment(payments, &payment)?;
-            Ok(Some(w))
+            Ok(payment.window)
         });
         unwrap_tx(res)
     }
@@ -397,12 +358,7 @@ impl Store {
                 let mut payment = load(payments, &id)?;
                 let (observation, change) = apply(&mut payment, cb.report.clone(), cb.received_ms);
                 put_history(history, &id, &observation)?;
-                if payment.state.is_final() {
-                    if let Some(w) = payment.window.as_mut() {
-                        w.open = false;
-                    }
-                    windows.remove(id.as_bytes())?;
-                }
+                move_window(windows, &mut payment, WindowChange::Keep)?;
                 put_payment(payments, &payment)?;
                 let entry = InboxEntry {
                     payment_id: Some(id),
@@ -547,6 +503,38 @@ fn apply(payment: &mut Payment, report: Report, at_ms: u64) -> (Observation, Opt
     };
     payment.observations += 1;
     (observation, change)
+}
+
+/// Applies a window change to a payment and mirrors the result in the
+/// `windows` tree. A final payment's window is closed whatever the change.
+fn move_window(
+    windows: &TransactionalTree,
+    payment: &mut Payment,
+    change: WindowChange,
+) -> TxResult<()> {
+    let Some(w) = payment.window.as_mut() else {
+        return Ok(());
+    };
+    match change {
+        WindowChange::Keep => {}
+        WindowChange::Next(at) => {
+            w.polls += 1;
+            w.next_ms = at;
+        }
+        WindowChange::Close => {
+            w.polls += 1;
+            w.open = false;
+        }
+    }
+    if payment.state.is_final() {
+        w.open = false;
+    }
+    if w.open {
+        windows.insert(payment.id.as_bytes(), &w.next_ms.to_be_bytes())?;
+    } else {
+        windows.remove(payment.id.as_bytes())?;
+    }
+    Ok(())
 }
 
 fn load(payments: &TransactionalTree, id: &str) -> TxResult<Payment> {

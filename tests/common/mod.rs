@@ -14,6 +14,7 @@ use payrecon::admin::PaymentView;
 use payrecon::client::AdminClient;
 use payrecon::config::Config;
 use payrecon::daemon::{self, Daemon, Listeners};
+use payrecon::demo::LoopbackConfig;
 use payrecon::engine::{Engine, TrackRequest};
 use payrecon::sim::connpay::{ConnpaySim, NewTransfer};
 use tokio::net::TcpListener;
@@ -26,7 +27,7 @@ pub const CONTROL_KEY: &str = "test-merchant-control-key";
 /// bounds a broken run; a passing run never waits for it.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Polling settings for a test, as TOML values.
+/// Polling settings for a test.
 pub struct Polling {
     pub interval: (&'static str, &'static str),
     pub window: (&'static str, &'static str),
@@ -49,46 +50,18 @@ pub fn config_text(
     store: &std::path::Path,
     base_url: &str,
     p: &Polling,
-    extra_admin: &str,
+    admin_extra: &str,
 ) -> String {
-    format!(
-        r#"
-[store]
-path = "{}"
-
-[callback]
-listen = "127.0.0.1:0"
-max_body_bytes = 4096
-header_read_timeout = "300ms"
-
-[admin]
-listen = "127.0.0.1:0"
-{extra_admin}
-
-[log]
-format = "json"
-level = "info"
-
-[providers.connpay]
-base_url = "{base_url}"
-control_key_env = "{KEY_ENV}"
-
-[providers.connpay.polling]
-poll_interval_min = "{}"
-poll_interval_max = "{}"
-poll_window_min = "{}"
-poll_window_max = "{}"
-max_in_flight = {}
-request_timeout = "{}"
-"#,
-        store.display(),
-        p.interval.0,
-        p.interval.1,
-        p.window.0,
-        p.window.1,
-        p.max_in_flight,
-        p.request_timeout
-    )
+    LoopbackConfig {
+        interval: (p.interval.0.into(), p.interval.1.into()),
+        window: (p.window.0.into(), p.window.1.into()),
+        max_in_flight: p.max_in_flight,
+        request_timeout: p.request_timeout.into(),
+        log_format: "json".into(),
+        admin_extra: admin_extra.into(),
+        key_env: KEY_ENV.into(),
+    }
+    .render(store, base_url)
 }
 
 pub async fn start_sim(cancel: &CancellationToken) -> ConnpaySim {
