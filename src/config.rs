@@ -75,6 +75,13 @@ pub struct FileConfig {
 pub struct StoreConfig {
     /// The sled folder. Created if missing.
     pub path: PathBuf,
+    /// sled's page cache, MiB.
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
+}
+
+fn default_cache_mb() -> u64 {
+    crate::store::DEFAULT_CACHE_MB
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -91,9 +91,11 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> Result<Daemon, DaemonError> {
     let path = config.file.store.path.clone();
-    let store = Store::open(&path).map_err(|source| DaemonError::Store {
-        path: path.display().to_string(),
-        source,
+    let store = Store::open_with(&path, config.file.store.cache_mb).map_err(|source| {
+        DaemonError::Store {
+            path: path.display().to_string(),
+            source,
+        }
     })?;
     let engine = Engine::start(store.clone(), providers(config), cancel.clone());
     let resumed = engine.resume().map_err(|source| DaemonError::Store {

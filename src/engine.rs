@@ -53,9 +53,87 @@ pub struct Counters {
     pub polls_ok: AtomicU64,
     pub polls_failed: AtomicU64,
     pub transitions: AtomicU64,
-    /// Sum and max of (poll start - due), in microseconds.
-    pub poll_lag_us_sum: AtomicU64,
-    pub poll_lag_us_max: AtomicU64,
+    /// Poll schedule lag: start of the inquiry minus its due time.
+    pub poll_lag: LagHistogram,
+}
+
+/// A lock-free histogram of durations in microseconds: four buckets per
+/// power of two (±10%), enough for percentiles in logs and benchmarks.
+#[derive(Debug)]
+pub struct LagHistogram {
+    buckets: [AtomicU64; LagHistogram::BUCKETS],
+    max_us: AtomicU64,
+}
+
+impl Default for LagHistogram {
+    fn default() -> Self {
+        LagHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            max_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LagHistogram {
+    /// Up to 2^40 µs (about 12 days) in quarter powers of two.
+    const BUCKETS: usize = 160;
+
+    /// Exact below 8 µs; above, four buckets per power of two.
+    fn index(us: u64) -> usize {
+        if us < 8 {
+            return us as usize;
+        }
+        let log2 = 63 - us.leading_zeros() as usize; // >= 3
+        let quarter = ((us >> (log2 - 2)) & 3) as usize;
+        (8 + (log2 - 3) * 4 + quarter).min(Self::BUCKETS - 1)
+    }
+
+    /// The smallest value that falls in bucket `i`.
+    fn lower(i: usize) -> u64 {
+        if i < 8 {
+            return i as u64;
+        }
+        let log2 = 3 + (i - 8) / 4;
+        let quarter = ((i - 8) % 4) as u64;
+        (1u64 << log2) + quarter * (1u64 << (log2 - 2))
+    }
+
+    pub fn record(&self, us: u64) {
+        self.buckets[Self::index(us)].fetch_add(1, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn max_us(&self) -> u64 {
+        self.max_us.load(Ordering::Relaxed)
+    }
+
+    /// The value at quantile `q` (0..=1), to the bucket's lower bound.
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        let total = self.count();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            seen += b.load(Ordering::Relaxed);
+            if seen >= rank {
+                return Self::lower(i).min(self.max_us());
+            }
+        }
+        self.max_us()
+    }
+
+    pub fn reset(&self) {
+        for b in &self.buckets {
+            b.store(0, Ordering::Relaxed);
+        }
+        self.max_us.store(0, Ordering::Relaxed);
+    }
 }
 
 pub struct Engine {
@@ -260,12 +338,7 @@ impl Engine {
             _ = self.cancel.cancelled() => return,
         };
         let lag = Instant::now().saturating_duration_since(due).as_micros() as u64;
-        self.counters
-            .poll_lag_us_sum
-            .fetch_add(lag, Ordering::Relaxed);
-        self.counters
-            .poll_lag_us_max
-            .fetch_max(lag, Ordering::Relaxed);
+        self.counters.poll_lag.record(lag);
         // A callback may have settled it while the poll waited its turn.
         let Ok(Some(payment)) = self.store.get(&id) else {
             return;
@@ -431,4 +504,29 @@ pub fn uniform_ms(min: Duration, max: Duration) -> u64 {
 /// The tokio instant of a unix-ms time (now, if it has passed).
 pub fn instant_at(ms: u64) -> Instant {
     Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LagHistogram;
+
+    #[test]
+    fn histogram_quantiles_are_within_a_quarter_power_of_two() {
+        let h = LagHistogram::default();
+        for us in 1..=10_000u64 {
+            h.record(us);
+        }
+        assert_eq!(h.count(), 10_000);
+        assert_eq!(h.max_us(), 10_000);
+        for (q, want) in [(0.5, 5_000f64), (0.99, 9_900f64)] {
+            let got = h.quantile_us(q) as f64;
+            assert!(got <= want && got >= want * 0.75, "q{q}: {got} vs {want}");
+        }
+        for us in [0u64, 1, 2, 3, 5, 7, 100, 1 << 20, u64::MAX / 2] {
+            let i = LagHistogram::index(us);
+            assert!(LagHistogram::lower(i) <= us, "{us}");
+        }
+        h.reset();
+        assert_eq!(h.quantile_us(0.5), 0);
+    }
 }

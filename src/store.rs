@@ -41,6 +41,10 @@ pub enum StoreError {
     Closed,
 }
 
+/// sled's page cache. Its own default (1 GiB) would let a daemon's RSS grow
+/// with the whole book; recent payments are what polls and callbacks touch.
+pub const DEFAULT_CACHE_MB: u64 = 64;
+
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 /// A payment to start tracking.
@@ -149,8 +153,14 @@ impl Store {
     /// current tokio runtime. The flusher ends when the last `Store` clone
     /// is dropped, after a final flush.
     pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
+        Store::open_with(path, DEFAULT_CACHE_MB)
+    }
+
+    /// Opens the store with sled's page cache bounded to `cache_mb` MiB.
+    pub fn open_with(path: &std::path::Path, cache_mb: u64) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(path)
+            .cache_capacity(cache_mb * 1024 * 1024)
             // sled also flushes on its own; acknowledgements never rely on it.
             .flush_every_ms(Some(1000))
             .open()?;
@@ -429,6 +439,61 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Writes payments with their histories and lookup keys without
+    /// transactions or checks, in batches. For imports and benchmarks that
+    /// build large stores; never used while the daemon runs.
+    pub fn bulk_load<I>(&self, items: I) -> Result<usize, StoreError>
+    where
+        I: IntoIterator<Item = (Payment, Vec<Observation>, Vec<String>)>,
+    {
+        const BATCH: usize = 10_000;
+        let mut n = 0;
+        let (mut p, mut h, mut k, mut w): (sled::Batch, sled::Batch, sled::Batch, sled::Batch) =
+            Default::default();
+        let flush = |p: &mut sled::Batch,
+                     h: &mut sled::Batch,
+                     k: &mut sled::Batch,
+                     w: &mut sled::Batch|
+         -> Result<(), StoreError> {
+            self.payments.apply_batch(std::mem::take(p))?;
+            self.history.apply_batch(std::mem::take(h))?;
+            self.keys.apply_batch(std::mem::take(k))?;
+            self.windows.apply_batch(std::mem::take(w))?;
+            Ok(())
+        };
+        for (payment, history, keys) in items {
+            for obs in &history {
+                let mut key = payment.id.as_bytes().to_vec();
+                key.push(0);
+                key.extend_from_slice(&obs.seq.to_be_bytes());
+                h.insert(key, encode(obs));
+            }
+            for key in keys {
+                k.insert(key.as_bytes(), payment.id.as_bytes());
+            }
+            if let Some(win) = payment
+                .window
+                .filter(|w| w.open && !payment.state.is_final())
+            {
+                w.insert(payment.id.as_bytes(), &win.next_ms.to_be_bytes());
+            }
+            p.insert(payment.id.as_bytes(), encode(&payment));
+            n += 1;
+            if n % BATCH == 0 {
+                flush(&mut p, &mut h, &mut k, &mut w)?;
+            }
+        }
+        flush(&mut p, &mut h, &mut k, &mut w)?;
+        self.db.flush()?;
+        Ok(n)
+    }
+
+    /// A fresh payment id, for callers that build payments themselves
+    /// (bulk loads).
+    pub fn next_id(&self) -> Result<String, StoreError> {
+        self.new_id()
     }
 
     /// Every open poll window: payment id and next poll (unix ms).

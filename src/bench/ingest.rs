@@ -1,0 +1,408 @@
+//! Durable callback ingestion: C keep-alive connections sending signed
+//! ConnPay callbacks for distinct transfers, 10% of them duplicates, against
+//! payrecon, against a bare hyper server that does no work (the HTTP
+//! ceiling), and against sled alone committing the same records with the
+//! same group commit (the store ceiling).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{check, ms, quantile, ratio, runtime, table, Opts};
+use crate::config::Config;
+use crate::daemon::{self, Listeners};
+use crate::demo::LoopbackConfig;
+use crate::model::{now_ms, Keys, Payment, ProviderId, Source};
+use crate::provider::connpay::control;
+use crate::provider::{lookup_key, RawCallback};
+use crate::state::State;
+use crate::store::{CallbackRecord, Ingested, Store};
+
+const KEY: &str = "bench-control-key";
+const KEY_ENV: &str = "PAYRECON_BENCH_CONTROL_KEY";
+
+/// Outcome of one load run.
+struct Load {
+    ok: usize,
+    errors: usize,
+    elapsed: Duration,
+    /// Sorted latencies of acknowledged requests, µs.
+    lat_us: Vec<u32>,
+}
+
+impl Load {
+    fn rps(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// One callback: the transfer it is for, and its query string.
+fn callbacks(prefix: &str, n: usize) -> Vec<(usize, String)> {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut out = Vec::with_capacity(n + n / 10);
+    let mut originals: Vec<String> = Vec::with_capacity(n);
+    for i in 0..n {
+        let inv = format!("{prefix}-{i}");
+        let orderid = format!("o{prefix}{i}");
+        let q = format!(
+            "status=approved&type=sale&orderid={orderid}&client_orderid={inv}&merchant_order={inv}&amount=12.50&currency=EUR&control={}",
+            control("approved", &orderid, &inv, KEY)
+        );
+        originals.push(q.clone());
+        out.push((i, q));
+        if i % 10 == 9 {
+            let j = rng.usize(..=i);
+            out.push((j, originals[j].clone()));
+        }
+    }
+    out
+}
+
+fn payments(store: &Store, prefix: &str, n: usize) -> Result<(), String> {
+    let now = now_ms();
+    let items = (0..n).map(|i| {
+        let inv = format!("{prefix}-{i}");
+        let p = Payment {
+            id: store.next_id().unwrap_or_else(|_| format!("pay_bench{i}")),
+            provider: ProviderId::Connpay,
+            keys: Keys::from([
+                ("endpoint_id".into(), "4211".into()),
+                ("invoice_id".into(), inv.clone()),
+            ]),
+            amount_minor: Some(1250),
+            currency: Some("EUR".into()),
+            state: State::Pending,
+            raw_status: None,
+            created_ms: now,
+            updated_ms: now,
+            final_ms: None,
+            final_source: None,
+            window: None,
+            observations: 0,
+        };
+        let keys = vec![
+            lookup_key(ProviderId::Connpay, "inv", &inv),
+            lookup_key(ProviderId::Connpay, "idem", &format!("4211/{inv}")),
+        ];
+        (p, vec![], keys)
+    });
+    store
+        .bulk_load(items)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Sends every request over `conns` keep-alive connections; with `rate`,
+/// paced to that many requests per second in total.
+async fn drive(
+    addr: SocketAddr,
+    path: &str,
+    reqs: Arc<Vec<(usize, String)>>,
+    conns: usize,
+    rate: Option<f64>,
+) -> Load {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for _ in 0..conns {
+        let (next, reqs, path) = (next.clone(), reqs.clone(), path.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = vec![];
+            let mut errors = 0;
+            let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+                return (lat, reqs.len());
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok((mut sender, conn)) =
+                hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                    .await
+            else {
+                return (lat, reqs.len());
+            };
+            tokio::spawn(conn);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((_, q)) = reqs.get(i) else { break };
+                if let Some(r) = rate {
+                    tokio::time::sleep_until(
+                        (start + Duration::from_secs_f64(i as f64 / r)).into(),
+                    )
+                    .await;
+                }
+                let req = Request::get(format!("{path}?{q}"))
+                    .header("host", "bench")
+                    .body(Empty::new())
+                    .expect("request");
+                let t0 = Instant::now();
+                match sender.send_request(req).await {
+                    Ok(resp) => {
+                        let ok = resp.status() == 200;
+                        let _ = resp.into_body().collect().await;
+                        if ok {
+                            lat.push(t0.elapsed().as_micros() as u32);
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        break;
+                    }
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat_us = vec![];
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            lat_us.extend(l);
+            errors += e;
+        }
+    }
+    let elapsed = start.elapsed();
+    lat_us.sort_unstable();
+    Load {
+        ok: lat_us.len(),
+        errors,
+        elapsed,
+        lat_us,
+    }
+}
+
+/// The store ceiling: the same records committed by `conns` tasks with the
+/// same group commit, no HTTP.
+async fn drive_store(store: Store, reqs: Arc<Vec<(usize, String)>>, conns: usize) -> Load {
+    let key = crate::config::Secret::new(KEY);
+    let adapter = crate::provider::connpay::Connpay::new(
+        "http://127.0.0.1:9".into(),
+        key,
+        Default::default(),
+    );
+    let records: Arc<Vec<CallbackRecord>> = Arc::new(
+        reqs.iter()
+            .filter_map(|(_, q)| {
+                use crate::provider::Provider;
+                adapter
+                    .parse_callback(
+                        &RawCallback {
+                            method: "GET",
+                            query: q,
+                            body: b"",
+                        },
+                        now_ms(),
+                    )
+                    .ok()
+            })
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for _ in 0..conns {
+        let (next, records, store) = (next.clone(), records.clone(), store.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = vec![];
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(r) = records.get(i).cloned() else {
+                    break;
+                };
+                let t0 = Instant::now();
+                let s = store.clone();
+                let res = tokio::task::spawn_blocking(move || s.ingest_callback(&r)).await;
+                if !matches!(res, Ok(Ok(Ingested::Duplicate))) {
+                    let _ = store.sync().await;
+                }
+                lat.push(t0.elapsed().as_micros() as u32);
+            }
+            lat
+        }));
+    }
+    let mut lat_us = vec![];
+    for t in tasks {
+        lat_us.extend(t.await.unwrap_or_default());
+    }
+    let elapsed = start.elapsed();
+    lat_us.sort_unstable();
+    Load {
+        ok: lat_us.len(),
+        errors: 0,
+        elapsed,
+        lat_us,
+    }
+}
+
+/// Every acknowledged callback is in the store exactly once.
+fn verify(store: &Store, prefix: &str, n: usize) -> Result<(), String> {
+    let mut by_inv: HashMap<String, usize> = HashMap::new();
+    for i in 0..n {
+        let inv = format!("{prefix}-{i}");
+        let id = store
+            .find(&lookup_key(ProviderId::Connpay, "inv", &inv))
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{inv} not found"))?;
+        let h = store.history(&id).map_err(|e| e.to_string())?;
+        let cbs = h.iter().filter(|o| o.source == Source::Callback).count();
+        by_inv.insert(inv, cbs);
+    }
+    let wrong: Vec<_> = by_inv.iter().filter(|(_, c)| **c != 1).take(3).collect();
+    check(wrong.is_empty(), || {
+        format!("callbacks not stored exactly once: {wrong:?}")
+    })?;
+    check(store.inbox_len() >= n, || {
+        format!("inbox holds {} of {n}", store.inbox_len())
+    })
+}
+
+pub fn run(opts: &Opts) -> Result<(), String> {
+    let levels: Vec<(usize, usize)> = if opts.quick {
+        vec![(1, 100), (16, 400)]
+    } else {
+        vec![(1, 1_000), (16, 8_000), (64, 20_000), (256, 20_000)]
+    };
+    let rt = runtime("payrecon", 2);
+    let load_rt = runtime("loadgen", 1);
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let cancel = CancellationToken::new();
+
+    // payrecon, started the way production starts it.
+    let text = LoopbackConfig {
+        key_env: KEY_ENV.into(),
+        ..Default::default()
+    }
+    .render(&dir.path().join("store"), "http://127.0.0.1:9");
+    let env = HashMap::from([(KEY_ENV.to_string(), KEY.to_string())]);
+    let config = Config::parse(
+        "bench config",
+        &text.replace("max_body_bytes = 4096", "max_body_bytes = 16384"),
+        &env,
+    )
+    .map_err(|e| e.to_string())?;
+    let d = rt.block_on(async {
+        let l = Listeners::bind(&config).await.map_err(|e| e.to_string())?;
+        daemon::start(&config, l, cancel.clone())
+            .await
+            .map_err(|e| e.to_string())
+    })?;
+    let store = d.engine.store().clone();
+    let addr = d.callback_addr;
+
+    // The HTTP ceiling: the same serve loop answering 200 at once.
+    let bare_cancel = CancellationToken::new();
+    let bare_addr = rt.block_on(async {
+        let l = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let a = l.local_addr().map_err(|e| e.to_string())?;
+        tokio::spawn(crate::http::serve(
+            l,
+            Duration::from_secs(5),
+            bare_cancel.clone(),
+            TaskTracker::new(),
+            |_req| async { Ok(crate::http::text(hyper::StatusCode::OK, "OK")) },
+        ));
+        Ok::<_, String>(a)
+    })?;
+
+    // The store ceiling: sled alone in its own folder.
+    let sled_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let sled_store = rt
+        .block_on(async { Store::open(&sled_dir.path().join("store")) })
+        .map_err(|e| e.to_string())?;
+
+    let mut rows = vec![];
+    let mut best = (0.0f64, 0usize);
+    for (c, n) in &levels {
+        let (c, n) = (*c, *n);
+        let prefix = format!("c{c}");
+        payments(&store, &prefix, n)?;
+        payments(&sled_store, &prefix, n)?;
+        let reqs = Arc::new(callbacks(&prefix, n));
+        let ours = load_rt.block_on(drive(addr, "/callback/connpay", reqs.clone(), c, None));
+        check(ours.errors == 0, || {
+            format!("C={c}: {} requests failed", ours.errors)
+        })?;
+        check(ours.ok == reqs.len(), || {
+            format!("C={c}: {} of {} acknowledged", ours.ok, reqs.len())
+        })?;
+        verify(&store, &prefix, n)?;
+        let bare = load_rt.block_on(drive(bare_addr, "/callback/connpay", reqs.clone(), c, None));
+        let sled = rt.block_on(drive_store(sled_store.clone(), reqs.clone(), c));
+        verify(&sled_store, &prefix, n)?;
+        if ours.rps() > best.0 {
+            best = (ours.rps(), c);
+        }
+        rows.push(vec![
+            c.to_string(),
+            reqs.len().to_string(),
+            format!("{:.0}", ours.rps()),
+            ms(quantile(&ours.lat_us, 0.5)),
+            ms(quantile(&ours.lat_us, 0.99)),
+            ms(*ours.lat_us.last().unwrap_or(&0)),
+            format!("{:.0}", bare.rps()),
+            format!("{:.0}", sled.rps()),
+            ratio(ours.rps(), bare.rps()),
+            ratio(ours.rps(), sled.rps()),
+        ]);
+    }
+    if opts.quick {
+        println!(
+            "quick: every acknowledged callback stored exactly once at C = {:?}",
+            levels.iter().map(|l| l.0).collect::<Vec<_>>()
+        );
+    } else {
+        table(
+            &[
+                "C",
+                "requests",
+                "payrecon req/s",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "bare hyper req/s",
+                "sled alone req/s",
+                "÷ hyper",
+                "÷ sled",
+            ],
+            &rows,
+        );
+        // Latency at half the best rate, paced, C = 64.
+        let half = best.0 / 2.0;
+        let n = (half * 10.0).clamp(1_000.0, 20_000.0) as usize;
+        payments(&store, "half", n)?;
+        let reqs = Arc::new(callbacks("half", n));
+        let paced = load_rt.block_on(drive(
+            addr,
+            "/callback/connpay",
+            reqs.clone(),
+            64,
+            Some(half),
+        ));
+        verify(&store, "half", n)?;
+        println!(
+            "\nat half the best rate ({half:.0} req/s of {:.0} at C={}), C=64, paced: p50 {} ms, p99 {} ms, max {} ms over {} requests",
+            best.0,
+            best.1,
+            ms(quantile(&paced.lat_us, 0.5)),
+            ms(quantile(&paced.lat_us, 0.99)),
+            ms(*paced.lat_us.last().unwrap_or(&0)),
+            paced.ok
+        );
+    }
+    cancel.cancel();
+    bare_cancel.cancel();
+    rt.block_on(d.wait());
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The scheduler at scale: K transfers in their polling windows against the
+//! ConnPay sandbox (in a child process), for a steady-state period. The
+//! baseline is a bare reqwest loop sending the same requests at the same
+//! rate to the same sandbox: the client's own cost.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::footprint::{bench_keys, SimChild};
+use super::{check, ratio, runtime, table, thread_cpu, Opts};
+use crate::config::Config;
+use crate::daemon::{self, Listeners};
+use crate::demo::LoopbackConfig;
+use crate::model::{now_ms, Payment, PollWindow, ProviderId};
+use crate::provider::lookup_key;
+use crate::state::State;
+
+const KEY_ENV: &str = "PAYRECON_BENCH_CONTROL_KEY";
+
+pub fn run(opts: &Opts) -> Result<(), String> {
+    let (ks, warm, measure, base_measure) = if opts.quick {
+        (
+            vec![200],
+            Duration::from_secs(6),
+            Duration::from_secs(4),
+            Duration::from_secs(2),
+        )
+    } else {
+        (
+            vec![1_000, 10_000, 50_000],
+            Duration::from_secs(6),
+            Duration::from_secs(60),
+            Duration::from_secs(15),
+        )
+    };
+    let mut rows = vec![];
+    for k in ks {
+        let sim = SimChild::spawn(k)?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let rt = runtime("payrecon", 2);
+        let text = LoopbackConfig {
+            interval: ("3s".into(), "5s".into()),
+            window: ("10m".into(), "10m".into()),
+            max_in_flight: 512,
+            request_timeout: "5s".into(),
+            key_env: KEY_ENV.into(),
+            ..Default::default()
+        }
+        .render(&dir.path().join("store"), &sim.base_url());
+        let env = HashMap::from([(KEY_ENV.to_string(), "k".to_string())]);
+        let config = Config::parse("bench config", &text, &env).map_err(|e| e.to_string())?;
+        let store = rt
+            .block_on(async { crate::store::Store::open(&config.file.store.path) })
+            .map_err(|e| e.to_string())?;
+        let now = now_ms();
+        let items = (0..k).map(|i| {
+            let keys = bench_keys(i);
+            let inv = keys["invoice_id"].clone();
+            let p = Payment {
+                id: store.next_id().unwrap_or_default(),
+                provider: ProviderId::Connpay,
+                keys,
+                amount_minor: Some(1000),
+                currency: Some("EUR".into()),
+                state: State::Pending,
+                raw_status: None,
+                created_ms: now,
+                updated_ms: now,
+                final_ms: None,
+                final_source: None,
+                window: Some(PollWindow {
+                    ends_ms: now + 600_000,
+                    next_ms: now + fastrand::u64(3_000..=5_000),
+                    polls: 0,
+                    open: true,
+                }),
+                observations: 0,
+            };
+            (
+                p,
+                vec![],
+                vec![lookup_key(ProviderId::Connpay, "inv", &inv)],
+            )
+        });
+        store.bulk_load(items).map_err(|e| e.to_string())?;
+        drop(store);
+        let cancel = CancellationToken::new();
+        let d = rt.block_on(async {
+            // The bulk loader's handle lets go of the folder asynchronously.
+            let mut last = String::new();
+            for _ in 0..100 {
+                let l = Listeners::bind(&config).await.map_err(|e| e.to_string())?;
+                match daemon::start(&config, l, cancel.clone()).await {
+                    Ok(d) => return Ok(d),
+                    Err(e) => last = e.to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(last)
+        })?;
+        let c = &d.engine.counters;
+        use std::sync::atomic::Ordering::Relaxed;
+        let polls = || c.polls_ok.load(Relaxed) + c.polls_failed.load(Relaxed);
+        std::thread::sleep(warm);
+        let (p0, f0) = (polls(), c.polls_failed.load(Relaxed));
+        c.poll_lag.reset();
+        let (_, cpu0) = thread_cpu(&[]);
+        let t0 = Instant::now();
+        std::thread::sleep(measure);
+        let (_, cpu1) = thread_cpu(&[]);
+        let elapsed = t0.elapsed().as_secs_f64();
+        let (p1, f1) = (polls(), c.polls_failed.load(Relaxed));
+        let rss_mib = super::rss_kib(std::process::id()) as f64 / 1024.0;
+        let achieved = (p1 - p0) as f64 / elapsed;
+        let expected = k as f64 / 4.0;
+        let lag = &c.poll_lag;
+        let (lag50, lag99, lagmax) = (lag.quantile_us(0.5), lag.quantile_us(0.99), lag.max_us());
+        let ours_cpu = (cpu1 - cpu0).as_secs_f64();
+        check(p1 > p0, || format!("K={k}: no polls in steady state"))?;
+        check(f1 == f0, || format!("K={k}: {} polls failed", f1 - f0))?;
+        cancel.cancel();
+        rt.block_on(d.wait());
+        drop(rt);
+
+        // Baseline: the same requests at the same rate, bare reqwest.
+        let brt = runtime("baseline", 2);
+        let (base_cpu, base_sent) =
+            brt.block_on(baseline(&sim.base_url(), k, achieved, base_measure));
+        drop(brt);
+        check(base_sent > 0, || "baseline sent nothing".into())?;
+        let ours_per_k = ours_cpu / (p1 - p0) as f64 * 1000.0;
+        let base_per_k = base_cpu / base_sent as f64 * 1000.0;
+        rows.push(vec![
+            k.to_string(),
+            format!("{expected:.0}"),
+            format!("{achieved:.0}"),
+            format!("{:+.1}%", (achieved / expected - 1.0) * 100.0),
+            format!("{:.1}", lag50 as f64 / 1000.0),
+            format!("{:.1}", lag99 as f64 / 1000.0),
+            format!("{:.1}", lagmax as f64 / 1000.0),
+            format!("{:.0}%", ours_cpu / elapsed * 100.0),
+            format!("{rss_mib:.0}"),
+            format!("{ours_per_k:.3}"),
+            format!("{base_per_k:.3}"),
+            ratio(ours_per_k, base_per_k),
+        ]);
+    }
+    if opts.quick {
+        println!("quick: polls ran in steady state and none failed");
+    } else {
+        table(
+            &[
+                "K",
+                "expected polls/s",
+                "achieved",
+                "off",
+                "lag p50 ms",
+                "lag p99 ms",
+                "lag max ms",
+                "CPU",
+                "RSS MiB",
+                "CPU s/1k polls",
+                "reqwest CPU s/1k",
+                "÷ reqwest",
+            ],
+            &rows,
+        );
+        println!("CPU is payrecon's share of one core (the sandbox runs in its own process); RSS is the whole bench process, which is payrecon plus the harness.");
+    }
+    Ok(())
+}
+
+/// Sends status requests for the K transfers round-robin at `rate` per
+/// second for `dur`; returns the CPU seconds it took and requests sent.
+async fn baseline(base_url: &str, k: usize, rate: f64, dur: Duration) -> (f64, u64) {
+    let client = reqwest::Client::new();
+    let limit = Arc::new(tokio::sync::Semaphore::new(512));
+    let (cpu0, _) = thread_cpu(&["baseline"]);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    while start.elapsed() < dur {
+        let due = (start.elapsed().as_secs_f64() * rate) as u64;
+        while sent < due {
+            let keys = bench_keys(sent as usize % k);
+            let url = format!(
+                "{base_url}/paynet/dapi/v1/transfer/{}/{}/status",
+                keys["endpoint_id"], keys["invoice_id"]
+            );
+            let body = serde_json::json!({"session": {"accessToken": keys["access_token"], "token": keys["session_token"]}});
+            let (client, permit) = (client.clone(), limit.clone().acquire_owned().await);
+            tasks.spawn(async move {
+                let _p = permit;
+                if let Ok(r) = client.post(url).json(&body).send().await {
+                    let _ = r.bytes().await;
+                }
+            });
+            sent += 1;
+        }
+        while tasks.try_join_next().is_some() {}
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    while tasks.join_next().await.is_some() {}
+    let (cpu1, _) = thread_cpu(&["baseline"]);
+    ((cpu1 - cpu0).as_secs_f64(), sent)
+}
