@@ -141,7 +141,7 @@ pub struct Engine {
     providers: HashMap<ProviderId, Arc<dyn Provider>>,
     /// Polls in flight per provider.
     limits: HashMap<ProviderId, Arc<Semaphore>>,
-    scheduler: OnceLock<Scheduler>,
+    scheduler: OnceLock<Scheduler<ProviderId>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
     pub counters: Counters,
@@ -169,9 +169,9 @@ impl Engine {
             counters: Counters::default(),
         });
         let weak: Weak<Engine> = Arc::downgrade(&engine);
-        let (scheduler, task) = Scheduler::start(cancel, move |id, due| {
+        let (scheduler, task) = Scheduler::start(cancel, move |id, provider, due| {
             if let Some(e) = weak.upgrade() {
-                e.tasks.spawn(e.clone().poll(id, due));
+                e.tasks.spawn(e.clone().poll(id, provider, due));
             }
         });
         engine.tasks.spawn(async move {
@@ -189,7 +189,7 @@ impl Engine {
         &self.tasks
     }
 
-    pub fn scheduler(&self) -> &Scheduler {
+    pub fn scheduler(&self) -> &Scheduler<ProviderId> {
         self.scheduler.get().expect("set in start")
     }
 
@@ -202,8 +202,9 @@ impl Engine {
     /// was down gets one catch-up poll, then closes.
     pub fn resume(&self) -> Result<usize, StoreError> {
         let windows = self.store.open_windows()?;
-        for (id, next_ms) in &windows {
-            self.scheduler().schedule(id.clone(), instant_at(*next_ms));
+        for (id, provider, next_ms) in &windows {
+            self.scheduler()
+                .schedule(id.clone(), *provider, instant_at(*next_ms));
         }
         Ok(windows.len())
     }
@@ -254,7 +255,7 @@ impl Engine {
             tracing::info!(payment_id = %tracked.payment.id, provider = %pid, "payment tracked");
             if let Some(w) = tracked.payment.window.filter(|w| w.open) {
                 self.scheduler()
-                    .schedule(tracked.payment.id.clone(), instant_at(w.next_ms));
+                    .schedule(tracked.payment.id.clone(), pid, instant_at(w.next_ms));
             }
         }
         Ok(tracked)
@@ -324,15 +325,12 @@ impl Engine {
     }
 
     /// One poll of one payment, run when its deadline falls due.
-    async fn poll(self: Arc<Self>, id: String, due: Instant) {
-        let Ok(Some(first)) = self.store.get(&id) else {
+    async fn poll(self: Arc<Self>, id: String, pid: ProviderId, due: Instant) {
+        let Some(provider) = self.providers.get(&pid).cloned() else {
+            tracing::warn!(payment_id = %id, provider = %pid, "payment's provider is not configured; window left as it is");
             return;
         };
-        let Some(provider) = self.providers.get(&first.provider).cloned() else {
-            tracing::warn!(payment_id = %id, provider = %first.provider, "payment's provider is not configured; window left as it is");
-            return;
-        };
-        let limit = self.limits[&first.provider].clone();
+        let limit = self.limits[&pid].clone();
         let _permit = tokio::select! {
             p = limit.acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = self.cancel.cancelled() => return,
@@ -402,7 +400,7 @@ impl Engine {
             }
         };
         match moved {
-            Some(w) if w.open => self.scheduler().schedule(id, instant_at(w.next_ms)),
+            Some(w) if w.open => self.scheduler().schedule(id, pid, instant_at(w.next_ms)),
             Some(w) => tracing::info!(
                 polls = w.polls,
                 "poll window ended; waiting for the callback"

@@ -22,6 +22,17 @@ impl ProviderId {
             ProviderId::Connpay => "connpay",
         }
     }
+
+    /// A one-byte code for compact store records. Never reuse a code.
+    pub fn code(self) -> u8 {
+        match self {
+            ProviderId::Connpay => 1,
+        }
+    }
+
+    pub fn from_code(c: u8) -> Option<ProviderId> {
+        ProviderId::ALL.into_iter().find(|p| p.code() == c)
+    }
 }
 
 impl std::fmt::Display for ProviderId {

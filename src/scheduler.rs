@@ -12,10 +12,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Handle to the scheduler task. Cheap to clone.
+/// Handle to the scheduler task. Cheap to clone. `T` is what travels with
+/// an id to the dispatch function (the payment's provider).
 #[derive(Clone)]
-pub struct Scheduler {
-    tx: mpsc::UnboundedSender<(String, Instant)>,
+pub struct Scheduler<T = ()> {
+    tx: mpsc::UnboundedSender<(String, T, Instant)>,
     stats: Arc<Stats>,
 }
 
@@ -30,16 +31,16 @@ pub struct Stats {
     pub turns: AtomicU64,
 }
 
-impl Scheduler {
-    /// Starts the scheduler task. `dispatch(id, due)` is called from the
-    /// task for each deadline that falls due; it must not block (spawn the
-    /// work). The task ends when `cancel` fires.
+impl<T: Send + 'static> Scheduler<T> {
+    /// Starts the scheduler task. `dispatch(id, tag, due)` is called from
+    /// the task for each deadline that falls due; it must not block (spawn
+    /// the work). The task ends when `cancel` fires.
     pub fn start<F>(
         cancel: CancellationToken,
         dispatch: F,
-    ) -> (Scheduler, tokio::task::JoinHandle<()>)
+    ) -> (Scheduler<T>, tokio::task::JoinHandle<()>)
     where
-        F: Fn(String, Instant) + Send + 'static,
+        F: Fn(String, T, Instant) + Send + 'static,
     {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
@@ -48,9 +49,9 @@ impl Scheduler {
     }
 
     /// Schedules (or moves) the deadline of `id`.
-    pub fn schedule(&self, id: String, at: Instant) {
+    pub fn schedule(&self, id: String, tag: T, at: Instant) {
         // Fails only once the task has ended, at shutdown: nothing to do then.
-        let _ = self.tx.send((id, at));
+        let _ = self.tx.send((id, tag, at));
     }
 
     pub fn stats(&self) -> &Stats {
@@ -58,26 +59,27 @@ impl Scheduler {
     }
 }
 
-async fn run<F>(
-    mut rx: mpsc::UnboundedReceiver<(String, Instant)>,
+async fn run<T, F>(
+    mut rx: mpsc::UnboundedReceiver<(String, T, Instant)>,
     cancel: CancellationToken,
     dispatch: F,
     stats: Arc<Stats>,
 ) where
-    F: Fn(String, Instant),
+    F: Fn(String, T, Instant),
 {
-    // (deadline, tie-breaker) → id, and id → its key, so moving a deadline
-    // replaces the old one.
-    let mut queue: BTreeMap<(Instant, u64), String> = BTreeMap::new();
+    // (deadline, tie-breaker) → id and tag, and id → its key, so moving a
+    // deadline replaces the old one.
+    let mut queue: BTreeMap<(Instant, u64), (String, T)> = BTreeMap::new();
     let mut index: HashMap<String, (Instant, u64)> = HashMap::new();
     let mut seq = 0u64;
-    let mut insert = |queue: &mut BTreeMap<_, _>, index: &mut HashMap<_, _>, id: String, at| {
-        seq += 1;
-        if let Some(old) = index.insert(id.clone(), (at, seq)) {
-            queue.remove(&old);
-        }
-        queue.insert((at, seq), id);
-    };
+    let mut insert =
+        |queue: &mut BTreeMap<_, _>, index: &mut HashMap<_, _>, id: String, tag: T, at| {
+            seq += 1;
+            if let Some(old) = index.insert(id.clone(), (at, seq)) {
+                queue.remove(&old);
+            }
+            queue.insert((at, seq), (id, tag));
+        };
     loop {
         stats.turns.fetch_add(1, Ordering::Relaxed);
         stats.queued.store(queue.len() as u64, Ordering::Relaxed);
@@ -86,11 +88,11 @@ async fn run<F>(
             biased;
             _ = cancel.cancelled() => break,
             msg = rx.recv() => {
-                let Some((id, at)) = msg else { break };
-                insert(&mut queue, &mut index, id, at);
+                let Some((id, tag, at)) = msg else { break };
+                insert(&mut queue, &mut index, id, tag, at);
                 // Take whatever else is waiting in one go.
-                while let Ok((id, at)) = rx.try_recv() {
-                    insert(&mut queue, &mut index, id, at);
+                while let Ok((id, tag, at)) = rx.try_recv() {
+                    insert(&mut queue, &mut index, id, tag, at);
                 }
             }
             _ = sleep_until(next), if next.is_some() => {
@@ -99,10 +101,10 @@ async fn run<F>(
                     if entry.key().0 > now {
                         break;
                     }
-                    let ((due, _), id) = entry.remove_entry();
+                    let ((due, _), (id, tag)) = entry.remove_entry();
                     index.remove(&id);
                     stats.dispatched.fetch_add(1, Ordering::Relaxed);
-                    dispatch(id, due);
+                    dispatch(id, tag, due);
                 }
             }
         }
@@ -124,11 +126,11 @@ mod tests {
 
     type Log = Arc<Mutex<Vec<(String, Instant)>>>;
 
-    fn start() -> (Scheduler, Log, CancellationToken, Instant) {
+    fn start() -> (Scheduler<()>, Log, CancellationToken, Instant) {
         let log: Log = Arc::default();
         let l = log.clone();
         let cancel = CancellationToken::new();
-        let (s, _task) = Scheduler::start(cancel.clone(), move |id, _due| {
+        let (s, _task) = Scheduler::start(cancel.clone(), move |id, (), _due| {
             l.lock().unwrap().push((id, Instant::now()));
         });
         (s, log, cancel, Instant::now())
@@ -143,9 +145,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn deadlines_fire_in_order_at_their_time() {
         let (s, log, _c, t0) = start();
-        s.schedule("c".into(), t0 + Duration::from_secs(5));
-        s.schedule("a".into(), t0 + Duration::from_secs(3));
-        s.schedule("b".into(), t0 + Duration::from_secs(4));
+        s.schedule("c".into(), (), t0 + Duration::from_secs(5));
+        s.schedule("a".into(), (), t0 + Duration::from_secs(3));
+        s.schedule("b".into(), (), t0 + Duration::from_secs(4));
         wait_for(&log, 3).await;
         let log = log.lock().unwrap();
         let ids: Vec<_> = log.iter().map(|(id, _)| id.as_str()).collect();
@@ -158,10 +160,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_nearer_deadline_wakes_the_sleeping_task() {
         let (s, log, _c, t0) = start();
-        s.schedule("far".into(), t0 + Duration::from_secs(100));
+        s.schedule("far".into(), (), t0 + Duration::from_secs(100));
         // Let the task go to sleep on the far deadline first.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        s.schedule("near".into(), t0 + Duration::from_secs(2));
+        s.schedule("near".into(), (), t0 + Duration::from_secs(2));
         wait_for(&log, 1).await;
         let (id, at) = log.lock().unwrap()[0].clone();
         assert_eq!(id, "near");
@@ -171,9 +173,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn rescheduling_moves_the_deadline_instead_of_adding_one() {
         let (s, log, _c, t0) = start();
-        s.schedule("x".into(), t0 + Duration::from_secs(2));
-        s.schedule("x".into(), t0 + Duration::from_secs(7));
-        s.schedule("y".into(), t0 + Duration::from_secs(9));
+        s.schedule("x".into(), (), t0 + Duration::from_secs(2));
+        s.schedule("x".into(), (), t0 + Duration::from_secs(7));
+        s.schedule("y".into(), (), t0 + Duration::from_secs(9));
         wait_for(&log, 2).await;
         let log = log.lock().unwrap();
         assert_eq!(log[0].0, "x");
@@ -185,7 +187,11 @@ mod tests {
     async fn ten_thousand_deadlines_need_one_task() {
         let (s, log, _c, t0) = start();
         for i in 0..10_000u64 {
-            s.schedule(format!("p{i}"), t0 + Duration::from_millis(3000 + i % 2000));
+            s.schedule(
+                format!("p{i}"),
+                (),
+                t0 + Duration::from_millis(3000 + i % 2000),
+            );
         }
         wait_for(&log, 10_000).await;
         let log = log.lock().unwrap();
@@ -197,8 +203,8 @@ mod tests {
     async fn cancel_ends_the_task() {
         let log: Log = Arc::default();
         let cancel = CancellationToken::new();
-        let (s, task) = Scheduler::start(cancel.clone(), |_, _| {});
-        s.schedule("x".into(), Instant::now() + Duration::from_secs(3600));
+        let (s, task) = Scheduler::<()>::start(cancel.clone(), |_, _, _| {});
+        s.schedule("x".into(), (), Instant::now() + Duration::from_secs(3600));
         cancel.cancel();
         task.await.unwrap();
         assert!(log.lock().unwrap().is_empty());

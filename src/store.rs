@@ -12,7 +12,8 @@
 //! - `keys`: provider lookup key (`connpay|inv|…`) → payment id
 //! - `inbox`: callback de-duplication key → InboxEntry (JSON)
 //! - `orphans`: lookup key → callbacks that came before their payment
-//! - `windows`: payment id → next poll, unix ms (u64 BE); open windows only
+//! - `windows`: payment id → next poll, unix ms (u64 BE), and the
+//!   provider's one-byte code; open windows only
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -161,6 +162,10 @@ impl Store {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_mb * 1024 * 1024)
+            // Records are JSON with repeated field names: zstd at a low level
+            // cuts the bytes written and kept (BENCHMARKS.md, disk).
+            .use_compression(true)
+            .compression_factor(3)
             // sled also flushes on its own; acknowledgements never rely on it.
             .flush_every_ms(Some(1000))
             .open()?;
@@ -273,7 +278,7 @@ impl Store {
                     .window
                     .filter(|w| w.open && !payment.state.is_final())
                 {
-                    windows.insert(payment.id.as_bytes(), &w.next_ms.to_be_bytes())?;
+                    windows.insert(payment.id.as_bytes(), window_value(&payment, w.next_ms))?;
                 } else if let Some(w) = payment.window.as_mut() {
                     w.open = false;
                 }
@@ -302,7 +307,10 @@ impl Store {
                 let learned = report.learned_keys.clone();
                 let (observation, change) = apply(&mut payment, report.clone(), now_ms);
                 for k in &learned {
-                    keys.insert(k.as_bytes(), id.as_bytes())?;
+                    // Learned once, seen on every poll: write only when new.
+                    if keys.get(k.as_bytes())?.is_none() {
+                        keys.insert(k.as_bytes(), id.as_bytes())?;
+                    }
                 }
                 put_history(history, id, &observation)?;
                 move_window(windows, &mut payment, window)?;
@@ -477,7 +485,7 @@ impl Store {
                 .window
                 .filter(|w| w.open && !payment.state.is_final())
             {
-                w.insert(payment.id.as_bytes(), &win.next_ms.to_be_bytes());
+                w.insert(payment.id.as_bytes(), window_value(&payment, win.next_ms));
             }
             p.insert(payment.id.as_bytes(), encode(&payment));
             n += 1;
@@ -496,20 +504,30 @@ impl Store {
         self.new_id()
     }
 
-    /// Every open poll window: payment id and next poll (unix ms).
-    pub fn open_windows(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.windows
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&v[..8.min(v.len())]);
-                Ok((
-                    String::from_utf8_lossy(&k).into_owned(),
-                    u64::from_be_bytes(b),
-                ))
-            })
-            .collect()
+    /// Every open poll window: payment id, provider and next poll (unix ms).
+    pub fn open_windows(&self) -> Result<Vec<(String, ProviderId, u64)>, StoreError> {
+        let mut out = vec![];
+        for kv in self.windows.iter() {
+            let (k, v) = kv?;
+            let id = String::from_utf8_lossy(&k).into_owned();
+            let parsed = (v.len() == 9)
+                .then(|| {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&v[..8]);
+                    ProviderId::from_code(v[8]).map(|p| (p, u64::from_be_bytes(b)))
+                })
+                .flatten();
+            let Some((p, next)) = parsed else {
+                return Err(StoreError::Corrupt {
+                    key: id,
+                    source: serde::de::Error::custom(
+                        "window record is not 9 bytes with a known provider",
+                    ),
+                });
+            };
+            out.push((id, p, next));
+        }
+        Ok(out)
     }
 
     /// Orphan callbacks still waiting for their payment.
@@ -570,6 +588,13 @@ fn apply(payment: &mut Payment, report: Report, at_ms: u64) -> (Observation, Opt
     (observation, change)
 }
 
+/// The `windows` tree's value: next poll (u64 BE) and the provider's code.
+fn window_value(payment: &Payment, next_ms: u64) -> Vec<u8> {
+    let mut v = next_ms.to_be_bytes().to_vec();
+    v.push(payment.provider.code());
+    v
+}
+
 /// Applies a window change to a payment and mirrors the result in the
 /// `windows` tree. A final payment's window is closed whatever the change.
 fn move_window(
@@ -594,8 +619,9 @@ fn move_window(
     if payment.state.is_final() {
         w.open = false;
     }
-    if w.open {
-        windows.insert(payment.id.as_bytes(), &w.next_ms.to_be_bytes())?;
+    let (open, next_ms) = (w.open, w.next_ms);
+    if open {
+        windows.insert(payment.id.as_bytes(), window_value(payment, next_ms))?;
     } else {
         windows.remove(payment.id.as_bytes())?;
     }
@@ -742,7 +768,10 @@ mod tests {
         let p = store.get(&id).unwrap().unwrap();
         assert_eq!(p.state, State::Pending);
         assert_eq!(store.find("connpay|inv|inv-1").unwrap(), Some(id.clone()));
-        assert_eq!(store.open_windows().unwrap(), vec![(id, 1_000)]);
+        assert_eq!(
+            store.open_windows().unwrap(),
+            vec![(id, ProviderId::Connpay, 1_000)]
+        );
     }
 
     async fn reopen(path: &std::path::Path) -> Store {

@@ -333,7 +333,7 @@ fn typical(id: String, i: usize, now: u64) -> (Payment, Vec<Observation>, Vec<St
             Decision::Advance,
             &[
                 (
-                    "redirect_url".into(),
+                    "redirect_url",
                     format!("https://sandbox.connpay.com/3ds/{order}"),
                 ),
                 ("order_id", order.clone()),

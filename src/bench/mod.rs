@@ -27,6 +27,10 @@ pub struct Opts {
     pub quick: bool,
     /// Scenarios to run; empty means all.
     pub only: Vec<String>,
+    /// Overrides the poll scenario's K values and steady-state seconds
+    /// (for profiling one size).
+    pub poll_k: Option<usize>,
+    pub poll_seconds: Option<u64>,
 }
 
 impl Opts {
@@ -35,7 +39,10 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "usage: payrecon-bench [--quick] [--only ingest|poll|memory|restart|disk]...";
+/// One benchmark scenario: fails on a correctness check.
+type Scenario = fn(&Opts) -> Result<(), String>;
+
+const USAGE: &str = "usage: payrecon-bench [--quick] [--only ingest|poll|memory|restart|disk]... [--poll-k K] [--poll-seconds S]";
 
 pub fn main(args: Vec<String>) -> ExitCode {
     match args.first().map(String::as_str) {
@@ -51,6 +58,8 @@ pub fn main(args: Vec<String>) -> ExitCode {
     let mut opts = Opts {
         quick: false,
         only: vec![],
+        poll_k: None,
+        poll_seconds: None,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -58,6 +67,14 @@ pub fn main(args: Vec<String>) -> ExitCode {
             "--quick" => opts.quick = true,
             "--only" => match it.next() {
                 Some(s) => opts.only.push(s),
+                None => return usage(),
+            },
+            "--poll-k" => match it.next().and_then(|v| v.parse().ok()) {
+                Some(k) => opts.poll_k = Some(k),
+                None => return usage(),
+            },
+            "--poll-seconds" => match it.next().and_then(|v| v.parse().ok()) {
+                Some(s) => opts.poll_seconds = Some(s),
                 None => return usage(),
             },
             "-h" | "--help" => {
@@ -78,7 +95,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
     );
     let started = std::time::Instant::now();
     let mut failures = vec![];
-    let scenarios: [(&str, fn(&Opts) -> Result<(), String>); 5] = [
+    let scenarios: [(&str, Scenario); 5] = [
         ("ingest", ingest::run),
         ("poll", poll::run),
         ("memory", footprint::memory),

@@ -113,14 +113,17 @@ pub fn run(opts: &Opts) -> Result<(), String> {
         let (_, cpu1) = thread_cpu(&[]);
         let elapsed = t0.elapsed().as_secs_f64();
         let (p1, f1) = (polls(), c.polls_failed.load(Relaxed));
-        let rss_mib = super::rss_kib(std::process::id()) as f64 / 1024.0;
         let achieved = (p1 - p0) as f64 / elapsed;
         let expected = k as f64 / 4.0;
         let lag = &c.poll_lag;
         let (lag50, lag99, lagmax) = (lag.quantile_us(0.5), lag.quantile_us(0.99), lag.max_us());
         let ours_cpu = (cpu1 - cpu0).as_secs_f64();
         check(p1 > p0, || format!("K={k}: no polls in steady state"))?;
-        check(f1 == f0, || format!("K={k}: {} polls failed", f1 - f0))?;
+        // Under saturation polls time out; that is a figure, not a failure,
+        // except in the quick run where the load is light.
+        if opts.quick {
+            check(f1 == f0, || format!("K={k}: {} polls failed", f1 - f0))?;
+        }
         cancel.cancel();
         rt.block_on(d.wait());
         drop(rt);
@@ -138,11 +141,11 @@ pub fn run(opts: &Opts) -> Result<(), String> {
             format!("{expected:.0}"),
             format!("{achieved:.0}"),
             format!("{:+.1}%", (achieved / expected - 1.0) * 100.0),
+            (f1 - f0).to_string(),
             format!("{:.1}", lag50 as f64 / 1000.0),
             format!("{:.1}", lag99 as f64 / 1000.0),
             format!("{:.1}", lagmax as f64 / 1000.0),
             format!("{:.0}%", ours_cpu / elapsed * 100.0),
-            format!("{rss_mib:.0}"),
             format!("{ours_per_k:.3}"),
             format!("{base_per_k:.3}"),
             ratio(ours_per_k, base_per_k),
@@ -168,7 +171,7 @@ pub fn run(opts: &Opts) -> Result<(), String> {
             ],
             &rows,
         );
-        println!("CPU is payrecon's share of one core (the sandbox runs in its own process); RSS is the whole bench process, which is payrecon plus the harness.");
+        println!("CPU is payrecon's share of one core; the sandbox runs in its own process. RSS: see the memory scenario, measured on a daemon process of its own.");
     }
     Ok(())
 }
