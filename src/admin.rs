@@ -7,6 +7,10 @@
 //! - `GET /v1/providers/{provider}/payments/{key}/{value}`: a payment found
 //!   by the provider's own identifier (ConnPay: `invoice_id`, `order_id`).
 //! - `POST /v1/reconcile/{provider}`: one reconciliation sweep now.
+//! - `POST /v1/payments/{id}/actions`: queue a status change (202), with an
+//!   optional `Idempotency-Key` header.
+//! - `GET /v1/actions/{id}`; `POST /v1/actions/{id}/resolve` settles an
+//!   action parked as unknown.
 //! - `GET /healthz`: the process answers. `GET /readyz`: the store works.
 
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use hyper::{Request, StatusCode};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
+use crate::action::{Action, ActionRequest, ActionState};
 use crate::config::Secret;
 use crate::engine::{Engine, EngineError, TrackRequest};
 use crate::http::{self, Answer, CloseConnection};
@@ -40,6 +45,17 @@ pub struct PaymentView {
     pub payment: Payment,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<Observation>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Vec<Action>>,
+}
+
+/// The body of `POST /v1/actions/{id}/resolve`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resolve {
+    pub state: ActionState,
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -118,10 +134,62 @@ impl Admin {
                     Err(e) => engine_error(e),
                 }
             }
+            ("POST", ["v1", "payments", id, "actions"]) => {
+                let id = id.to_string();
+                let idem = req
+                    .headers()
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from);
+                let body = match http::read_body(req, MAX_BODY).await {
+                    Ok(b) => b,
+                    Err(a) => return a,
+                };
+                let ar: ActionRequest = match serde_json::from_slice(&body) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        return http::error(StatusCode::BAD_REQUEST, "invalid_json", &e.to_string())
+                    }
+                };
+                match self.engine.request_action(&id, ar, idem).await {
+                    Ok((a, _)) => http::json(StatusCode::ACCEPTED, &a),
+                    Err(e) => engine_error(e),
+                }
+            }
+            ("GET", ["v1", "actions", id]) => match self.engine.store().get_action(id) {
+                Ok(Some(a)) => http::json(StatusCode::OK, &a),
+                Ok(None) => http::error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    &format!("no action `{id}`"),
+                ),
+                Err(e) => engine_error(e.into()),
+            },
+            ("POST", ["v1", "actions", id, "resolve"]) => {
+                let id = id.to_string();
+                let body = match http::read_body(req, MAX_BODY).await {
+                    Ok(b) => b,
+                    Err(a) => return a,
+                };
+                let r: Resolve = match serde_json::from_slice(&body) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return http::error(StatusCode::BAD_REQUEST, "invalid_json", &e.to_string())
+                    }
+                };
+                match self.engine.resolve_action(&id, r.state, r.note).await {
+                    Ok(a) => http::json(StatusCode::OK, &a),
+                    Err(e) => engine_error(e),
+                }
+            }
             ("GET", ["v1", "payments", id]) => {
                 let store = self.engine.store();
                 match (store.get(id), store.history(id)) {
-                    (Ok(Some(p)), Ok(h)) => http::json(StatusCode::OK, &self.view(p, Some(h))),
+                    (Ok(Some(p)), Ok(h)) => {
+                        let mut v = self.view(p, Some(h));
+                        v.actions = store.actions_of(id).ok();
+                        http::json(StatusCode::OK, &v)
+                    }
                     (Ok(None), _) => http::error(
                         StatusCode::NOT_FOUND,
                         "not_found",
@@ -255,7 +323,11 @@ impl Admin {
                 }
             }
         }
-        PaymentView { payment, history }
+        PaymentView {
+            payment,
+            history,
+            actions: None,
+        }
     }
 }
 
@@ -269,6 +341,8 @@ fn engine_error(e: EngineError) -> Answer {
             &format!("provider `{p}` is not configured"),
         ),
         EngineError::BadRequest(m) => http::error(StatusCode::BAD_REQUEST, "invalid_request", &m),
+        EngineError::ActionRefused(m) => http::error(StatusCode::BAD_REQUEST, "invalid_action", &m),
+        EngineError::ActionConflict(m) => http::error(StatusCode::CONFLICT, "action_conflict", &m),
         EngineError::Callback(c) => {
             http::error(StatusCode::BAD_REQUEST, "invalid_request", &c.to_string())
         }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::action::{ActionRequest, ActionState};
 use crate::client::AdminClient;
 use crate::config::Config;
 use crate::engine::TrackRequest;
@@ -86,6 +87,48 @@ pub enum Command {
         limit: Option<usize>,
         #[arg(long)]
         after: Option<String>,
+    },
+    /// Capture all or part of an authorized invoice (MyFatoorah).
+    Capture {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The payrecon payment id.
+        payment: String,
+        /// Decimal amount in the invoice currency, e.g. 100.000.
+        #[arg(long)]
+        amount: String,
+        /// The same key returns the same action instead of a second one.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Release an authorized invoice back to the customer (MyFatoorah).
+    Release {
+        #[command(flatten)]
+        admin: AdminArgs,
+        payment: String,
+        /// Must equal the invoice value when given.
+        #[arg(long)]
+        amount: Option<String>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Show an action.
+    ShowAction {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+    },
+    /// Settle an action whose outcome is unknown, after checking with the
+    /// provider by hand.
+    ResolveAction {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+        /// succeeded or failed.
+        #[arg(long = "as", value_name = "STATE")]
+        state: String,
+        #[arg(long)]
+        note: Option<String>,
     },
     /// Run one reconciliation sweep for a provider now.
     Reconcile {
@@ -234,6 +277,52 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 )
                 .await,
         ),
+        Command::Capture {
+            admin,
+            payment,
+            amount,
+            idempotency_key,
+        } => print_json(
+            client(&admin)
+                .action(
+                    &payment,
+                    &ActionRequest::Capture { amount },
+                    idempotency_key.as_deref(),
+                )
+                .await,
+        ),
+        Command::Release {
+            admin,
+            payment,
+            amount,
+            idempotency_key,
+        } => print_json(
+            client(&admin)
+                .action(
+                    &payment,
+                    &ActionRequest::Release { amount },
+                    idempotency_key.as_deref(),
+                )
+                .await,
+        ),
+        Command::ShowAction { admin, id } => print_json(client(&admin).get_action(&id).await),
+        Command::ResolveAction {
+            admin,
+            id,
+            state,
+            note,
+        } => {
+            let state = match state.as_str() {
+                "succeeded" => ActionState::Succeeded,
+                "failed" => ActionState::Failed,
+                other => return fail(format!("--as takes succeeded or failed, not `{other}`")),
+            };
+            print_json(
+                client(&admin)
+                    .resolve_action(&id, &crate::admin::Resolve { state, note })
+                    .await,
+            )
+        }
         Command::Reconcile { admin, provider } => {
             print_json(client(&admin).reconcile(&provider).await)
         }

@@ -100,6 +100,41 @@ impl AdminClient {
         .await
     }
 
+    /// Queues an action; `idempotency_key` makes a repeat return the same one.
+    pub async fn action(
+        &self,
+        payment_id: &str,
+        req: &crate::action::ActionRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<crate::action::Action, ClientError> {
+        let mut rb = self
+            .http
+            .post(format!("{}/v1/payments/{payment_id}/actions", self.base))
+            .json(req);
+        if let Some(k) = idempotency_key {
+            rb = rb.header("idempotency-key", k);
+        }
+        self.send(rb).await
+    }
+
+    pub async fn get_action(&self, id: &str) -> Result<crate::action::Action, ClientError> {
+        self.send(self.http.get(format!("{}/v1/actions/{id}", self.base)))
+            .await
+    }
+
+    pub async fn resolve_action(
+        &self,
+        id: &str,
+        body: &crate::admin::Resolve,
+    ) -> Result<crate::action::Action, ClientError> {
+        self.send(
+            self.http
+                .post(format!("{}/v1/actions/{id}/resolve", self.base))
+                .json(body),
+        )
+        .await
+    }
+
     pub async fn reconcile(&self, provider: &str) -> Result<serde_json::Value, ClientError> {
         self.send(
             self.http

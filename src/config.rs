@@ -68,6 +68,27 @@ pub struct FileConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub providers: ProvidersConfig,
+    #[serde(default)]
+    pub actions: ActionsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionsConfig {
+    /// How long an action may be retried before it fails (or, if its
+    /// outcome is uncertain, is parked as unknown).
+    #[serde(default = "d5m", deserialize_with = "duration")]
+    pub deadline: Duration,
+}
+
+impl Default for ActionsConfig {
+    fn default() -> Self {
+        ActionsConfig { deadline: d5m() }
+    }
+}
+
+fn d5m() -> Duration {
+    Duration::from_secs(300)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +99,14 @@ pub struct StoreConfig {
     /// sled's page cache, MiB.
     #[serde(default = "default_cache_mb")]
     pub cache_mb: u64,
+    /// zstd compression of stored records: half the disk, a third less
+    /// ingest throughput (BENCHMARKS.md). Fixed when the store is created.
+    #[serde(default = "yes")]
+    pub compression: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_cache_mb() -> u64 {
@@ -160,6 +189,31 @@ impl Default for LogConfig {
 #[serde(deny_unknown_fields)]
 pub struct ProvidersConfig {
     pub connpay: Option<ConnpayConfig>,
+    pub myfatoorah: Option<MyfatoorahConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MyfatoorahConfig {
+    /// `https://apitest.myfatoorah.com` (test) or the country's live URL.
+    pub base_url: String,
+    /// Environment variable holding the API token (sent as a bearer token).
+    pub token_env: String,
+    /// `[providers.myfatoorah.polling]`. GetPaymentStatus is rate-limited:
+    /// by default every 10-15 s for 5 minutes, 8 in flight.
+    #[serde(default = "myfatoorah_polling")]
+    pub polling: PollingConfig,
+}
+
+fn myfatoorah_polling() -> PollingConfig {
+    PollingConfig {
+        poll_interval_min: Duration::from_secs(10),
+        poll_interval_max: Duration::from_secs(15),
+        poll_window_min: Duration::from_secs(300),
+        poll_window_max: Duration::from_secs(300),
+        max_in_flight: 8,
+        ..PollingConfig::default()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -281,6 +335,15 @@ pub struct Config {
     pub file: FileConfig,
     pub admin_token: Option<Secret>,
     pub connpay: Option<Connpay>,
+    pub myfatoorah: Option<Myfatoorah>,
+}
+
+/// MyFatoorah's settings, ready to use.
+#[derive(Debug, Clone)]
+pub struct Myfatoorah {
+    pub base_url: String,
+    pub token: Secret,
+    pub polling: PollingConfig,
 }
 
 /// ConnPay's settings, ready to use.
@@ -364,10 +427,29 @@ impl Config {
             }
             None => None,
         };
+        let myfatoorah = match &file.providers.myfatoorah {
+            Some(c) => {
+                let p = "providers.myfatoorah";
+                if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
+                    return Err(err(
+                        &format!("{p}.base_url"),
+                        format!("`{}` is not an http(s) URL", c.base_url),
+                    ));
+                }
+                validate_polling(&c.polling, &format!("{p}.polling"), &err)?;
+                Some(Myfatoorah {
+                    base_url: c.base_url.trim_end_matches('/').to_string(),
+                    token: secret(&format!("{p}.token_env"), &c.token_env)?,
+                    polling: c.polling.clone(),
+                })
+            }
+            None => None,
+        };
         Ok(Config {
             file,
             admin_token,
             connpay,
+            myfatoorah,
         })
     }
 }

@@ -80,6 +80,13 @@ pub fn providers(config: &Config) -> Vec<Arc<dyn Provider>> {
             c.polling.clone(),
         )));
     }
+    if let Some(c) = &config.myfatoorah {
+        out.push(Arc::new(crate::provider::myfatoorah::Myfatoorah::new(
+            c.base_url.clone(),
+            c.token.clone(),
+            c.polling.clone(),
+        )));
+    }
     out
 }
 
@@ -91,13 +98,21 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> Result<Daemon, DaemonError> {
     let path = config.file.store.path.clone();
-    let store = Store::open_with(&path, config.file.store.cache_mb).map_err(|source| {
-        DaemonError::Store {
-            path: path.display().to_string(),
-            source,
-        }
+    let store = Store::open_with(
+        &path,
+        config.file.store.cache_mb,
+        config.file.store.compression,
+    )
+    .map_err(|source| DaemonError::Store {
+        path: path.display().to_string(),
+        source,
     })?;
-    let engine = Engine::start(store.clone(), providers(config), cancel.clone());
+    let engine = Engine::start(
+        store.clone(),
+        providers(config),
+        config.file.actions.deadline,
+        cancel.clone(),
+    );
     let resumed = engine.resume().map_err(|source| DaemonError::Store {
         path: path.display().to_string(),
         source,
@@ -163,6 +178,11 @@ async fn start_cron(
     if let Some(c) = &config.connpay {
         if let Some(expr) = &c.polling.reconcile_schedule {
             jobs.push((ProviderId::Connpay, expr.clone()));
+        }
+    }
+    if let Some(c) = &config.myfatoorah {
+        if let Some(expr) = &c.polling.reconcile_schedule {
+            jobs.push((ProviderId::Myfatoorah, expr.clone()));
         }
     }
     if jobs.is_empty() {

@@ -29,6 +29,12 @@ pub enum EngineError {
     Callback(#[from] CallbackError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The provider's rules refuse the action; nothing was sent.
+    #[error("{0}")]
+    ActionRefused(String),
+    /// Another action holds what this one needs.
+    #[error("{0}")]
+    ActionConflict(String),
 }
 
 /// A request to track a payment (the body of `POST /v1/payments`).
@@ -144,6 +150,8 @@ pub struct Engine {
     scheduler: OnceLock<Scheduler<ProviderId>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    outbound: crate::outbound::Outbound,
+    action_deadline: Duration,
     pub counters: Counters,
 }
 
@@ -153,6 +161,7 @@ impl Engine {
     pub fn start(
         store: Store,
         providers: Vec<Arc<dyn Provider>>,
+        action_deadline: Duration,
         cancel: CancellationToken,
     ) -> Arc<Engine> {
         let limits = providers
@@ -166,6 +175,8 @@ impl Engine {
             scheduler: OnceLock::new(),
             tasks: TaskTracker::new(),
             cancel: cancel.clone(),
+            outbound: Default::default(),
+            action_deadline,
             counters: Counters::default(),
         });
         let weak: Weak<Engine> = Arc::downgrade(&engine);
@@ -178,7 +189,21 @@ impl Engine {
             let _ = task.await;
         });
         let _ = engine.scheduler.set(scheduler);
+        engine.tasks.spawn(engine.clone().run_outbound());
         engine
+    }
+
+    pub(crate) fn outbound(&self) -> &crate::outbound::Outbound {
+        &self.outbound
+    }
+
+    pub(crate) fn action_deadline(&self) -> Duration {
+        self.action_deadline
+    }
+
+    /// Resolves when the daemon is shutting down.
+    pub(crate) async fn cancelled(&self) {
+        self.cancel.cancelled().await
     }
 
     pub fn store(&self) -> &Store {
@@ -453,7 +478,7 @@ impl Engine {
         Ok(swept)
     }
 
-    fn log_change(&self, c: &Change) {
+    pub(crate) fn log_change(&self, c: &Change) {
         self.counters.transitions.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             event = "transition",

@@ -11,6 +11,7 @@
 //! - [`provider`]: the provider trait and one module per provider.
 //! - [`scheduler`]: the one task that owns every poll deadline.
 //! - [`engine`]: tracking, polling and callback ingest on top of the store.
+//! - [`action`] and [`outbound`]: status changes sent to providers, exactly once.
 //! - [`http`]: the hyper serve loop and the JSON error shape.
 //! - [`callback`] and [`admin`]: the two listeners.
 //! - [`daemon`]: wires it all together under one cancellation token.
@@ -19,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod action;
 pub mod admin;
 pub mod bench;
 pub mod callback;
@@ -31,6 +33,7 @@ pub mod engine;
 pub mod http;
 pub mod logging;
 pub mod model;
+pub mod outbound;
 pub mod provider;
 pub mod scheduler;
 pub mod sim;

@@ -12,14 +12,16 @@ use crate::state::{Decision, State};
 #[serde(rename_all = "snake_case")]
 pub enum ProviderId {
     Connpay,
+    Myfatoorah,
 }
 
 impl ProviderId {
-    pub const ALL: [ProviderId; 1] = [ProviderId::Connpay];
+    pub const ALL: [ProviderId; 2] = [ProviderId::Connpay, ProviderId::Myfatoorah];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderId::Connpay => "connpay",
+            ProviderId::Myfatoorah => "myfatoorah",
         }
     }
 
@@ -27,6 +29,7 @@ impl ProviderId {
     pub fn code(self) -> u8 {
         match self {
             ProviderId::Connpay => 1,
+            ProviderId::Myfatoorah => 2,
         }
     }
 
@@ -47,7 +50,7 @@ impl std::str::FromStr for ProviderId {
         ProviderId::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown provider `{s}` (known: connpay)"))
+            .ok_or_else(|| format!("unknown provider `{s}` (known: connpay, myfatoorah)"))
     }
 }
 

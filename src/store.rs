@@ -14,6 +14,8 @@
 //! - `orphans`: lookup key → callbacks that came before their payment
 //! - `windows`: payment id → next poll, unix ms (u64 BE), and the
 //!   provider's one-byte code; open windows only
+//! - `actions`: action id → Action (JSON)
+//! - `outbox`: action id → () while the action is not final
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use sled::transaction::{
 };
 use tokio::sync::{watch, Notify};
 
+use crate::action::{Action, ActionState};
 use crate::model::{Keys, Observation, Payment, PollWindow, ProviderId, Report, Source};
 use crate::state::{decide, Decision, State};
 
@@ -146,7 +149,20 @@ pub struct Store {
     inbox: sled::Tree,
     orphans: sled::Tree,
     windows: sled::Tree,
+    actions: sled::Tree,
+    outbox: sled::Tree,
     gc: Arc<GroupCommit>,
+}
+
+/// What became of a request to queue an action.
+#[derive(Debug, Clone)]
+pub enum Enqueued {
+    Created(Action),
+    /// The same idempotency key was used before: that action.
+    Existing(Action),
+    /// Another live action holds the exclusive key (MyFatoorah: one capture
+    /// or release per invoice).
+    Refused(Action),
 }
 
 impl Store {
@@ -154,17 +170,22 @@ impl Store {
     /// current tokio runtime. The flusher ends when the last `Store` clone
     /// is dropped, after a final flush.
     pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
-        Store::open_with(path, DEFAULT_CACHE_MB)
+        Store::open_with(path, DEFAULT_CACHE_MB, true)
     }
 
-    /// Opens the store with sled's page cache bounded to `cache_mb` MiB.
-    pub fn open_with(path: &std::path::Path, cache_mb: u64) -> Result<Store, StoreError> {
+    /// Opens the store with sled's page cache bounded to `cache_mb` MiB,
+    /// with or without zstd compression of records.
+    pub fn open_with(
+        path: &std::path::Path,
+        cache_mb: u64,
+        compression: bool,
+    ) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_mb * 1024 * 1024)
             // Records are JSON with repeated field names: zstd at a low level
             // cuts the bytes written and kept (BENCHMARKS.md, disk).
-            .use_compression(true)
+            .use_compression(compression)
             .compression_factor(3)
             // sled also flushes on its own; acknowledgements never rely on it.
             .flush_every_ms(Some(1000))
@@ -181,6 +202,8 @@ impl Store {
             inbox: db.open_tree("inbox")?,
             orphans: db.open_tree("orphans")?,
             windows: db.open_tree("windows")?,
+            actions: db.open_tree("actions")?,
+            outbox: db.open_tree("outbox")?,
             db,
             gc,
         };
@@ -530,6 +553,121 @@ impl Store {
         Ok(out)
     }
 
+    /// Queues an action in the outbox, unless its idempotency key was used
+    /// before or another live action holds its exclusive key.
+    pub fn enqueue_action(
+        &self,
+        mut action: Action,
+        exclusive_key: Option<&str>,
+    ) -> Result<Enqueued, StoreError> {
+        action.id = format!("act_{}", &self.new_id()?[4..]);
+        let idem = action
+            .idempotency_key
+            .as_ref()
+            .map(|k| format!("action|idem|{}|{k}", action.payment_id));
+        let res = (&self.actions, &self.outbox, &self.keys, &self.payments).transaction(
+            |(actions, outbox, keys, payments)| {
+                load(payments, &action.payment_id)?;
+                if let Some(k) = &idem {
+                    if let Some(id) = keys.get(k.as_bytes())? {
+                        let id = String::from_utf8_lossy(&id).into_owned();
+                        return Ok(Enqueued::Existing(load_action(actions, &id)?));
+                    }
+                }
+                if let Some(k) = exclusive_key {
+                    if let Some(id) = keys.get(k.as_bytes())? {
+                        let id = String::from_utf8_lossy(&id).into_owned();
+                        let holder = load_action(actions, &id)?;
+                        if holder.state != ActionState::Failed {
+                            return Ok(Enqueued::Refused(holder));
+                        }
+                    }
+                    keys.insert(k.as_bytes(), action.id.as_bytes())?;
+                }
+                if let Some(k) = &idem {
+                    keys.insert(k.as_bytes(), action.id.as_bytes())?;
+                }
+                let of = format!("action|of|{}|{}", action.payment_id, action.id);
+                keys.insert(of.as_bytes(), action.id.as_bytes())?;
+                actions.insert(action.id.as_bytes(), encode(&action))?;
+                outbox.insert(action.id.as_bytes(), &[])?;
+                Ok(Enqueued::Created(action.clone()))
+            },
+        );
+        unwrap_tx(res)
+    }
+
+    /// Writes an action's new state. A final action leaves the outbox; a
+    /// succeeded one records `report` as an observation of its payment in
+    /// the same transaction.
+    pub fn update_action(
+        &self,
+        action: &Action,
+        report: Option<Report>,
+    ) -> Result<Option<Change>, StoreError> {
+        let res = (
+            &self.actions,
+            &self.outbox,
+            &self.payments,
+            &self.history,
+            &self.windows,
+        )
+            .transaction(|(actions, outbox, payments, history, windows)| {
+                actions.insert(action.id.as_bytes(), encode(action))?;
+                if action.state.is_final() {
+                    outbox.remove(action.id.as_bytes())?;
+                } else {
+                    outbox.insert(action.id.as_bytes(), &[])?;
+                }
+                let mut change = None;
+                if let Some(r) = &report {
+                    let mut payment = load(payments, &action.payment_id)?;
+                    let (obs, c) = apply(&mut payment, r.clone(), action.updated_ms);
+                    put_history(history, &payment.id, &obs)?;
+                    move_window(windows, &mut payment, WindowChange::Keep)?;
+                    put_payment(payments, &payment)?;
+                    change = c;
+                }
+                Ok(change)
+            });
+        unwrap_tx(res)
+    }
+
+    pub fn get_action(&self, id: &str) -> Result<Option<Action>, StoreError> {
+        match self.actions.get(id.as_bytes())? {
+            Some(raw) => Ok(Some(decode(id, &raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Actions still in the outbox (queued, sending or unknown).
+    pub fn outbox(&self) -> Result<Vec<Action>, StoreError> {
+        let mut out = vec![];
+        for kv in self.outbox.iter() {
+            let (k, _) = kv?;
+            let id = String::from_utf8_lossy(&k).into_owned();
+            if let Some(a) = self.get_action(&id)? {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A payment's actions, oldest first.
+    pub fn actions_of(&self, payment_id: &str) -> Result<Vec<Action>, StoreError> {
+        let mut out = vec![];
+        for kv in self
+            .keys
+            .scan_prefix(format!("action|of|{payment_id}|").as_bytes())
+        {
+            let (_, id) = kv?;
+            if let Some(a) = self.get_action(&String::from_utf8_lossy(&id))? {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
     /// Orphan callbacks still waiting for their payment.
     pub fn orphan_count(&self) -> Result<usize, StoreError> {
         let mut n = 0;
@@ -626,6 +764,15 @@ fn move_window(
         windows.remove(payment.id.as_bytes())?;
     }
     Ok(())
+}
+
+fn load_action(actions: &TransactionalTree, id: &str) -> TxResult<Action> {
+    match actions.get(id.as_bytes())? {
+        Some(raw) => Ok(decode(id, &raw)?),
+        None => Err(ConflictableTransactionError::Abort(StoreError::NotFound(
+            id.to_string(),
+        ))),
+    }
 }
 
 fn load(payments: &TransactionalTree, id: &str) -> TxResult<Payment> {

@@ -12,6 +12,7 @@ fn payrecon(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_payrecon"))
         .args(args)
         .env("PAYRECON_CONNPAY_CONTROL_KEY", "example-key")
+        .env("PAYRECON_MYFATOORAH_TOKEN", "example-mf-token")
         .env("PAYRECON_ADMIN_TOKEN", "example-token")
         .output()
         .unwrap()
@@ -79,6 +80,7 @@ fn a_broken_config_names_the_file_line_and_key() {
             concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml.example"),
         ])
         .env_remove("PAYRECON_CONNPAY_CONTROL_KEY")
+        .env("PAYRECON_MYFATOORAH_TOKEN", "t")
         .env("PAYRECON_ADMIN_TOKEN", "t")
         .output()
         .unwrap();

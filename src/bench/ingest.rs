@@ -183,7 +183,12 @@ async fn drive(
 
 /// The store ceiling: the same records committed by `conns` tasks with the
 /// same group commit, no HTTP.
-async fn drive_store(store: Store, reqs: Arc<Vec<(usize, String)>>, conns: usize) -> Load {
+async fn drive_store(
+    store: Store,
+    reqs: Arc<Vec<(usize, String)>>,
+    conns: usize,
+    rate: Option<f64>,
+) -> Load {
     let key = crate::config::Secret::new(KEY);
     let adapter = crate::provider::connpay::Connpay::new(
         "http://127.0.0.1:9".into(),
@@ -219,6 +224,10 @@ async fn drive_store(store: Store, reqs: Arc<Vec<(usize, String)>>, conns: usize
                 let Some(r) = records.get(i).cloned() else {
                     break;
                 };
+                if let Some(rate) = rate {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let t0 = Instant::now();
                 let s = store.clone();
                 let res = tokio::task::spawn_blocking(move || s.ingest_callback(&r)).await;
@@ -339,7 +348,7 @@ pub fn run(opts: &Opts) -> Result<(), String> {
         })?;
         verify(&store, &prefix, n)?;
         let bare = load_rt.block_on(drive(bare_addr, "/callback/connpay", reqs.clone(), c, None));
-        let sled = rt.block_on(drive_store(sled_store.clone(), reqs.clone(), c));
+        let sled = rt.block_on(drive_store(sled_store.clone(), reqs.clone(), c, None));
         verify(&sled_store, &prefix, n)?;
         if ours.rps() > best.0 {
             best = (ours.rps(), c);
@@ -391,6 +400,13 @@ pub fn run(opts: &Opts) -> Result<(), String> {
             Some(half),
         ));
         verify(&store, "half", n)?;
+        payments(&sled_store, "half", n)?;
+        let sled_paced = rt.block_on(drive_store(
+            sled_store.clone(),
+            reqs.clone(),
+            64,
+            Some(half),
+        ));
         println!(
             "\nat half the best rate ({half:.0} req/s of {:.0} at C={}), C=64, paced: p50 {} ms, p99 {} ms, max {} ms over {} requests",
             best.0,
@@ -399,6 +415,12 @@ pub fn run(opts: &Opts) -> Result<(), String> {
             ms(quantile(&paced.lat_us, 0.99)),
             ms(*paced.lat_us.last().unwrap_or(&0)),
             paced.ok
+        );
+        println!(
+            "sled alone, same records, same rate, same group commit: p50 {} ms, p99 {} ms, max {} ms",
+            ms(quantile(&sled_paced.lat_us, 0.5)),
+            ms(quantile(&sled_paced.lat_us, 0.99)),
+            ms(*sled_paced.lat_us.last().unwrap_or(&0)),
         );
     }
     cancel.cancel();

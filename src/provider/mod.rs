@@ -3,15 +3,24 @@
 //! statuses map to normalized states. One module per provider.
 
 pub mod connpay;
+pub mod myfatoorah;
 
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::action::{ActionCheck, ActionRequest, Confirmation, SendError};
 use crate::config::PollingConfig;
 use crate::model::{Keys, Payment, ProviderId, Report};
 use crate::store::CallbackRecord;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A provider's answer to "was this action applied?", with what it says
+/// about the payment.
+pub type Confirmed = Result<(Confirmation, Option<Report>), InquiryError>;
+
+/// A sent action's answer, and what it says about the payment.
+pub type Sent = Result<(serde_json::Value, Option<Report>), SendError>;
 
 /// Why a status inquiry gave no answer to record.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +87,44 @@ pub trait Provider: Send + Sync + 'static {
         raw: &RawCallback<'_>,
         received_ms: u64,
     ) -> Result<CallbackRecord, CallbackError>;
+
+    /// Checks an action against the provider's rules before it is queued;
+    /// an error is a local refusal and nothing is sent.
+    fn check_action(&self, payment: &Payment, req: &ActionRequest) -> Result<ActionCheck, String> {
+        let _ = payment;
+        Err(format!(
+            "{} does not take `{}` actions",
+            self.id(),
+            req.name()
+        ))
+    }
+
+    /// Sends one attempt of an action. On success: the provider's answer
+    /// and, when it says something about the payment, a report of it.
+    fn send_action<'a>(
+        &'a self,
+        payment: &'a Payment,
+        req: &'a ActionRequest,
+    ) -> BoxFuture<'a, Sent> {
+        let _ = payment;
+        Box::pin(async move {
+            Err(SendError::Final {
+                message: format!("{} does not take `{}` actions", self.id(), req.name()),
+                details: None,
+            })
+        })
+    }
+
+    /// Asks the provider whether an action was applied; `None` when the
+    /// provider has no way to tell (the action is then parked as unknown).
+    fn confirm_action<'a>(
+        &'a self,
+        payment: &'a Payment,
+        req: &'a ActionRequest,
+    ) -> Option<BoxFuture<'a, Confirmed>> {
+        let _ = (payment, req);
+        None
+    }
 }
 
 /// A lookup key in the store's `keys` tree: `provider|kind|value`.

@@ -3,3 +3,4 @@
 //! drive them in-process.
 
 pub mod connpay;
+pub mod myfatoorah;

@@ -1,0 +1,191 @@
+//! Outbound actions: the status changes the platform asks payrecon to send
+//! to a provider (MyFatoorah capture and release so far), and their life
+//! cycle. An action is written durably to the outbox before anything is
+//! sent, is marked `sending` durably before each attempt, and is never sent
+//! again blindly once its outcome is uncertain: see docs/actions.md.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ProviderId;
+
+/// What the platform asks for. Validated by the provider's adapter before
+/// it is queued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ActionRequest {
+    /// MyFatoorah: capture all or part of an authorized invoice.
+    Capture {
+        /// Decimal string in the invoice currency, e.g. "100.000".
+        amount: String,
+    },
+    /// MyFatoorah: release an authorized invoice back to the customer.
+    Release {
+        /// Must equal the invoice value when given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        amount: Option<String>,
+    },
+}
+
+impl ActionRequest {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ActionRequest::Capture { .. } => "capture",
+            ActionRequest::Release { .. } => "release",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionState {
+    /// In the outbox, not sent yet (or sent and proven not applied).
+    Queued,
+    /// An attempt is under way; after a crash its outcome is unknown until
+    /// the provider is asked.
+    Sending,
+    Succeeded,
+    /// The provider refused it for good (or the deadline passed with
+    /// nothing applied).
+    Failed,
+    /// It may or may not have been applied and the provider cannot be
+    /// asked. Never resent; an operator resolves it.
+    Unknown,
+}
+
+impl ActionState {
+    pub fn is_final(self) -> bool {
+        matches!(self, ActionState::Succeeded | ActionState::Failed)
+    }
+}
+
+/// An action and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    /// `act_` and 16 hex digits.
+    pub id: String,
+    pub payment_id: String,
+    pub provider: ProviderId,
+    pub request: ActionRequest,
+    pub state: ActionState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// No new attempt starts after this (unix ms).
+    pub deadline_ms: u64,
+    /// Requests sent so far.
+    pub attempts: u32,
+    /// The provider's answer, for a succeeded action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<serde_json::Value>,
+    /// Why it failed or is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The provider's validation errors, as it sent them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+}
+
+/// What a provider's adapter says about an action before it is queued.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionCheck {
+    /// A key only one live action may hold (MyFatoorah: one capture or
+    /// release per invoice). A failed action lets go of it.
+    pub exclusive_key: Option<String>,
+}
+
+/// How an attempt ended, as the adapter reads it.
+#[derive(Debug, Clone)]
+pub enum SendError {
+    /// The request never left (connection refused, DNS): safe to retry.
+    NotSent(String),
+    /// The provider answered that it failed (5xx): safe to retry.
+    Retryable(String),
+    /// Timeout or connection dropped after the request was sent: it may
+    /// have been applied. Never resent without asking the provider.
+    Ambiguous(String),
+    /// The provider refused it (4xx, validation errors): final.
+    Final {
+        message: String,
+        details: Option<serde_json::Value>,
+    },
+}
+
+/// A provider's answer to "was this action applied?".
+#[derive(Debug, Clone)]
+pub enum Confirmation {
+    Applied(serde_json::Value),
+    NotApplied,
+}
+
+/// Parses a decimal amount into units of 10^-`scale` ("100.5", 3 → 100500).
+pub fn parse_amount(s: &str, scale: u32) -> Result<i64, String> {
+    let bad = || format!("amount `{s}` is not a positive decimal with at most {scale} decimals");
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if int.is_empty()
+        || !int.chars().all(|c| c.is_ascii_digit())
+        || !frac.chars().all(|c| c.is_ascii_digit())
+        || frac.len() > scale as usize
+    {
+        return Err(bad());
+    }
+    let int: i64 = int.parse().map_err(|_| bad())?;
+    let frac_val: i64 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().map_err(|_| bad())?
+    };
+    let value = int
+        .checked_mul(10i64.pow(scale))
+        .and_then(|v| v.checked_add(frac_val * 10i64.pow(scale - frac.len() as u32)))
+        .ok_or_else(bad)?;
+    if value <= 0 {
+        return Err(bad());
+    }
+    Ok(value)
+}
+
+/// Minor-unit exponent of a currency (ISO 4217): 3 for the Gulf dinars
+/// and rial MyFatoorah serves, 2 otherwise.
+pub fn currency_scale(currency: Option<&str>) -> u32 {
+    match currency {
+        Some("KWD" | "BHD" | "OMR" | "JOD" | "KD") => 3,
+        _ => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_parse_exactly() {
+        assert_eq!(parse_amount("100", 3), Ok(100_000));
+        assert_eq!(parse_amount("100.5", 3), Ok(100_500));
+        assert_eq!(parse_amount("0.001", 3), Ok(1));
+        assert!(parse_amount("0.0001", 3).is_err());
+        assert!(parse_amount("-1", 3).is_err());
+        assert!(parse_amount("0", 3).is_err());
+        assert!(parse_amount("1e3", 3).is_err());
+        assert!(parse_amount(".5", 3).is_err());
+    }
+
+    #[test]
+    fn requests_read_and_refuse_unknown_fields() {
+        let r: ActionRequest =
+            serde_json::from_str(r#"{"action":"capture","amount":"10.000"}"#).unwrap();
+        assert_eq!(
+            r,
+            ActionRequest::Capture {
+                amount: "10.000".into()
+            }
+        );
+        let r: ActionRequest = serde_json::from_str(r#"{"action":"release"}"#).unwrap();
+        assert_eq!(r, ActionRequest::Release { amount: None });
+        assert!(serde_json::from_str::<ActionRequest>(
+            r#"{"action":"capture","amount":"1","x":1}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<ActionRequest>(r#"{"action":"refund"}"#).is_err());
+    }
+}

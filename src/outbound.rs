@@ -1,0 +1,376 @@
+//! The action worker: sends queued actions, exactly once.
+//!
+//! Each attempt is preceded by a durable `sending` mark. A clear failure
+//! (nothing sent, or a 5xx) is retried with backon's exponential backoff
+//! and jitter until the action's deadline. An uncertain one (timeout,
+//! dropped connection, or a crash while `sending`) is never resent blindly:
+//! the provider's status inquiry settles it, or, where there is none, it is
+//! parked as `unknown` for an operator.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::Notify;
+
+use crate::action::{Action, ActionRequest, ActionState, Confirmation, SendError};
+use crate::engine::{Engine, EngineError};
+use crate::model::{now_ms, Payment, Report, Source};
+use crate::provider::Provider;
+use crate::store::{Enqueued, StoreError};
+
+/// How often the worker looks at the outbox without being woken.
+const OUTBOX_SWEEP: Duration = Duration::from_secs(1);
+
+/// The worker's in-memory state: which actions a task is working on.
+#[derive(Default)]
+pub struct Outbound {
+    wake: Notify,
+    busy: Mutex<HashSet<String>>,
+}
+
+enum Settled {
+    Done,
+    NotApplied,
+}
+
+impl Engine {
+    /// Validates an action against the provider's rules and writes it to
+    /// the outbox. Returns it and whether it is new.
+    pub async fn request_action(
+        &self,
+        payment_id: &str,
+        request: ActionRequest,
+        idempotency_key: Option<String>,
+    ) -> Result<(Action, bool), EngineError> {
+        let payment = self
+            .store()
+            .get(payment_id)?
+            .ok_or_else(|| StoreError::NotFound(payment_id.to_string()))?;
+        let provider = self
+            .provider(payment.provider)
+            .ok_or_else(|| EngineError::UnknownProvider(payment.provider.to_string()))?;
+        let now = now_ms();
+        let action = Action {
+            id: String::new(),
+            payment_id: payment.id.clone(),
+            provider: payment.provider,
+            request,
+            state: ActionState::Queued,
+            idempotency_key,
+            created_ms: now,
+            updated_ms: now,
+            deadline_ms: now + self.action_deadline().as_millis() as u64,
+            attempts: 0,
+            answer: None,
+            error: None,
+            details: None,
+        };
+        // A repeat with the same key gets the first action, whatever it asks.
+        if let Some(k) = &action.idempotency_key {
+            let existing = self.store().actions_of(&payment.id)?;
+            if let Some(a) = existing
+                .into_iter()
+                .find(|a| a.idempotency_key.as_ref() == Some(k))
+            {
+                return Ok((a, false));
+            }
+        }
+        let check = provider
+            .check_action(&payment, &action.request)
+            .map_err(EngineError::ActionRefused)?;
+        match self
+            .store()
+            .enqueue_action(action, check.exclusive_key.as_deref())?
+        {
+            Enqueued::Created(a) => {
+                self.store().sync().await?;
+                tracing::info!(action_id = %a.id, payment_id = %a.payment_id, provider = %a.provider, action = a.request.name(), "action queued");
+                self.outbound().wake.notify_one();
+                Ok((a, true))
+            }
+            Enqueued::Existing(a) => Ok((a, false)),
+            Enqueued::Refused(holder) => Err(EngineError::ActionConflict(format!(
+                "{} allows one capture or release per invoice; action {} ({}) already holds it",
+                holder.provider,
+                holder.id,
+                holder.request.name()
+            ))),
+        }
+    }
+
+    /// An operator settles an action parked as `unknown`.
+    pub async fn resolve_action(
+        &self,
+        id: &str,
+        to: ActionState,
+        note: Option<String>,
+    ) -> Result<Action, EngineError> {
+        let mut a = self
+            .store()
+            .get_action(id)?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        if a.state != ActionState::Unknown {
+            return Err(EngineError::ActionConflict(format!(
+                "action {id} is {:?}, not unknown; only unknown actions are resolved by hand",
+                a.state
+            )));
+        }
+        if !to.is_final() {
+            return Err(EngineError::BadRequest(
+                "resolve to succeeded or failed".into(),
+            ));
+        }
+        a.state = to;
+        a.updated_ms = now_ms();
+        a.error = Some(format!(
+            "resolved by an operator{}",
+            note.map(|n| format!(": {n}")).unwrap_or_default()
+        ));
+        self.store().update_action(&a, None)?;
+        self.store().sync().await?;
+        tracing::info!(action_id = %a.id, payment_id = %a.payment_id, state = ?a.state, "action resolved by an operator");
+        Ok(a)
+    }
+
+    /// The worker loop: recovers what a previous run left `sending`, then
+    /// sends queued actions as they come. Ends when the engine is cancelled.
+    pub(crate) async fn run_outbound(self: Arc<Self>) {
+        match self.store().outbox() {
+            Ok(actions) => {
+                for a in actions {
+                    match a.state {
+                        ActionState::Sending => self.clone().spawn_action(a, true),
+                        ActionState::Unknown => alert_unknown(&a),
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "outbox unreadable at start"),
+        }
+        loop {
+            match self.store().outbox() {
+                Ok(actions) => {
+                    for a in actions
+                        .into_iter()
+                        .filter(|a| a.state == ActionState::Queued)
+                    {
+                        self.clone().spawn_action(a, false);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "outbox unreadable"),
+            }
+            tokio::select! {
+                _ = self.cancelled() => return,
+                _ = self.outbound().wake.notified() => {}
+                _ = tokio::time::sleep(OUTBOX_SWEEP) => {}
+            }
+        }
+    }
+
+    fn spawn_action(self: Arc<Self>, a: Action, uncertain: bool) {
+        if !lock(&self.outbound().busy).insert(a.id.clone()) {
+            return;
+        }
+        let e = self.clone();
+        self.tasks().spawn(async move {
+            let id = a.id.clone();
+            let span = tracing::info_span!("action", action_id = %id, payment_id = %a.payment_id, provider = %a.provider);
+            let _ = tracing::Instrument::instrument(e.clone().drive(a, uncertain), span).await;
+            lock(&e.outbound().busy).remove(&id);
+        });
+    }
+
+    /// Takes one action to a final state, `unknown`, or back to the outbox
+    /// at shutdown.
+    async fn drive(self: Arc<Self>, mut a: Action, mut uncertain: bool) -> Result<(), EngineError> {
+        let payment = self
+            .store()
+            .get(&a.payment_id)?
+            .ok_or_else(|| StoreError::NotFound(a.payment_id.clone()))?;
+        let provider = self
+            .provider(a.provider)
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownProvider(a.provider.to_string()))?;
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            if uncertain {
+                match self.settle_uncertain(&*provider, &payment, &mut a).await? {
+                    Settled::Done => return Ok(()),
+                    Settled::NotApplied => uncertain = false,
+                }
+            }
+            if now_ms() > a.deadline_ms {
+                return self
+                    .finish(
+                        &mut a,
+                        ActionState::Failed,
+                        "deadline passed; the provider never applied it".into(),
+                        None,
+                    )
+                    .await;
+            }
+            // Durable before the request leaves: a crash from here on
+            // leaves the action `sending`, and the next run asks first.
+            a.state = ActionState::Sending;
+            a.attempts += 1;
+            a.updated_ms = now_ms();
+            self.store().update_action(&a, None)?;
+            self.store().sync().await?;
+            let sent = tokio::select! {
+                r = provider.send_action(&payment, &a.request) => r,
+                // Left `sending`: settled by inquiry after the restart.
+                _ = self.cancelled() => return Ok(()),
+            };
+            match sent {
+                Ok((answer, report)) => {
+                    a.answer = Some(answer);
+                    a.error = None;
+                    return self.succeed(&mut a, report).await;
+                }
+                Err(SendError::Final { message, details }) => {
+                    tracing::warn!(error = %message, "action refused by the provider");
+                    return self
+                        .finish(&mut a, ActionState::Failed, message, details)
+                        .await;
+                }
+                Err(SendError::NotSent(m) | SendError::Retryable(m)) => {
+                    tracing::warn!(error = %m, attempt = a.attempts, "action attempt failed; retrying");
+                    a.state = ActionState::Queued;
+                    a.error = Some(m);
+                    a.updated_ms = now_ms();
+                    self.store().update_action(&a, None)?;
+                }
+                Err(SendError::Ambiguous(m)) => {
+                    tracing::warn!(error = %m, "action outcome uncertain; asking the provider before anything else");
+                    a.error = Some(m);
+                    uncertain = true;
+                    continue;
+                }
+            }
+            let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    /// Asks the provider whether an uncertain attempt was applied.
+    async fn settle_uncertain(
+        &self,
+        provider: &dyn Provider,
+        payment: &Payment,
+        a: &mut Action,
+    ) -> Result<Settled, EngineError> {
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            let Some(ask) = provider.confirm_action(payment, &a.request) else {
+                a.state = ActionState::Unknown;
+                a.updated_ms = now_ms();
+                a.error = Some(format!(
+                    "outcome unknown ({}); {} has no status inquiry, so it is not sent again. Check with the provider, then run `payrecon resolve-action {} --as succeeded|failed`",
+                    a.error.clone().unwrap_or_default(),
+                    a.provider,
+                    a.id
+                ));
+                self.store().update_action(a, None)?;
+                self.store().sync().await?;
+                alert_unknown(a);
+                return Ok(Settled::Done);
+            };
+            match ask.await {
+                Ok((Confirmation::Applied(answer), report)) => {
+                    tracing::info!("the provider had applied the action; not sending it again");
+                    a.answer = Some(answer);
+                    a.error = None;
+                    self.succeed(a, report).await?;
+                    return Ok(Settled::Done);
+                }
+                Ok((Confirmation::NotApplied, _)) => {
+                    tracing::info!("the provider had not applied the action; it may be sent");
+                    return Ok(Settled::NotApplied);
+                }
+                Err(e) => {
+                    if now_ms() > a.deadline_ms {
+                        a.state = ActionState::Unknown;
+                        a.updated_ms = now_ms();
+                        a.error = Some(format!("outcome unknown: the provider could not be asked before the deadline ({e})"));
+                        self.store().update_action(a, None)?;
+                        self.store().sync().await?;
+                        alert_unknown(a);
+                        return Ok(Settled::Done);
+                    }
+                    tracing::warn!(error = %e, "cannot ask the provider yet; trying again");
+                }
+            }
+            let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                // Stays `sending`: the next run asks again.
+                _ = self.cancelled() => return Ok(Settled::Done),
+            }
+        }
+    }
+
+    async fn succeed(&self, a: &mut Action, report: Option<Report>) -> Result<(), EngineError> {
+        a.state = ActionState::Succeeded;
+        a.updated_ms = now_ms();
+        let report = report.map(|mut r| {
+            r.source = Source::Action;
+            r
+        });
+        let change = self.store().update_action(a, report)?;
+        self.store().sync().await?;
+        tracing::info!(
+            action = a.request.name(),
+            attempts = a.attempts,
+            "action succeeded"
+        );
+        if let Some(c) = change {
+            self.log_change(&c);
+        }
+        Ok(())
+    }
+
+    async fn finish(
+        &self,
+        a: &mut Action,
+        state: ActionState,
+        error: String,
+        details: Option<serde_json::Value>,
+    ) -> Result<(), EngineError> {
+        a.state = state;
+        a.updated_ms = now_ms();
+        a.error = Some(error);
+        a.details = details;
+        self.store().update_action(a, None)?;
+        self.store().sync().await?;
+        Ok(())
+    }
+}
+
+fn alert_unknown(a: &Action) {
+    tracing::warn!(
+        alert = "action_outcome_unknown",
+        action_id = %a.id,
+        payment_id = %a.payment_id,
+        provider = %a.provider,
+        "action outcome unknown; it will not be resent. Resolve it with `payrecon resolve-action`"
+    );
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

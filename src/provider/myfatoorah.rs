@@ -1,0 +1,610 @@
+//! MyFatoorah, from seed 004 and providers.md: `UpdatePaymentStatus`
+//! (capture, release), `GetPaymentStatus` for polling and for settling
+//! actions whose outcome is uncertain, the `IsSuccess/ValidationErrors/Data`
+//! envelope, and bearer-token auth.
+//!
+//! Assumptions (docs/providers.md): `Operation` is sent in lower case as in
+//! the seed's samples (`"capture"`, `"release"`); `KeyType` is sent as the
+//! request model spells it (`InvoiceId`, `PaymentId`, `CustomerReference`);
+//! a 5xx means the update was not applied; the invoice value payrecon
+//! checks amounts against is the tracked `amount_minor` (or the last
+//! inquiry's `InvoiceValue`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    lookup_key, BoxFuture, CallbackError, Confirmed, InquiryError, Provider, RawCallback, Sent,
+    TrackKeys,
+};
+use crate::action::{
+    currency_scale, parse_amount, ActionCheck, ActionRequest, Confirmation, SendError,
+};
+use crate::config::{PollingConfig, Secret};
+use crate::model::{Keys, Payment, ProviderId, Report, Source};
+use crate::state::State;
+use crate::store::CallbackRecord;
+
+const ID: ProviderId = ProviderId::Myfatoorah;
+
+/// Key names: exactly one of these identifies the invoice.
+pub const KEY_NAMES: [(&str, &str); 3] = [
+    ("invoice_id", "InvoiceId"),
+    ("payment_id", "PaymentId"),
+    ("customer_reference", "CustomerReference"),
+];
+
+/// The answer envelope of every MyFatoorah call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Envelope<T> {
+    pub is_success: bool,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub validation_errors: Option<Vec<ValidationError>>,
+    #[serde(default = "none")]
+    pub data: Option<T>,
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ValidationError {
+    pub name: String,
+    pub error: String,
+}
+
+/// `Data` of UpdatePaymentStatus and GetPaymentStatus.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Invoice {
+    pub invoice_id: i64,
+    pub invoice_status: String,
+    pub invoice_reference: Option<String>,
+    pub customer_reference: Option<String>,
+    pub created_date: Option<String>,
+    pub expiry_date: Option<String>,
+    pub expiry_time: Option<String>,
+    pub invoice_value: f64,
+    pub comments: Option<String>,
+    pub customer_name: Option<String>,
+    pub customer_mobile: Option<String>,
+    pub customer_email: Option<String>,
+    pub user_defined_field: Option<String>,
+    pub invoice_display_value: Option<String>,
+    pub due_deposit: Option<f64>,
+    pub deposit_status: Option<String>,
+    pub invoice_items: Vec<serde_json::Value>,
+    pub invoice_transactions: Vec<InvoiceTransaction>,
+    pub suppliers: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct InvoiceTransaction {
+    pub transaction_date: Option<String>,
+    pub payment_gateway: Option<String>,
+    pub reference_id: Option<String>,
+    pub track_id: Option<String>,
+    pub transaction_id: Option<String>,
+    pub payment_id: Option<String>,
+    pub authorization_id: Option<String>,
+    /// InProgress, Succss (sic), Failed, Authorize, Canceled.
+    pub transaction_status: String,
+    /// Spelled so by MyFatoorah.
+    pub transation_value: Option<String>,
+    pub customer_service_charge: Option<String>,
+    pub total_service_charge: Option<String>,
+    pub due_value: Option<String>,
+    pub paid_currency: Option<String>,
+    pub paid_currency_value: Option<String>,
+    pub vat_amount: Option<String>,
+    pub currency: Option<String>,
+    pub error: Option<String>,
+    pub error_code: Option<String>,
+    /// Masked by MyFatoorah (450875xxxxxx1019); never logged.
+    pub card_number: Option<String>,
+}
+
+/// The UpdatePaymentStatus request, field names as in the seed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UpdateRequest {
+    pub operation: String,
+    pub amount: f64,
+    pub key: String,
+    pub key_type: String,
+}
+
+/// The GetPaymentStatus request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StatusRequest {
+    pub key: String,
+    pub key_type: String,
+}
+
+/// Whether an invoice's expiry (Kuwait time, UTC+3) has passed at `now_ms`.
+pub fn expired(inv: &Invoice, now_ms: u64) -> bool {
+    let (Some(d), Some(t)) = (&inv.expiry_date, &inv.expiry_time) else {
+        return false;
+    };
+    let Ok(date) = chrono::NaiveDate::parse_from_str(d.trim(), "%B %d, %Y") else {
+        return false;
+    };
+    let time = chrono::NaiveTime::parse_from_str(t.trim(), "%H:%M:%S%.f").unwrap_or_default();
+    let kuwait = date.and_time(time);
+    let utc_ms = (kuwait - chrono::Duration::hours(3))
+        .and_utc()
+        .timestamp_millis();
+    utc_ms >= 0 && (utc_ms as u64) < now_ms
+}
+
+/// Maps an invoice to a normalized state, from its transactions.
+pub fn map_invoice(inv: &Invoice, now_ms: u64) -> (String, Option<State>) {
+    let has = |s: &str| {
+        inv.invoice_transactions
+            .iter()
+            .any(|t| t.transaction_status == s)
+    };
+    let raw = |tx: &str| format!("{}/{tx}", inv.invoice_status);
+    if has("Succss") {
+        (raw("Succss"), Some(State::Succeeded))
+    } else if has("Canceled") {
+        (raw("Canceled"), Some(State::Reversed))
+    } else if has("Authorize") {
+        (raw("Authorize"), Some(State::Authorized))
+    } else if inv.invoice_status == "Canceled" {
+        (inv.invoice_status.clone(), Some(State::Failed))
+    } else if expired(inv, now_ms) {
+        (
+            format!("{}/Expired", inv.invoice_status),
+            Some(State::Failed),
+        )
+    } else if has("InProgress") || has("Failed") || inv.invoice_status == "Pending" {
+        (
+            raw(if has("InProgress") {
+                "InProgress"
+            } else {
+                "Pending"
+            }),
+            Some(State::Pending),
+        )
+    } else {
+        (inv.invoice_status.clone(), None)
+    }
+}
+
+/// A report of an invoice's state.
+pub fn report_from(inv: &Invoice, source: Source, now_ms: u64) -> Report {
+    let (raw_status, state) = map_invoice(inv, now_ms);
+    let mut fields = BTreeMap::new();
+    fields.insert("invoice_status".into(), inv.invoice_status.clone());
+    fields.insert("invoice_value".into(), inv.invoice_value.to_string());
+    if let Some(r) = &inv.invoice_reference {
+        fields.insert("invoice_reference".into(), r.clone());
+    }
+    if let (Some(d), Some(t)) = (&inv.expiry_date, &inv.expiry_time) {
+        fields.insert("expiry".into(), format!("{d} {t} (Kuwait)"));
+    }
+    if let Some(t) = inv.invoice_transactions.last() {
+        fields.insert("transaction_status".into(), t.transaction_status.clone());
+        if let Some(p) = &t.payment_id {
+            fields.insert("payment_id".into(), p.clone());
+        }
+    }
+    Report {
+        source,
+        raw_status,
+        state,
+        fields,
+        learned_keys: vec![],
+    }
+}
+
+pub struct Myfatoorah {
+    base_url: String,
+    token: Secret,
+    polling: PollingConfig,
+    client: reqwest::Client,
+}
+
+impl Myfatoorah {
+    pub fn new(base_url: String, token: Secret, polling: PollingConfig) -> Myfatoorah {
+        let client = reqwest::Client::builder()
+            .timeout(polling.request_timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Myfatoorah {
+            base_url,
+            token,
+            polling,
+            client,
+        }
+    }
+
+    /// The invoice's Key and KeyType.
+    fn key(payment: &Payment) -> (String, String) {
+        for (name, key_type) in KEY_NAMES {
+            if let Some(v) = payment.keys.get(name) {
+                return (v.clone(), key_type.to_string());
+            }
+        }
+        (String::new(), "InvoiceId".into())
+    }
+
+    async fn status(&self, payment: &Payment) -> Result<Invoice, InquiryError> {
+        let (key, key_type) = Self::key(payment);
+        let resp = self
+            .client
+            .post(format!("{}/v2/GetPaymentStatus", self.base_url))
+            .bearer_auth(self.token.expose())
+            .json(&StatusRequest { key, key_type })
+            .send()
+            .await
+            .map_err(|e| InquiryError::Transient(e.without_url().to_string()))?;
+        let status = resp.status();
+        if status.is_server_error() {
+            return Err(InquiryError::Transient(format!("HTTP {status}")));
+        }
+        let env: Envelope<Invoice> = resp
+            .json()
+            .await
+            .map_err(|e| InquiryError::Invalid(format!("HTTP {status}: {}", e.without_url())))?;
+        match env.data {
+            Some(inv) if env.is_success => Ok(inv),
+            _ => Err(InquiryError::Invalid(format!(
+                "HTTP {status}: {}",
+                describe(&env)
+            ))),
+        }
+    }
+
+    /// Invoice value in minor units, from the tracked amount.
+    fn invoice_value(payment: &Payment) -> Option<i64> {
+        payment.amount_minor
+    }
+}
+
+fn describe<T>(env: &Envelope<T>) -> String {
+    let mut s = env.message.clone().unwrap_or_default();
+    for v in env.validation_errors.iter().flatten() {
+        s.push_str(&format!("; {}: {}", v.name, v.error));
+    }
+    s
+}
+
+fn units_to_f64(units: i64, scale: u32) -> f64 {
+    units as f64 / 10f64.powi(scale as i32)
+}
+
+impl Provider for Myfatoorah {
+    fn id(&self) -> ProviderId {
+        ID
+    }
+
+    fn polling(&self) -> &PollingConfig {
+        &self.polling
+    }
+
+    fn track_keys(&self, keys: &Keys) -> Result<TrackKeys, String> {
+        let given: Vec<_> = KEY_NAMES
+            .iter()
+            .filter(|(n, _)| keys.contains_key(*n))
+            .collect();
+        if given.len() != 1 {
+            return Err("give exactly one of invoice_id, payment_id, customer_reference".into());
+        }
+        for k in keys.keys() {
+            if !KEY_NAMES.iter().any(|(n, _)| n == k) {
+                return Err(format!("unknown key `{k}` for myfatoorah"));
+            }
+        }
+        let (name, _) = given[0];
+        let v = &keys[*name];
+        if v.is_empty()
+            || v.len() > 64
+            || !v
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        {
+            return Err(format!("key `{name}` must be 1-64 letters, digits, - or _"));
+        }
+        if *name == "invoice_id" && !v.chars().all(|c| c.is_ascii_digit()) {
+            return Err("key `invoice_id` is MyFatoorah's number".into());
+        }
+        Ok(TrackKeys {
+            idempotency_key: lookup_key(ID, "idem", &format!("{name}/{v}")),
+            lookup_keys: vec![lookup_key(ID, name, v)],
+        })
+    }
+
+    fn lookup_by(&self, name: &str, value: &str) -> Option<String> {
+        KEY_NAMES
+            .iter()
+            .any(|(n, _)| *n == name)
+            .then(|| lookup_key(ID, name, value))
+    }
+
+    fn secret_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn inquire<'a>(&'a self, payment: &'a Payment) -> BoxFuture<'a, Result<Report, InquiryError>> {
+        Box::pin(async move {
+            let inv = self.status(payment).await?;
+            Ok(report_from(&inv, Source::Poll, crate::model::now_ms()))
+        })
+    }
+
+    fn parse_callback(
+        &self,
+        _raw: &RawCallback<'_>,
+        _received_ms: u64,
+    ) -> Result<CallbackRecord, CallbackError> {
+        Err(CallbackError::Malformed(
+            "MyFatoorah webhooks are not read yet; GetPaymentStatus polling covers them".into(),
+        ))
+    }
+
+    fn check_action(&self, payment: &Payment, req: &ActionRequest) -> Result<ActionCheck, String> {
+        if payment.state.is_final() {
+            return Err(format!(
+                "the invoice is already {}; only an authorized invoice can be captured or released",
+                payment.state
+            ));
+        }
+        let scale = currency_scale(payment.currency.as_deref());
+        let value = Self::invoice_value(payment).ok_or(
+            "the invoice value is unknown: track the payment with amount_minor and currency",
+        )?;
+        match req {
+            ActionRequest::Capture { amount } => {
+                let a = parse_amount(amount, scale)?;
+                if a > value {
+                    return Err(format!(
+                        "capture amount {amount} is more than the invoice value {}",
+                        units_to_f64(value, scale)
+                    ));
+                }
+            }
+            ActionRequest::Release {
+                amount: Some(amount),
+            } => {
+                let a = parse_amount(amount, scale)?;
+                if a != value {
+                    return Err(format!(
+                        "release amount {amount} must equal the invoice value {}",
+                        units_to_f64(value, scale)
+                    ));
+                }
+            }
+            ActionRequest::Release { amount: None } => {}
+        }
+        let (key, _) = Self::key(payment);
+        Ok(ActionCheck {
+            exclusive_key: Some(lookup_key(ID, "op", &key)),
+        })
+    }
+
+    fn send_action<'a>(
+        &'a self,
+        payment: &'a Payment,
+        req: &'a ActionRequest,
+    ) -> BoxFuture<'a, Sent> {
+        Box::pin(async move {
+            let scale = currency_scale(payment.currency.as_deref());
+            let value = Self::invoice_value(payment).unwrap_or(0);
+            let (operation, amount) = match req {
+                ActionRequest::Capture { amount } => {
+                    ("capture", parse_amount(amount, scale).unwrap_or(0))
+                }
+                ActionRequest::Release { amount } => (
+                    "release",
+                    amount
+                        .as_deref()
+                        .and_then(|a| parse_amount(a, scale).ok())
+                        .unwrap_or(value),
+                ),
+            };
+            let (key, key_type) = Self::key(payment);
+            let body = UpdateRequest {
+                operation: operation.into(),
+                amount: units_to_f64(amount, scale),
+                key,
+                key_type,
+            };
+            let resp = self
+                .client
+                .post(format!("{}/v2/UpdatePaymentStatus", self.base_url))
+                .bearer_auth(self.token.expose())
+                .json(&body)
+                .send()
+                .await
+                .map_err(classify)?;
+            let status = resp.status();
+            if status.is_server_error() {
+                return Err(SendError::Retryable(format!("HTTP {status}")));
+            }
+            let bytes = resp.bytes().await.map_err(classify)?;
+            let env: Envelope<Invoice> =
+                serde_json::from_slice(&bytes).map_err(|e| SendError::Final {
+                    message: format!("HTTP {status}: unreadable answer: {e}"),
+                    details: None,
+                })?;
+            match env.data {
+                Some(inv) if env.is_success => {
+                    let report = report_from(&inv, Source::Action, crate::model::now_ms());
+                    let answer = serde_json::json!({
+                        "InvoiceId": inv.invoice_id,
+                        "InvoiceStatus": inv.invoice_status,
+                        "InvoiceValue": inv.invoice_value,
+                        "TransactionStatus": inv.invoice_transactions.last().map(|t| t.transaction_status.clone()),
+                    });
+                    Ok((answer, Some(report)))
+                }
+                _ => Err(SendError::Final {
+                    message: format!("HTTP {status}: {}", describe(&env)),
+                    details: env
+                        .validation_errors
+                        .as_ref()
+                        .and_then(|v| serde_json::to_value(v).ok()),
+                }),
+            }
+        })
+    }
+
+    fn confirm_action<'a>(
+        &'a self,
+        payment: &'a Payment,
+        req: &'a ActionRequest,
+    ) -> Option<BoxFuture<'a, Confirmed>> {
+        Some(Box::pin(async move {
+            let inv = self.status(payment).await?;
+            let wanted = match req {
+                ActionRequest::Capture { .. } => "Succss",
+                ActionRequest::Release { .. } => "Canceled",
+            };
+            let applied = inv
+                .invoice_transactions
+                .iter()
+                .any(|t| t.transaction_status == wanted);
+            let report = report_from(&inv, Source::Action, crate::model::now_ms());
+            if applied {
+                let answer = serde_json::json!({
+                    "InvoiceId": inv.invoice_id,
+                    "InvoiceStatus": inv.invoice_status,
+                    "ConfirmedBy": "GetPaymentStatus",
+                });
+                Ok((Confirmation::Applied(answer), Some(report)))
+            } else {
+                Ok((Confirmation::NotApplied, Some(report)))
+            }
+        }))
+    }
+}
+
+/// Sorts a transport error: was the request possibly received?
+fn classify(e: reqwest::Error) -> SendError {
+    let connect = e.is_connect();
+    let msg = e.without_url().to_string();
+    if connect {
+        SendError::NotSent(msg)
+    } else {
+        // Timeouts, resets and truncated answers after the request left:
+        // the provider may have applied it.
+        SendError::Ambiguous(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invoice(statuses: &[&str]) -> Invoice {
+        Invoice {
+            invoice_id: 1,
+            invoice_status: "Pending".into(),
+            invoice_value: 100.0,
+            invoice_transactions: statuses
+                .iter()
+                .map(|s| InvoiceTransaction {
+                    transaction_status: s.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_seed_sample_answer_is_read() {
+        let sample = r#"{"IsSuccess": true, "Message": "", "ValidationErrors": null, "Data": {
+            "InvoiceId": 2834690, "InvoiceStatus": "Paid", "InvoiceReference": "2023018001",
+            "CustomerReference": null, "CreatedDate": "2023-10-08T14:17:44.027",
+            "ExpiryDate": "February 5, 2024", "ExpiryTime": "14:17:44.027", "InvoiceValue": 100,
+            "Comments": null, "CustomerName": "Anonymous", "CustomerMobile": "+965", "CustomerEmail": null,
+            "UserDefinedField": null, "InvoiceDisplayValue": "100.000 KD", "DueDeposit": 97.447,
+            "DepositStatus": "Not Deposited", "InvoiceItems": [],
+            "InvoiceTransactions": [
+              {"TransactionDate": "2023-10-08T14:17:48.4466667", "PaymentGateway": "VISA/MASTER",
+               "TransactionStatus": "Authorize", "TransationValue": "250.000", "CardNumber": "450875xxxxxx1019", "ErrorCode": ""},
+              {"TransactionDate": "2023-10-08T14:18:56.5033333", "TransactionStatus": "Succss",
+               "PaymentId": "07072834690172472072", "TransationValue": "100.000", "Error": null}
+            ], "Suppliers": []}}"#;
+        let env: Envelope<Invoice> = serde_json::from_str(sample).unwrap();
+        let inv = env.data.unwrap();
+        assert_eq!(inv.invoice_id, 2834690);
+        assert_eq!(
+            inv.invoice_transactions[0].transation_value.as_deref(),
+            Some("250.000")
+        );
+        let r = report_from(&inv, Source::Poll, 0);
+        assert_eq!(r.state, Some(State::Succeeded));
+        assert_eq!(r.raw_status, "Paid/Succss");
+        assert_eq!(r.fields["payment_id"], "07072834690172472072");
+    }
+
+    #[test]
+    fn invoices_map_from_their_transactions() {
+        assert_eq!(
+            map_invoice(&invoice(&["Authorize"]), 0).1,
+            Some(State::Authorized)
+        );
+        assert_eq!(
+            map_invoice(&invoice(&["Authorize", "Succss"]), 0).1,
+            Some(State::Succeeded)
+        );
+        assert_eq!(
+            map_invoice(&invoice(&["Authorize", "Canceled"]), 0).1,
+            Some(State::Reversed)
+        );
+        assert_eq!(
+            map_invoice(&invoice(&["InProgress"]), 0).1,
+            Some(State::Pending)
+        );
+        assert_eq!(
+            map_invoice(&invoice(&["Failed"]), 0).1,
+            Some(State::Pending)
+        );
+        let mut canceled = invoice(&[]);
+        canceled.invoice_status = "Canceled".into();
+        assert_eq!(map_invoice(&canceled, 0).1, Some(State::Failed));
+    }
+
+    #[test]
+    fn expiry_is_read_in_kuwait_time() {
+        let mut inv = invoice(&[]);
+        inv.expiry_date = Some("February 5, 2024".into());
+        inv.expiry_time = Some("14:17:44.027".into());
+        // 2024-02-05 14:17:44.027 +03:00 = 11:17:44.027 UTC.
+        let at = chrono::DateTime::parse_from_rfc3339("2024-02-05T11:17:44.027Z")
+            .unwrap()
+            .timestamp_millis() as u64;
+        assert!(!expired(&inv, at - 1));
+        assert!(expired(&inv, at + 1));
+        assert_eq!(map_invoice(&inv, at + 1).1, Some(State::Failed));
+        assert_eq!(map_invoice(&inv, at + 1).0, "Pending/Expired");
+    }
+
+    #[test]
+    fn requests_use_the_seed_field_names() {
+        let body = serde_json::to_value(UpdateRequest {
+            operation: "capture".into(),
+            amount: 100.0,
+            key: "2834690".into(),
+            key_type: "InvoiceId".into(),
+        })
+        .unwrap();
+        let mut names: Vec<_> = body.as_object().unwrap().keys().cloned().collect();
+        names.sort();
+        assert_eq!(names, ["Amount", "Key", "KeyType", "Operation"]);
+    }
+}
