@@ -24,6 +24,17 @@ pub enum ActionRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         amount: Option<String>,
     },
+    /// The REST "Update Payment Status" API: set a payment's status.
+    UpdateStatus { status: String, trust: Trust },
+}
+
+/// The trust values the platform computes for a REST status update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trust {
+    pub seed: String,
+    pub value: String,
+    pub alt_value: String,
 }
 
 impl ActionRequest {
@@ -31,6 +42,7 @@ impl ActionRequest {
         match self {
             ActionRequest::Capture { .. } => "capture",
             ActionRequest::Release { .. } => "release",
+            ActionRequest::UpdateStatus { .. } => "update_status",
         }
     }
 }

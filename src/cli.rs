@@ -112,6 +112,22 @@ pub enum Command {
         #[arg(long)]
         idempotency_key: Option<String>,
     },
+    /// Set a payment's status through the REST "Update Payment Status" API.
+    UpdateStatus {
+        #[command(flatten)]
+        admin: AdminArgs,
+        payment: String,
+        #[arg(long)]
+        status: String,
+        #[arg(long)]
+        trust_seed: String,
+        #[arg(long)]
+        trust_value: String,
+        #[arg(long)]
+        alt_trust_value: String,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
     /// Show an action.
     ShowAction {
         #[command(flatten)]
@@ -305,6 +321,30 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 )
                 .await,
         ),
+        Command::UpdateStatus {
+            admin,
+            payment,
+            status,
+            trust_seed,
+            trust_value,
+            alt_trust_value,
+            idempotency_key,
+        } => {
+            let trust = crate::action::Trust {
+                seed: trust_seed,
+                value: trust_value,
+                alt_value: alt_trust_value,
+            };
+            print_json(
+                client(&admin)
+                    .action(
+                        &payment,
+                        &ActionRequest::UpdateStatus { status, trust },
+                        idempotency_key.as_deref(),
+                    )
+                    .await,
+            )
+        }
         Command::ShowAction { admin, id } => print_json(client(&admin).get_action(&id).await),
         Command::ResolveAction {
             admin,

@@ -190,6 +190,31 @@ impl Default for LogConfig {
 pub struct ProvidersConfig {
     pub connpay: Option<ConnpayConfig>,
     pub myfatoorah: Option<MyfatoorahConfig>,
+    pub rest_status: Option<RestStatusConfig>,
+}
+
+/// How the REST API's trust fields are spelled: the seed's schema writes
+/// `trust_Seed`, `trust_Value`, `alt_Trust_Value`; its example
+/// `trust_seed`, `trust_value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TrustSpelling {
+    #[default]
+    Schema,
+    Example,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestStatusConfig {
+    /// The API root, e.g. `https://payments.example.com/api/v1`.
+    pub base_url: String,
+    /// Environment variable holding the API key (header and body).
+    pub api_key_env: String,
+    #[serde(default)]
+    pub trust_spelling: TrustSpelling,
+    #[serde(default = "d10s", deserialize_with = "duration")]
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -336,6 +361,16 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     pub connpay: Option<Connpay>,
     pub myfatoorah: Option<Myfatoorah>,
+    pub rest_status: Option<RestStatus>,
+}
+
+/// The REST status API's settings, ready to use.
+#[derive(Debug, Clone)]
+pub struct RestStatus {
+    pub base_url: String,
+    pub api_key: Secret,
+    pub trust_spelling: TrustSpelling,
+    pub request_timeout: Duration,
 }
 
 /// MyFatoorah's settings, ready to use.
@@ -445,11 +480,30 @@ impl Config {
             }
             None => None,
         };
+        let rest_status = match &file.providers.rest_status {
+            Some(c) => {
+                let p = "providers.rest_status";
+                if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
+                    return Err(err(
+                        &format!("{p}.base_url"),
+                        format!("`{}` is not an http(s) URL", c.base_url),
+                    ));
+                }
+                Some(RestStatus {
+                    base_url: c.base_url.trim_end_matches('/').to_string(),
+                    api_key: secret(&format!("{p}.api_key_env"), &c.api_key_env)?,
+                    trust_spelling: c.trust_spelling,
+                    request_timeout: c.request_timeout,
+                })
+            }
+            None => None,
+        };
         Ok(Config {
             file,
             admin_token,
             connpay,
             myfatoorah,
+            rest_status,
         })
     }
 }

@@ -87,6 +87,14 @@ pub fn providers(config: &Config) -> Vec<Arc<dyn Provider>> {
             c.polling.clone(),
         )));
     }
+    if let Some(c) = &config.rest_status {
+        out.push(Arc::new(crate::provider::rest_status::RestStatus::new(
+            c.base_url.clone(),
+            c.api_key.clone(),
+            c.trust_spelling,
+            c.request_timeout,
+        )));
+    }
     out
 }
 

@@ -269,7 +269,7 @@ impl Engine {
             lookup_keys: tk.lookup_keys,
             amount_minor: req.amount_minor,
             currency: req.currency,
-            window: Some(window),
+            window: provider.polls().then_some(window),
             now_ms: now,
         })?;
         self.store.sync().await?;

@@ -13,15 +13,21 @@ use crate::state::{Decision, State};
 pub enum ProviderId {
     Connpay,
     Myfatoorah,
+    RestStatus,
 }
 
 impl ProviderId {
-    pub const ALL: [ProviderId; 2] = [ProviderId::Connpay, ProviderId::Myfatoorah];
+    pub const ALL: [ProviderId; 3] = [
+        ProviderId::Connpay,
+        ProviderId::Myfatoorah,
+        ProviderId::RestStatus,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderId::Connpay => "connpay",
             ProviderId::Myfatoorah => "myfatoorah",
+            ProviderId::RestStatus => "rest_status",
         }
     }
 
@@ -30,6 +36,7 @@ impl ProviderId {
         match self {
             ProviderId::Connpay => 1,
             ProviderId::Myfatoorah => 2,
+            ProviderId::RestStatus => 3,
         }
     }
 
@@ -50,7 +57,9 @@ impl std::str::FromStr for ProviderId {
         ProviderId::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown provider `{s}` (known: connpay, myfatoorah)"))
+            .ok_or_else(|| {
+                format!("unknown provider `{s}` (known: connpay, myfatoorah, rest_status)")
+            })
     }
 }
 

@@ -256,6 +256,14 @@ pub fn quantile(sorted: &[u32], q: f64) -> u32 {
 
 /// Prints a table with aligned columns.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    if let Some(r) = rows.iter().find(|r| r.len() != headers.len()) {
+        println!(
+            "(table skipped: a row has {} cells for {} headers: {r:?})",
+            r.len(),
+            headers.len()
+        );
+        return;
+    }
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {

@@ -4,6 +4,7 @@
 
 pub mod connpay;
 pub mod myfatoorah;
+pub mod rest_status;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -65,6 +66,12 @@ pub trait Provider: Send + Sync + 'static {
 
     /// How this provider is polled.
     fn polling(&self) -> &PollingConfig;
+
+    /// Whether the provider has a status inquiry to poll. Payments of one
+    /// that has none get no poll window.
+    fn polls(&self) -> bool {
+        true
+    }
 
     /// Checks the keys of a payment to track and says how to find it again.
     fn track_keys(&self, keys: &Keys) -> Result<TrackKeys, String>;

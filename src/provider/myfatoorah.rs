@@ -387,6 +387,12 @@ impl Provider for Myfatoorah {
                 }
             }
             ActionRequest::Release { amount: None } => {}
+            other => {
+                return Err(format!(
+                    "myfatoorah takes capture and release actions, not `{}`",
+                    other.name()
+                ))
+            }
         }
         let (key, _) = Self::key(payment);
         Ok(ActionCheck {
@@ -413,6 +419,15 @@ impl Provider for Myfatoorah {
                         .and_then(|a| parse_amount(a, scale).ok())
                         .unwrap_or(value),
                 ),
+                other => {
+                    return Err(SendError::Final {
+                        message: format!(
+                            "myfatoorah takes capture and release, not {}",
+                            other.name()
+                        ),
+                        details: None,
+                    })
+                }
             };
             let (key, key_type) = Self::key(payment);
             let body = UpdateRequest {
@@ -469,8 +484,8 @@ impl Provider for Myfatoorah {
         Some(Box::pin(async move {
             let inv = self.status(payment).await?;
             let wanted = match req {
-                ActionRequest::Capture { .. } => "Succss",
                 ActionRequest::Release { .. } => "Canceled",
+                _ => "Succss",
             };
             let applied = inv
                 .invoice_transactions

@@ -4,3 +4,4 @@
 
 pub mod connpay;
 pub mod myfatoorah;
+pub mod rest_status;
