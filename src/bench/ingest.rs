@@ -279,7 +279,7 @@ pub fn run(opts: &Opts) -> Result<(), String> {
     let levels: Vec<(usize, usize)> = if opts.quick {
         vec![(1, 100), (16, 400)]
     } else {
-        vec![(1, 1_000), (16, 8_000), (64, 20_000), (256, 20_000)]
+        vec![(1, 1_000), (16, 8_000), (64, 12_000), (256, 12_000)]
     };
     let rt = runtime("payrecon", 2);
     let load_rt = runtime("loadgen", 1);
