@@ -26,6 +26,23 @@ pub enum ActionRequest {
     },
     /// The REST "Update Payment Status" API: set a payment's status.
     UpdateStatus { status: String, trust: Trust },
+    /// CRM.COM: reject a DRAFT payment.
+    Reject {
+        /// Exactly one of `id`, `name`, `alternative_code`.
+        rejection_reason: std::collections::BTreeMap<String, String>,
+        /// Fields to include in the answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fields_set: Option<Vec<String>>,
+    },
+    /// connectFi: set a payment link's status by hand.
+    SetStatus {
+        status: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+        /// Locks the status against non-manual updates; true unless given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        manual_status: Option<bool>,
+    },
 }
 
 /// The trust values the platform computes for a REST status update.
@@ -43,6 +60,8 @@ impl ActionRequest {
             ActionRequest::Capture { .. } => "capture",
             ActionRequest::Release { .. } => "release",
             ActionRequest::UpdateStatus { .. } => "update_status",
+            ActionRequest::SetStatus { .. } => "set_status",
+            ActionRequest::Reject { .. } => "reject",
         }
     }
 }

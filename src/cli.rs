@@ -128,6 +128,36 @@ pub enum Command {
         #[arg(long)]
         idempotency_key: Option<String>,
     },
+    /// Set a connectFi payment link's status by hand.
+    SetStatus {
+        #[command(flatten)]
+        admin: AdminArgs,
+        payment: String,
+        /// Error, SentToPay, Completed, Settled, Returned or Declined.
+        #[arg(long)]
+        status: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// Leave the status open to non-manual updates (manualStatus false).
+        #[arg(long)]
+        unlocked: bool,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Reject a DRAFT payment at CRM.COM.
+    Reject {
+        #[command(flatten)]
+        admin: AdminArgs,
+        payment: String,
+        /// The rejection reason, NAME=VALUE with NAME id, name or alternative_code.
+        #[arg(long, value_name = "NAME=VALUE", value_parser = parse_kv)]
+        reason: (String, String),
+        /// Fields to return, comma separated.
+        #[arg(long)]
+        fields_set: Option<String>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
     /// Show an action.
     ShowAction {
         #[command(flatten)]
@@ -342,6 +372,43 @@ async fn dispatch(cli: Cli) -> ExitCode {
                         &ActionRequest::UpdateStatus { status, trust },
                         idempotency_key.as_deref(),
                     )
+                    .await,
+            )
+        }
+        Command::SetStatus {
+            admin,
+            payment,
+            status,
+            description,
+            unlocked,
+            idempotency_key,
+        } => {
+            let req = ActionRequest::SetStatus {
+                status,
+                description,
+                manual_status: unlocked.then_some(false),
+            };
+            print_json(
+                client(&admin)
+                    .action(&payment, &req, idempotency_key.as_deref())
+                    .await,
+            )
+        }
+        Command::Reject {
+            admin,
+            payment,
+            reason,
+            fields_set,
+            idempotency_key,
+        } => {
+            let req = ActionRequest::Reject {
+                rejection_reason: [reason].into(),
+                fields_set: fields_set
+                    .map(|f| f.split(',').map(|s| s.trim().to_string()).collect()),
+            };
+            print_json(
+                client(&admin)
+                    .action(&payment, &req, idempotency_key.as_deref())
                     .await,
             )
         }

@@ -99,14 +99,11 @@ pub struct StoreConfig {
     /// sled's page cache, MiB.
     #[serde(default = "default_cache_mb")]
     pub cache_mb: u64,
-    /// zstd compression of stored records: half the disk, a third less
-    /// ingest throughput (BENCHMARKS.md). Fixed when the store is created.
-    #[serde(default = "yes")]
+    /// zstd compression of stored records: half the disk, for a third
+    /// less ingest throughput and much slower restarts after heavy writes
+    /// (BENCHMARKS.md). Off by default. Fixed when the store is created.
+    #[serde(default)]
     pub compression: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn default_cache_mb() -> u64 {
@@ -191,6 +188,80 @@ pub struct ProvidersConfig {
     pub connpay: Option<ConnpayConfig>,
     pub myfatoorah: Option<MyfatoorahConfig>,
     pub rest_status: Option<RestStatusConfig>,
+    pub connectfi: Option<ConnectfiConfig>,
+    pub crm: Option<CrmConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrmConfig {
+    /// The CRM.COM API root.
+    pub base_url: String,
+    pub username_env: String,
+    pub password_env: String,
+    /// The log-in method (unconfirmed in the documents: configurable).
+    #[serde(default = "default_crm_login")]
+    pub login_path: String,
+    #[serde(default = "default_crm_user_field")]
+    pub username_field: String,
+    #[serde(default = "default_crm_pass_field")]
+    pub password_field: String,
+    #[serde(default = "d10m", deserialize_with = "duration")]
+    pub token_ttl: Duration,
+    /// Status codes that mean the token expired.
+    #[serde(default = "default_crm_expired")]
+    pub expired_token_codes: Vec<String>,
+    #[serde(default = "d10s", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+}
+
+fn default_crm_login() -> String {
+    "/users/login".into()
+}
+fn default_crm_user_field() -> String {
+    "username".into()
+}
+fn default_crm_pass_field() -> String {
+    "password".into()
+}
+fn default_crm_expired() -> Vec<String> {
+    vec!["INVALID_TOKEN".into(), "TOKEN_EXPIRED".into()]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectfiConfig {
+    /// `CONNECTFI_BASE_URL`.
+    pub base_url: String,
+    /// Environment variables holding the log-in credentials.
+    pub client_id_env: String,
+    pub client_secret_env: String,
+    /// The log-in path and how its body names the credentials (not in
+    /// the seed: configurable).
+    #[serde(default = "default_cfi_login")]
+    pub login_path: String,
+    #[serde(default = "default_cfi_id_field")]
+    pub client_id_field: String,
+    #[serde(default = "default_cfi_secret_field")]
+    pub client_secret_field: String,
+    /// Token lifetime when the log-in answer gives none.
+    #[serde(default = "d10m", deserialize_with = "duration")]
+    pub token_ttl: Duration,
+    #[serde(default = "d10s", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+}
+
+fn default_cfi_login() -> String {
+    "/auth/get-token".into()
+}
+fn default_cfi_id_field() -> String {
+    "clientId".into()
+}
+fn default_cfi_secret_field() -> String {
+    "clientSecret".into()
+}
+fn d10m() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// How the REST API's trust fields are spelled: the seed's schema writes
@@ -362,6 +433,11 @@ pub struct Config {
     pub connpay: Option<Connpay>,
     pub myfatoorah: Option<Myfatoorah>,
     pub rest_status: Option<RestStatus>,
+    pub connectfi: Option<crate::provider::connectfi::Login>,
+    /// connectFi's base URL and request timeout, with `connectfi`.
+    pub connectfi_url: Option<(String, Duration)>,
+    pub crm: Option<crate::provider::crm::Login>,
+    pub crm_url: Option<(String, Duration)>,
 }
 
 /// The REST status API's settings, ready to use.
@@ -498,12 +574,77 @@ impl Config {
             }
             None => None,
         };
+        let (connectfi, connectfi_url) = match &file.providers.connectfi {
+            Some(c) => {
+                let p = "providers.connectfi";
+                if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
+                    return Err(err(
+                        &format!("{p}.base_url"),
+                        format!("`{}` is not an http(s) URL", c.base_url),
+                    ));
+                }
+                if !c.login_path.starts_with('/') {
+                    return Err(err(&format!("{p}.login_path"), "must start with /".into()));
+                }
+                let login = crate::provider::connectfi::Login {
+                    path: c.login_path.clone(),
+                    client_id_field: c.client_id_field.clone(),
+                    client_secret_field: c.client_secret_field.clone(),
+                    client_id: secret(&format!("{p}.client_id_env"), &c.client_id_env)?,
+                    client_secret: secret(&format!("{p}.client_secret_env"), &c.client_secret_env)?,
+                    default_ttl: c.token_ttl,
+                };
+                (
+                    Some(login),
+                    Some((
+                        c.base_url.trim_end_matches('/').to_string(),
+                        c.request_timeout,
+                    )),
+                )
+            }
+            None => (None, None),
+        };
+        let (crm, crm_url) = match &file.providers.crm {
+            Some(c) => {
+                let p = "providers.crm";
+                if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
+                    return Err(err(
+                        &format!("{p}.base_url"),
+                        format!("`{}` is not an http(s) URL", c.base_url),
+                    ));
+                }
+                if !c.login_path.starts_with('/') {
+                    return Err(err(&format!("{p}.login_path"), "must start with /".into()));
+                }
+                let login = crate::provider::crm::Login {
+                    path: c.login_path.clone(),
+                    username_field: c.username_field.clone(),
+                    password_field: c.password_field.clone(),
+                    username: secret(&format!("{p}.username_env"), &c.username_env)?,
+                    password: secret(&format!("{p}.password_env"), &c.password_env)?,
+                    ttl: c.token_ttl,
+                    expired_token_codes: c.expired_token_codes.clone(),
+                };
+                (
+                    Some(login),
+                    Some((
+                        c.base_url.trim_end_matches('/').to_string(),
+                        c.request_timeout,
+                    )),
+                )
+            }
+            None => (None, None),
+        };
         Ok(Config {
             file,
             admin_token,
             connpay,
             myfatoorah,
             rest_status,
+            connectfi,
+            connectfi_url,
+            crm,
+            crm_url,
         })
     }
 }

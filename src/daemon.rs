@@ -95,6 +95,20 @@ pub fn providers(config: &Config) -> Vec<Arc<dyn Provider>> {
             c.request_timeout,
         )));
     }
+    if let (Some(login), Some((url, timeout))) = (&config.connectfi, &config.connectfi_url) {
+        out.push(Arc::new(crate::provider::connectfi::Connectfi::new(
+            url.clone(),
+            login.clone(),
+            *timeout,
+        )));
+    }
+    if let (Some(login), Some((url, timeout))) = (&config.crm, &config.crm_url) {
+        out.push(Arc::new(crate::provider::crm::Crm::new(
+            url.clone(),
+            login.clone(),
+            *timeout,
+        )));
+    }
     out
 }
 

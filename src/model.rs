@@ -14,13 +14,17 @@ pub enum ProviderId {
     Connpay,
     Myfatoorah,
     RestStatus,
+    Connectfi,
+    Crm,
 }
 
 impl ProviderId {
-    pub const ALL: [ProviderId; 3] = [
+    pub const ALL: [ProviderId; 5] = [
         ProviderId::Connpay,
         ProviderId::Myfatoorah,
         ProviderId::RestStatus,
+        ProviderId::Connectfi,
+        ProviderId::Crm,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -28,6 +32,8 @@ impl ProviderId {
             ProviderId::Connpay => "connpay",
             ProviderId::Myfatoorah => "myfatoorah",
             ProviderId::RestStatus => "rest_status",
+            ProviderId::Connectfi => "connectfi",
+            ProviderId::Crm => "crm",
         }
     }
 
@@ -37,6 +43,8 @@ impl ProviderId {
             ProviderId::Connpay => 1,
             ProviderId::Myfatoorah => 2,
             ProviderId::RestStatus => 3,
+            ProviderId::Connectfi => 4,
+            ProviderId::Crm => 5,
         }
     }
 
@@ -58,7 +66,7 @@ impl std::str::FromStr for ProviderId {
             .into_iter()
             .find(|p| p.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown provider `{s}` (known: connpay, myfatoorah, rest_status)")
+                format!("unknown provider `{s}` (known: connpay, myfatoorah, rest_status, connectfi, crm)")
             })
     }
 }

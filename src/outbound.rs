@@ -128,7 +128,7 @@ impl Engine {
             "resolved by an operator{}",
             note.map(|n| format!(": {n}")).unwrap_or_default()
         ));
-        self.store().update_action(&a, None)?;
+        self.store().update_action(&a, vec![])?;
         self.store().sync().await?;
         tracing::info!(action_id = %a.id, payment_id = %a.payment_id, state = ?a.state, "action resolved by an operator");
         Ok(a)
@@ -221,7 +221,7 @@ impl Engine {
             a.state = ActionState::Sending;
             a.attempts += 1;
             a.updated_ms = now_ms();
-            self.store().update_action(&a, None)?;
+            self.store().update_action(&a, vec![])?;
             self.store().sync().await?;
             let sent = tokio::select! {
                 r = provider.send_action(&payment, &a.request) => r,
@@ -245,7 +245,7 @@ impl Engine {
                     a.state = ActionState::Queued;
                     a.error = Some(m);
                     a.updated_ms = now_ms();
-                    self.store().update_action(&a, None)?;
+                    self.store().update_action(&a, vec![])?;
                 }
                 Err(SendError::Ambiguous(m)) => {
                     tracing::warn!(error = %m, "action outcome uncertain; asking the provider before anything else");
@@ -285,7 +285,7 @@ impl Engine {
                     a.provider,
                     a.id
                 ));
-                self.store().update_action(a, None)?;
+                self.store().update_action(a, vec![])?;
                 self.store().sync().await?;
                 alert_unknown(a);
                 return Ok(Settled::Done);
@@ -307,7 +307,7 @@ impl Engine {
                         a.state = ActionState::Unknown;
                         a.updated_ms = now_ms();
                         a.error = Some(format!("outcome unknown: the provider could not be asked before the deadline ({e})"));
-                        self.store().update_action(a, None)?;
+                        self.store().update_action(a, vec![])?;
                         self.store().sync().await?;
                         alert_unknown(a);
                         return Ok(Settled::Done);
@@ -324,22 +324,25 @@ impl Engine {
         }
     }
 
-    async fn succeed(&self, a: &mut Action, report: Option<Report>) -> Result<(), EngineError> {
+    async fn succeed(&self, a: &mut Action, reports: Vec<Report>) -> Result<(), EngineError> {
         a.state = ActionState::Succeeded;
         a.updated_ms = now_ms();
-        let report = report.map(|mut r| {
-            r.source = Source::Action;
-            r
-        });
-        let change = self.store().update_action(a, report)?;
+        let reports = reports
+            .into_iter()
+            .map(|mut r| {
+                r.source = Source::Action;
+                r
+            })
+            .collect();
+        let changes = self.store().update_action(a, reports)?;
         self.store().sync().await?;
         tracing::info!(
             action = a.request.name(),
             attempts = a.attempts,
             "action succeeded"
         );
-        if let Some(c) = change {
-            self.log_change(&c);
+        for c in &changes {
+            self.log_change(c);
         }
         Ok(())
     }
@@ -355,7 +358,7 @@ impl Engine {
         a.updated_ms = now_ms();
         a.error = Some(error);
         a.details = details;
-        self.store().update_action(a, None)?;
+        self.store().update_action(a, vec![])?;
         self.store().sync().await?;
         Ok(())
     }

@@ -170,7 +170,7 @@ impl Store {
     /// current tokio runtime. The flusher ends when the last `Store` clone
     /// is dropped, after a final flush.
     pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
-        Store::open_with(path, DEFAULT_CACHE_MB, true)
+        Store::open_with(path, DEFAULT_CACHE_MB, false)
     }
 
     /// Opens the store with sled's page cache bounded to `cache_mb` MiB,
@@ -183,8 +183,8 @@ impl Store {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_mb * 1024 * 1024)
-            // Records are JSON with repeated field names: zstd at a low level
-            // cuts the bytes written and kept (BENCHMARKS.md, disk).
+            // zstd at a low level halves the bytes kept, at a cost in
+            // throughput and recovery time (BENCHMARKS.md); opt-in.
             .use_compression(compression)
             .compression_factor(3)
             // sled also flushes on its own; acknowledgements never rely on it.
@@ -598,13 +598,13 @@ impl Store {
     }
 
     /// Writes an action's new state. A final action leaves the outbox; a
-    /// succeeded one records `report` as an observation of its payment in
+    /// succeeded one records `reports` as observations of its payment in
     /// the same transaction.
     pub fn update_action(
         &self,
         action: &Action,
-        report: Option<Report>,
-    ) -> Result<Option<Change>, StoreError> {
+        reports: Vec<Report>,
+    ) -> Result<Vec<Change>, StoreError> {
         let res = (
             &self.actions,
             &self.outbox,
@@ -619,16 +619,18 @@ impl Store {
                 } else {
                     outbox.insert(action.id.as_bytes(), &[])?;
                 }
-                let mut change = None;
-                if let Some(r) = &report {
+                let mut changes = vec![];
+                if !reports.is_empty() {
                     let mut payment = load(payments, &action.payment_id)?;
-                    let (obs, c) = apply(&mut payment, r.clone(), action.updated_ms);
-                    put_history(history, &payment.id, &obs)?;
+                    for r in &reports {
+                        let (obs, c) = apply(&mut payment, r.clone(), action.updated_ms);
+                        put_history(history, &payment.id, &obs)?;
+                        changes.extend(c);
+                    }
                     move_window(windows, &mut payment, WindowChange::Keep)?;
                     put_payment(payments, &payment)?;
-                    change = c;
                 }
-                Ok(change)
+                Ok(changes)
             });
         unwrap_tx(res)
     }

@@ -415,7 +415,7 @@ fn typical(id: String, i: usize, now: u64) -> (Payment, Vec<Observation>, Vec<St
 
 /// Opens `path` again once the previous handle has let go of it.
 fn reopen(rt: &tokio::runtime::Runtime, path: &Path) -> Result<Store, String> {
-    reopen_with(rt, path, true)
+    reopen_with(rt, path, false)
 }
 
 fn reopen_with(

@@ -2,7 +2,9 @@
 //! how it reads and verifies that provider's callbacks, and how its
 //! statuses map to normalized states. One module per provider.
 
+pub mod connectfi;
 pub mod connpay;
+pub mod crm;
 pub mod myfatoorah;
 pub mod rest_status;
 
@@ -18,10 +20,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A provider's answer to "was this action applied?", with what it says
 /// about the payment.
-pub type Confirmed = Result<(Confirmation, Option<Report>), InquiryError>;
+pub type Confirmed = Result<(Confirmation, Vec<Report>), InquiryError>;
 
 /// A sent action's answer, and what it says about the payment.
-pub type Sent = Result<(serde_json::Value, Option<Report>), SendError>;
+pub type Sent = Result<(serde_json::Value, Vec<Report>), SendError>;
 
 /// Why a status inquiry gave no answer to record.
 #[derive(Debug, thiserror::Error)]

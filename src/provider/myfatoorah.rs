@@ -463,7 +463,7 @@ impl Provider for Myfatoorah {
                         "InvoiceValue": inv.invoice_value,
                         "TransactionStatus": inv.invoice_transactions.last().map(|t| t.transaction_status.clone()),
                     });
-                    Ok((answer, Some(report)))
+                    Ok((answer, vec![report]))
                 }
                 _ => Err(SendError::Final {
                     message: format!("HTTP {status}: {}", describe(&env)),
@@ -498,9 +498,9 @@ impl Provider for Myfatoorah {
                     "InvoiceStatus": inv.invoice_status,
                     "ConfirmedBy": "GetPaymentStatus",
                 });
-                Ok((Confirmation::Applied(answer), Some(report)))
+                Ok((Confirmation::Applied(answer), vec![report]))
             } else {
-                Ok((Confirmation::NotApplied, Some(report)))
+                Ok((Confirmation::NotApplied, vec![report]))
             }
         }))
     }

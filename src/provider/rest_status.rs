@@ -273,7 +273,7 @@ impl Provider for RestStatus {
                         )]),
                         learned_keys: vec![],
                     };
-                    return Ok((v, Some(report)));
+                    return Ok((v, vec![report]));
                 }
                 return Err(SendError::Final {
                     message: format!("HTTP {code}: the API did not confirm the update"),
