@@ -43,6 +43,13 @@ async fn route(engine: Arc<Engine>, max_body: usize, req: Request<Incoming>) -> 
         );
     }
     let query = req.uri().query().unwrap_or("").to_string();
+    let headers = req.headers().clone();
+    let header = move |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
     let body = match http::read_body(req, max_body).await {
         Ok(b) => b,
         Err(a) => return a,
@@ -51,6 +58,7 @@ async fn route(engine: Arc<Engine>, max_body: usize, req: Request<Incoming>) -> 
         method: &method,
         query: &query,
         body: &body,
+        header: &header,
     };
     match engine.ingest(pid, &raw).await {
         Ok(_) => http::text(StatusCode::OK, "OK"),

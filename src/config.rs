@@ -295,6 +295,10 @@ pub struct MyfatoorahConfig {
     pub base_url: String,
     /// Environment variable holding the API token (sent as a bearer token).
     pub token_env: String,
+    /// Environment variable holding the webhook secret key. Unset: webhooks
+    /// are refused (they cannot be verified).
+    #[serde(default)]
+    pub webhook_secret_env: Option<String>,
     /// `[providers.myfatoorah.polling]`. GetPaymentStatus is rate-limited:
     /// by default every 10-15 s for 5 minutes, 8 in flight.
     #[serde(default = "myfatoorah_polling")]
@@ -454,6 +458,7 @@ pub struct RestStatus {
 pub struct Myfatoorah {
     pub base_url: String,
     pub token: Secret,
+    pub webhook_secret: Option<Secret>,
     pub polling: PollingConfig,
 }
 
@@ -551,6 +556,10 @@ impl Config {
                 Some(Myfatoorah {
                     base_url: c.base_url.trim_end_matches('/').to_string(),
                     token: secret(&format!("{p}.token_env"), &c.token_env)?,
+                    webhook_secret: match &c.webhook_secret_env {
+                        Some(var) => Some(secret(&format!("{p}.webhook_secret_env"), var)?),
+                        None => None,
+                    },
                     polling: c.polling.clone(),
                 })
             }

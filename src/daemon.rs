@@ -84,6 +84,7 @@ pub fn providers(config: &Config) -> Vec<Arc<dyn Provider>> {
         out.push(Arc::new(crate::provider::myfatoorah::Myfatoorah::new(
             c.base_url.clone(),
             c.token.clone(),
+            c.webhook_secret.clone(),
             c.polling.clone(),
         )));
     }

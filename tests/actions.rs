@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 const TOKEN_ENV: &str = "TEST_MYFATOORAH_TOKEN";
 const TOKEN: &str = "mf-test-token";
+const WEBHOOK_SECRET: &str = "mf-webhook-secret";
 
 fn config_text(store: &std::path::Path, mf_url: &str) -> String {
     format!(
@@ -45,6 +46,7 @@ deadline = "60s"
 [providers.myfatoorah]
 base_url = "{mf_url}"
 token_env = "{TOKEN_ENV}"
+webhook_secret_env = "TEST_MF_WEBHOOK_SECRET"
 
 [providers.myfatoorah.polling]
 poll_interval_min = "1h"
@@ -58,6 +60,7 @@ request_timeout = "30s"
 }
 
 struct Mf {
+    callback_url: String,
     _dir: tempfile::TempDir,
     sim: MyfatoorahSim,
     admin: AdminClient,
@@ -74,7 +77,13 @@ impl Mf {
             TOKEN,
             cancel.child_token(),
         );
-        let env = HashMap::from([(TOKEN_ENV.to_string(), TOKEN.to_string())]);
+        let env = HashMap::from([
+            (TOKEN_ENV.to_string(), TOKEN.to_string()),
+            (
+                "TEST_MF_WEBHOOK_SECRET".to_string(),
+                WEBHOOK_SECRET.to_string(),
+            ),
+        ]);
         let config = Config::parse(
             "t",
             &config_text(&dir.path().join("store"), &sim.base_url()),
@@ -89,6 +98,7 @@ impl Mf {
         .await
         .unwrap();
         Mf {
+            callback_url: format!("http://{}/callback/myfatoorah", d.callback_addr),
             admin: AdminClient::new(&format!("http://{}", d.admin_addr), None),
             sim,
             cancel,
@@ -345,6 +355,7 @@ fn spawn(config: &std::path::Path) -> Proc {
         .args(["run", "--config"])
         .arg(config)
         .env(TOKEN_ENV, TOKEN)
+        .env("TEST_MF_WEBHOOK_SECRET", WEBHOOK_SECRET)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -424,4 +435,55 @@ async fn sigkill_after_the_provider_applied_a_capture_ends_with_exactly_one_capt
     assert_eq!(sim.update_requests(), 1);
     drop(p);
     sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn signed_webhooks_v1_and_v2_are_recorded_and_forged_ones_refused() {
+    use payrecon::provider::myfatoorah_webhook::{sign, signed_text};
+    let mf = Mf::start().await;
+    // v1: the customer authorized; the webhook says so before any poll.
+    mf.sim.set_webhook(&mf.callback_url, WEBHOOK_SECRET, 1);
+    let pay = mf.invoice(700, 20_000).await;
+    assert_eq!(mf.sim.send_webhook(700).await, Some(200));
+    let v = mf.admin.get(&pay).await.unwrap();
+    assert_eq!(v.payment.state, State::Authorized);
+    assert_eq!(v.payment.final_source, None);
+    assert_eq!(v.history.unwrap()[0].raw_status, "webhook:AUTHORIZE");
+    // The same v1 webhook again is one observation.
+    assert_eq!(mf.sim.send_webhook(700).await, Some(200));
+    assert_eq!(mf.admin.get(&pay).await.unwrap().history.unwrap().len(), 1);
+
+    // v2: the capture is announced after it is applied.
+    mf.sim.set_webhook(&mf.callback_url, WEBHOOK_SECRET, 2);
+    let a = mf.admin.action(&pay, &capture("20"), None).await.unwrap();
+    mf.settled(&a.id).await;
+    wait_until("v2 webhook delivered", || async {
+        mf.sim.webhooks_acked() >= 2
+    })
+    .await;
+    let h = mf.admin.get(&pay).await.unwrap().history.unwrap();
+    let cb: Vec<_> = h
+        .iter()
+        .filter(|o| o.source == Source::Callback)
+        .map(|o| o.raw_status.clone())
+        .collect();
+    assert_eq!(cb, ["webhook:AUTHORIZE", "webhook:SUCCESS"]);
+
+    // Forged: wrong secret, or no signature. 403, nothing stored.
+    let body = serde_json::json!({"Event": {"Code": 1, "Reference": "WH-X"}, "Data": {"Invoice": {"Id": 700, "Status": "CANCELED"}, "Transaction": {"Status": "CANCELED", "PaymentId": "x"}}});
+    let bad = sign("not-the-secret", &signed_text(&body).unwrap().1);
+    let http = reqwest::Client::new();
+    for sig in [Some(bad.as_str()), None] {
+        let mut rb = http.post(&mf.callback_url).json(&body);
+        if let Some(s) = sig {
+            rb = rb.header("MyFatoorah-Signature", s);
+        }
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status(), 403);
+    }
+    assert_eq!(
+        mf.admin.get(&pay).await.unwrap().history.unwrap().len(),
+        h.len()
+    );
+    mf.stop().await;
 }

@@ -205,6 +205,7 @@ async fn drive_store(
                             method: "GET",
                             query: q,
                             body: b"",
+                            header: &crate::provider::no_headers,
                         },
                         now_ms(),
                     )

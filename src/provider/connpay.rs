@@ -577,6 +577,7 @@ mod tests {
                     method: "GET",
                     query: &q,
                     body: b"",
+                    header: &crate::provider::no_headers,
                 },
                 7,
             )
@@ -596,6 +597,7 @@ mod tests {
                 method: "GET",
                 query: &forged,
                 body: b"",
+                header: &crate::provider::no_headers,
             },
             7,
         );
@@ -607,6 +609,7 @@ mod tests {
                 method: "GET",
                 query: &swapped,
                 body: b"",
+                header: &crate::provider::no_headers,
             },
             7,
         );
@@ -616,6 +619,7 @@ mod tests {
                 method: "GET",
                 query: "status=approved",
                 body: b"",
+                header: &crate::provider::no_headers,
             },
             7,
         );

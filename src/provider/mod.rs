@@ -6,6 +6,7 @@ pub mod connectfi;
 pub mod connpay;
 pub mod crm;
 pub mod myfatoorah;
+pub mod myfatoorah_webhook;
 pub mod rest_status;
 
 use std::future::Future;
@@ -56,11 +57,18 @@ pub struct TrackKeys {
     pub lookup_keys: Vec<String>,
 }
 
-/// A callback as it arrived: method, raw query string, raw body.
+/// A callback as it arrived: method, headers, raw query string, raw body.
 pub struct RawCallback<'a> {
     pub method: &'a str,
     pub query: &'a str,
     pub body: &'a [u8],
+    /// A header's value by name (`MyFatoorah-Signature`), if present.
+    pub header: &'a (dyn Fn(&str) -> Option<String> + Sync),
+}
+
+/// For callbacks that carry no headers worth reading (tests, benchmarks).
+pub fn no_headers(_: &str) -> Option<String> {
+    None
 }
 
 pub trait Provider: Send + Sync + 'static {

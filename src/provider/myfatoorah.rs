@@ -211,12 +211,19 @@ pub fn report_from(inv: &Invoice, source: Source, now_ms: u64) -> Report {
 pub struct Myfatoorah {
     base_url: String,
     token: Secret,
+    /// Verifies webhooks; without it every webhook is refused.
+    webhook_secret: Option<Secret>,
     polling: PollingConfig,
     client: reqwest::Client,
 }
 
 impl Myfatoorah {
-    pub fn new(base_url: String, token: Secret, polling: PollingConfig) -> Myfatoorah {
+    pub fn new(
+        base_url: String,
+        token: Secret,
+        webhook_secret: Option<Secret>,
+        polling: PollingConfig,
+    ) -> Myfatoorah {
         let client = reqwest::Client::builder()
             .timeout(polling.request_timeout)
             .connect_timeout(Duration::from_secs(5))
@@ -225,6 +232,7 @@ impl Myfatoorah {
         Myfatoorah {
             base_url,
             token,
+            webhook_secret,
             polling,
             client,
         }
@@ -346,12 +354,36 @@ impl Provider for Myfatoorah {
 
     fn parse_callback(
         &self,
-        _raw: &RawCallback<'_>,
-        _received_ms: u64,
+        raw: &RawCallback<'_>,
+        received_ms: u64,
     ) -> Result<CallbackRecord, CallbackError> {
-        Err(CallbackError::Malformed(
-            "MyFatoorah webhooks are not read yet; GetPaymentStatus polling covers them".into(),
-        ))
+        use super::myfatoorah_webhook::{map_status, verify, WebhookError};
+        let Some(secret) = &self.webhook_secret else {
+            // Nothing to verify against: refuse rather than trust.
+            return Err(CallbackError::Forged);
+        };
+        let sig = (raw.header)("MyFatoorah-Signature");
+        let w = verify(secret.expose(), sig.as_deref(), raw.body).map_err(|e| match e {
+            WebhookError::Malformed(m) => CallbackError::Malformed(m),
+            WebhookError::Forged => CallbackError::Forged,
+        })?;
+        let mut fields = BTreeMap::new();
+        fields.insert("webhook_version".to_string(), w.version.to_string());
+        if let Some(p) = &w.payment_id {
+            fields.insert("payment_id".into(), p.clone());
+        }
+        Ok(CallbackRecord {
+            dedupe_key: format!("myfatoorah|wh|{}", w.dedupe),
+            match_key: lookup_key(ID, "invoice_id", &w.invoice_id),
+            report: Report {
+                source: Source::Callback,
+                raw_status: format!("webhook:{}", w.transaction_status),
+                state: map_status(&w.transaction_status),
+                fields,
+                learned_keys: vec![],
+            },
+            received_ms,
+        })
     }
 
     fn check_action(&self, payment: &Payment, req: &ActionRequest) -> Result<ActionCheck, String> {

@@ -6,6 +6,10 @@
 //! Fault knobs: latency, a 5xx rate, dropped connections, the next N
 //! updates answered 500, and "apply the change, then drop the connection"
 //! (or hang, so a test can kill the caller mid-request).
+//!
+//! Webhooks: when a URL and secret are set, every applied capture or release
+//! is announced with a signed v1 or v2 webhook, re-sent until it gets 200
+//! (up to 5 times, as MyFatoorah does).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -58,6 +62,11 @@ struct Inner {
     inquiries: AtomicU64,
     last_update: Mutex<Option<(serde_json::Value, Option<String>)>>,
     cancel: CancellationToken,
+    /// Where webhooks go: URL, secret, version (1 or 2).
+    webhook: Mutex<Option<(String, String, u8)>>,
+    webhooks_acked: AtomicU64,
+    client: reqwest::Client,
+    tasks: TaskTracker,
 }
 
 #[derive(Clone)]
@@ -82,8 +91,12 @@ impl MyfatoorahSim {
             inquiries: AtomicU64::new(0),
             last_update: Mutex::new(None),
             cancel: cancel.clone(),
+            webhook: Mutex::new(None),
+            webhooks_acked: AtomicU64::new(0),
+            client: reqwest::Client::new(),
+            tasks: TaskTracker::new(),
         });
-        let tasks = TaskTracker::new();
+        let tasks = inner.tasks.clone();
         let i = inner.clone();
         tasks.spawn(http::serve(
             listener,
@@ -129,6 +142,23 @@ impl MyfatoorahSim {
                 operations: 0,
             },
         );
+    }
+
+    /// Sends webhooks to `url`, signed with `secret`, in `version` 1 or 2.
+    pub fn set_webhook(&self, url: &str, secret: &str, version: u8) {
+        *lock(&self.inner.webhook) = Some((url.into(), secret.into(), version));
+    }
+
+    /// Webhooks the receiver acknowledged with 200.
+    pub fn webhooks_acked(&self) -> u64 {
+        self.inner.webhooks_acked.load(Ordering::SeqCst)
+    }
+
+    /// Announces an invoice's current state with a webhook now, as when
+    /// the customer authorizes a payment. Returns the receiver's status.
+    pub async fn send_webhook(&self, id: i64) -> Option<u16> {
+        let inv = lock(&self.inner.invoices).get(&id).map(|i| i.inv.clone())?;
+        send_webhook(&self.inner, &inv).await
     }
 
     /// Captures and releases applied to an invoice.
@@ -365,6 +395,17 @@ async fn update(
         }
         sim.inv.clone()
     };
+    if lock(&inner.webhook).is_some() {
+        let (i, inv) = (inner.clone(), answer.clone());
+        inner.tasks.spawn(async move {
+            for _ in 0..5 {
+                if send_webhook(&i, &inv).await == Some(200) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
     if faults.apply_then_drop {
         lock(&inner.faults).apply_then_drop = false;
         return Err(CloseConnection);
@@ -375,4 +416,64 @@ async fn update(
         return Err(CloseConnection);
     }
     Ok(envelope(StatusCode::OK, true, "", vec![], Some(answer)))
+}
+
+/// The webhook body for an invoice's last transaction, and its signature.
+fn webhook_body(inv: &Invoice, version: u8, secret: &str, n: u64) -> (serde_json::Value, String) {
+    use crate::provider::myfatoorah_webhook::{sign, signed_text};
+    let tx = inv.invoice_transactions.last().cloned().unwrap_or_default();
+    let status = match tx.transaction_status.as_str() {
+        "Succss" => "SUCCESS",
+        "Canceled" => "CANCELED",
+        "Authorize" => "AUTHORIZE",
+        "Failed" => "FAILED",
+        _ => "INPROGRESS",
+    };
+    let body = if version == 1 {
+        serde_json::json!({
+            "EventType": 1, "Event": "TransactionsStatusChanged", "DateTime": "22112026030000", "CountryIsoCode": "KWT",
+            "Data": {
+                "InvoiceId": inv.invoice_id, "InvoiceReference": inv.invoice_reference, "CreatedDate": inv.created_date,
+                "CustomerReference": inv.customer_reference, "CustomerName": inv.customer_name, "CustomerMobile": "+965",
+                "CustomerEmail": null, "TransactionStatus": status, "PaymentMethod": "VISA/MASTER", "UserDefinedField": null,
+                "ReferenceId": tx.reference_id, "TrackId": tx.track_id, "PaymentId": tx.payment_id,
+                "AuthorizationId": tx.authorization_id, "InvoiceValueInBaseCurrency": inv.invoice_value.to_string(),
+                "BaseCurrency": "KWD", "InvoiceValueInDisplayCurreny": inv.invoice_value.to_string(), "DisplayCurrency": "KWD",
+                "InvoiceValueInPayCurrency": inv.invoice_value.to_string(), "PayCurrency": "KWD"
+            }
+        })
+    } else {
+        serde_json::json!({
+            "Event": {"Code": 1, "Name": "PAYMENT_STATUS_CHANGED", "CountryIsoCode": "KWT", "CreationDate": "2026-11-22T03:00:00", "Reference": format!("WH-{}-{n}", inv.invoice_id)},
+            "Data": {
+                "Invoice": {"Id": inv.invoice_id, "Status": inv.invoice_status.to_ascii_uppercase(), "Reference": inv.invoice_reference, "ExternalIdentifier": null},
+                "Transaction": {"Id": tx.transaction_id, "Status": status, "PaymentMethod": "VISA/MASTER", "PaymentId": tx.payment_id},
+                "Amount": {"BaseCurrency": "KWD", "ValueInBaseCurrency": inv.invoice_value.to_string()}
+            }
+        })
+    };
+    let sig = signed_text(&body)
+        .map(|(_, t)| sign(secret, &t))
+        .unwrap_or_default();
+    (body, sig)
+}
+
+async fn send_webhook(inner: &Inner, inv: &Invoice) -> Option<u16> {
+    let (url, secret, version) = lock(&inner.webhook).clone()?;
+    let n = inner.webhooks_acked.load(Ordering::SeqCst) + inv.invoice_transactions.len() as u64;
+    let (body, sig) = webhook_body(inv, version, &secret, n);
+    let status = inner
+        .client
+        .post(url)
+        .header("MyFatoorah-Signature", sig)
+        .json(&body)
+        .send()
+        .await
+        .ok()?
+        .status()
+        .as_u16();
+    if status == 200 {
+        inner.webhooks_acked.fetch_add(1, Ordering::SeqCst);
+    }
+    Some(status)
 }
