@@ -487,3 +487,38 @@ async fn signed_webhooks_v1_and_v2_are_recorded_and_forged_ones_refused() {
     );
     mf.stop().await;
 }
+
+#[tokio::test]
+async fn duplicate_and_stale_webhooks_change_nothing_twice() {
+    use payrecon::sim::myfatoorah::WebhookMode;
+    let mf = Mf::start().await;
+    mf.sim.set_webhook(&mf.callback_url, WEBHOOK_SECRET, 2);
+    let pay = mf.invoice(800, 30_000).await;
+    mf.sim.set_faults(Faults {
+        webhooks: WebhookMode::OutOfOrder,
+        ..Default::default()
+    });
+    let a = mf.admin.action(&pay, &capture("30"), None).await.unwrap();
+    mf.settled(&a.id).await;
+    wait_until("both webhooks delivered", || async {
+        mf.sim.webhooks_acked() >= 2
+    })
+    .await;
+    let v = mf.admin.get(&pay).await.unwrap();
+    assert_eq!(
+        v.payment.state,
+        State::Succeeded,
+        "a stale AUTHORIZE does not regress"
+    );
+    let cb: Vec<_> = v
+        .history
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.source == Source::Callback)
+        .map(|o| (o.raw_status, o.decision))
+        .collect();
+    assert_eq!(cb.len(), 2);
+    assert_eq!(cb[1].1, Some(payrecon::state::Decision::Backwards));
+    assert_eq!(mf.sim.operations(800), 1);
+    mf.stop().await;
+}

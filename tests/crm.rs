@@ -256,3 +256,42 @@ async fn a_5xx_is_retried_and_a_lost_answer_is_parked_unknown() {
     );
     c.stop().await;
 }
+
+#[tokio::test]
+async fn under_random_5xx_and_dropped_connections_no_payment_is_rejected_twice() {
+    use payrecon::sim::CommonFaults;
+    let c = Crm::start().await;
+    c.sim.set_faults(Faults {
+        common: CommonFaults {
+            latency_ms: 2,
+            error_rate: 0.3,
+            drop_rate: 0.2,
+        },
+        ..Default::default()
+    });
+    let mut ids = vec![];
+    for i in 0..12 {
+        let pay = c.track(&format!("F-{i}"), "DRAFT").await;
+        ids.push((
+            format!("F-{i}"),
+            c.admin
+                .action(&pay, &reject(&[("id", "R1")]), None)
+                .await
+                .unwrap()
+                .id,
+        ));
+    }
+    for (reference, id) in &ids {
+        let a = c.settled(id).await;
+        let (state, rejects) = c.sim.state(reference).unwrap();
+        assert!(rejects <= 1, "{reference} rejected {rejects} times");
+        match a.state {
+            // Confirmed by CRM.COM: applied exactly once.
+            ActionState::Succeeded => assert_eq!((state.as_str(), rejects), ("REJECTED", 1)),
+            // An uncertain outcome is parked, never resent.
+            ActionState::Unknown => {}
+            other => panic!("{reference}: {other:?} {:?}", a.error),
+        }
+    }
+    c.stop().await;
+}

@@ -5,8 +5,9 @@
 //! `manualStatus` lock that keeps non-manual updates out, and the whole
 //! payment with its `statusChangeHistory` in the answer.
 //!
-//! Fault knobs: the next N updates answered 500, "apply the change, then
-//! drop the connection", and expiring every token now.
+//! Fault knobs: latency, a 5xx rate, dropped connections, the next N
+//! updates answered 500, "apply the change, then drop the connection", and
+//! expiring every token now.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +26,8 @@ use crate::provider::connectfi::{check_description, check_id, StatusChange, SETT
 
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
+    /// Latency, a 5xx rate and dropped connections.
+    pub common: super::CommonFaults,
     pub fail_next: u32,
     pub apply_then_drop: bool,
 }
@@ -230,6 +233,19 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Answer, Clo
         .get("x-connectfi-token")
         .and_then(|v| v.to_str().ok())
         .map(String::from);
+    let common = lock(&inner.faults).common.clone();
+    match common.apply().await {
+        super::Fault::Drop => return Err(CloseConnection),
+        super::Fault::Error => {
+            return Ok(envelope(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "503",
+                "unavailable",
+                None,
+            ))
+        }
+        super::Fault::None => {}
+    }
     let body = match http::read_body(req, 16 * 1024).await {
         Ok(b) => b,
         Err(a) => return Ok(a),

@@ -3,8 +3,9 @@
 //! exactly one payment identifier and one rejection reason identifier, only
 //! DRAFT payments rejected, and the `{"status": {...}, "data"}` envelope.
 //!
-//! Fault knobs: the next N rejects answered 500, "apply the change, then
-//! drop the connection", and expiring every token now.
+//! Fault knobs: latency, a 5xx rate, dropped connections, the next N
+//! rejects answered 500, "apply the change, then drop the connection", and
+//! expiring every token now.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,6 +24,8 @@ use crate::provider::crm::{PAYMENT_IDS, REASON_IDS};
 
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
+    /// Latency, a 5xx rate and dropped connections.
+    pub common: super::CommonFaults,
     pub fail_next: u32,
     pub apply_then_drop: bool,
 }
@@ -179,6 +182,17 @@ fn one(v: &serde_json::Value, allowed: &[&str]) -> Result<(String, String), Stri
 
 async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Answer, CloseConnection> {
     let path = req.uri().path().to_string();
+    let common = lock(&inner.faults).common.clone();
+    match common.apply().await {
+        super::Fault::Drop => return Err(CloseConnection),
+        super::Fault::Error => {
+            return Ok(http::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status": {"code": "UNAVAILABLE"}}),
+            ))
+        }
+        super::Fault::None => {}
+    }
     let body = match http::read_body(req, 16 * 1024).await {
         Ok(b) => b,
         Err(a) => return Ok(a),

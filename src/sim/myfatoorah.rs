@@ -43,6 +43,21 @@ pub struct Faults {
     pub apply_then_drop: bool,
     /// The next update is applied, then its answer never comes.
     pub apply_then_hang: bool,
+    /// How webhooks for applied changes are delivered.
+    pub webhooks: WebhookMode,
+}
+
+/// Webhook faults, as the ConnPay sandbox has for its callbacks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WebhookMode {
+    #[default]
+    Normal,
+    /// Each webhook is sent twice.
+    Duplicate,
+    /// The change's webhook, then a stale AUTHORIZE one.
+    OutOfOrder,
+    /// No webhook is sent.
+    Never,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +80,7 @@ struct Inner {
     /// Where webhooks go: URL, secret, version (1 or 2).
     webhook: Mutex<Option<(String, String, u8)>>,
     webhooks_acked: AtomicU64,
+    webhook_events: AtomicU64,
     client: reqwest::Client,
     tasks: TaskTracker,
 }
@@ -93,6 +109,7 @@ impl MyfatoorahSim {
             cancel: cancel.clone(),
             webhook: Mutex::new(None),
             webhooks_acked: AtomicU64::new(0),
+            webhook_events: AtomicU64::new(0),
             client: reqwest::Client::new(),
             tasks: TaskTracker::new(),
         });
@@ -395,14 +412,30 @@ async fn update(
         }
         sim.inv.clone()
     };
-    if lock(&inner.webhook).is_some() {
+    if lock(&inner.webhook).is_some() && faults.webhooks != WebhookMode::Never {
         let (i, inv) = (inner.clone(), answer.clone());
+        let mut sends = vec![inv.clone()];
+        match faults.webhooks {
+            WebhookMode::Duplicate => sends.push(inv.clone()),
+            WebhookMode::OutOfOrder => {
+                let mut stale = inv.clone();
+                stale.invoice_transactions.truncate(1);
+                sends.push(stale);
+            }
+            _ => {}
+        }
         inner.tasks.spawn(async move {
-            for _ in 0..5 {
-                if send_webhook(&i, &inv).await == Some(200) {
+            for inv in sends {
+                let Some(event) = webhook_event(&i, &inv) else {
                     return;
+                };
+                // Re-sent, same event, until acknowledged (MyFatoorah: up to 5 times).
+                for _ in 0..5 {
+                    if deliver(&i, &event).await == Some(200) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
     }
@@ -458,15 +491,25 @@ fn webhook_body(inv: &Invoice, version: u8, secret: &str, n: u64) -> (serde_json
     (body, sig)
 }
 
-async fn send_webhook(inner: &Inner, inv: &Invoice) -> Option<u16> {
+/// One webhook event: where it goes, its body and signature. Its
+/// `Event.Reference` is new for each event and kept across re-sends.
+fn webhook_event(inner: &Inner, inv: &Invoice) -> Option<(String, serde_json::Value, String)> {
     let (url, secret, version) = lock(&inner.webhook).clone()?;
-    let n = inner.webhooks_acked.load(Ordering::SeqCst) + inv.invoice_transactions.len() as u64;
+    let n = inner.webhook_events.fetch_add(1, Ordering::SeqCst) + 1;
     let (body, sig) = webhook_body(inv, version, &secret, n);
+    Some((url, body, sig))
+}
+
+/// Delivers an event once; the receiver's status.
+async fn deliver(
+    inner: &Inner,
+    (url, body, sig): &(String, serde_json::Value, String),
+) -> Option<u16> {
     let status = inner
         .client
         .post(url)
         .header("MyFatoorah-Signature", sig)
-        .json(&body)
+        .json(body)
         .send()
         .await
         .ok()?
@@ -476,4 +519,9 @@ async fn send_webhook(inner: &Inner, inv: &Invoice) -> Option<u16> {
         inner.webhooks_acked.fetch_add(1, Ordering::SeqCst);
     }
     Some(status)
+}
+
+async fn send_webhook(inner: &Inner, inv: &Invoice) -> Option<u16> {
+    let event = webhook_event(inner, inv)?;
+    deliver(inner, &event).await
 }

@@ -3,7 +3,8 @@
 //! field required, `{"success": true}` on success and RFC 7807 problem
 //! documents on error. It records each status change it applies.
 //!
-//! Fault knobs: latency, the next N updates answered 500, and "apply the
+//! Fault knobs: latency, a 5xx rate, dropped connections, the next N
+//! updates answered 500 or refused with a 400 problem, and "apply the
 //! change, then drop the connection before answering".
 
 use std::collections::HashMap;
@@ -22,7 +23,8 @@ use crate::http::{self, Answer, CloseConnection};
 
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
-    pub latency_ms: u64,
+    /// Latency, a 5xx rate and dropped connections.
+    pub common: super::CommonFaults,
     pub fail_next: u32,
     pub apply_then_drop: bool,
     /// The next update is refused with a 400 problem about its status.
@@ -148,8 +150,16 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Answer, Clo
         .and_then(|v| v.to_str().ok())
         .map(String::from);
     let faults = lock(&inner.faults).clone();
-    if faults.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+    match faults.common.apply().await {
+        super::Fault::Drop => return Err(CloseConnection),
+        super::Fault::Error => {
+            return Ok(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "An error occurred.",
+                None,
+            ))
+        }
+        super::Fault::None => {}
     }
     let body = match http::read_body(req, 16 * 1024).await {
         Ok(b) => b,
