@@ -528,12 +528,7 @@ impl Config {
         let connpay = match &file.providers.connpay {
             Some(c) => {
                 let p = "providers.connpay";
-                if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
-                    return Err(err(
-                        &format!("{p}.base_url"),
-                        format!("`{}` is not an http(s) URL", c.base_url),
-                    ));
-                }
+                check_url(&c.base_url, p, &err)?;
                 validate_polling(&c.polling, &format!("{p}.polling"), &err)?;
                 Some(Connpay {
                     base_url: c.base_url.trim_end_matches('/').to_string(),
@@ -546,12 +541,7 @@ impl Config {
         let myfatoorah = match &file.providers.myfatoorah {
             Some(c) => {
                 let p = "providers.myfatoorah";
-                if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
-                    return Err(err(
-                        &format!("{p}.base_url"),
-                        format!("`{}` is not an http(s) URL", c.base_url),
-                    ));
-                }
+                check_url(&c.base_url, p, &err)?;
                 validate_polling(&c.polling, &format!("{p}.polling"), &err)?;
                 Some(Myfatoorah {
                     base_url: c.base_url.trim_end_matches('/').to_string(),
@@ -568,12 +558,7 @@ impl Config {
         let rest_status = match &file.providers.rest_status {
             Some(c) => {
                 let p = "providers.rest_status";
-                if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
-                    return Err(err(
-                        &format!("{p}.base_url"),
-                        format!("`{}` is not an http(s) URL", c.base_url),
-                    ));
-                }
+                check_url(&c.base_url, p, &err)?;
                 Some(RestStatus {
                     base_url: c.base_url.trim_end_matches('/').to_string(),
                     api_key: secret(&format!("{p}.api_key_env"), &c.api_key_env)?,
@@ -586,12 +571,7 @@ impl Config {
         let (connectfi, connectfi_url) = match &file.providers.connectfi {
             Some(c) => {
                 let p = "providers.connectfi";
-                if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
-                    return Err(err(
-                        &format!("{p}.base_url"),
-                        format!("`{}` is not an http(s) URL", c.base_url),
-                    ));
-                }
+                check_url(&c.base_url, p, &err)?;
                 if !c.login_path.starts_with('/') {
                     return Err(err(&format!("{p}.login_path"), "must start with /".into()));
                 }
@@ -616,12 +596,7 @@ impl Config {
         let (crm, crm_url) = match &file.providers.crm {
             Some(c) => {
                 let p = "providers.crm";
-                if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
-                    return Err(err(
-                        &format!("{p}.base_url"),
-                        format!("`{}` is not an http(s) URL", c.base_url),
-                    ));
-                }
+                check_url(&c.base_url, p, &err)?;
                 if !c.login_path.starts_with('/') {
                     return Err(err(&format!("{p}.login_path"), "must start with /".into()));
                 }
@@ -655,6 +630,22 @@ impl Config {
             crm,
             crm_url,
         })
+    }
+}
+
+/// A provider's `base_url` must be an http(s) URL.
+fn check_url(
+    url: &str,
+    section: &str,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(err(
+            &format!("{section}.base_url"),
+            format!("`{url}` is not an http(s) URL"),
+        ))
     }
 }
 

@@ -126,22 +126,6 @@ impl Mf {
     }
 }
 
-/// Waits until an action is final or unknown, and returns it.
-async fn settled(admin: &AdminClient, id: &str) -> Action {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let a = admin.get_action(id).await.unwrap();
-        if a.state.is_final() || a.state == ActionState::Unknown {
-            return a;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "action never settled: {a:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-}
-
 async fn track(admin: &AdminClient, id: i64, value: i64) -> String {
     let req = TrackRequest {
         provider: "myfatoorah".into(),

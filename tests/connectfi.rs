@@ -79,18 +79,7 @@ impl Cfi {
     }
 
     async fn settled(&self, id: &str) -> Action {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let a = self.admin.get_action(id).await.unwrap();
-            if a.state.is_final() || a.state == ActionState::Unknown {
-                return a;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "never settled: {a:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        settled(&self.admin, id).await
     }
 
     async fn stop(mut self) {

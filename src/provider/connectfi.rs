@@ -231,15 +231,7 @@ impl Connectfi {
             .json(body)
             .send()
             .await
-            .map_err(|e| {
-                let connect = e.is_connect();
-                let m = e.without_url().to_string();
-                if connect {
-                    SendError::NotSent(m)
-                } else {
-                    SendError::Ambiguous(m)
-                }
-            })
+            .map_err(super::send_error)
     }
 }
 

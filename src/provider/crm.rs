@@ -186,15 +186,7 @@ impl Crm {
             .json(body)
             .send()
             .await
-            .map_err(|e| {
-                let connect = e.is_connect();
-                let m = e.without_url().to_string();
-                if connect {
-                    SendError::NotSent(m)
-                } else {
-                    SendError::Ambiguous(m)
-                }
-            })?;
+            .map_err(super::send_error)?;
         let code = resp.status();
         if code.is_server_error() {
             return Err(SendError::Retryable(format!("HTTP {code}")));

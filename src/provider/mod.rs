@@ -66,6 +66,18 @@ pub struct RawCallback<'a> {
     pub header: &'a (dyn Fn(&str) -> Option<String> + Sync),
 }
 
+/// Sorts a transport error of an action request: a request that never left
+/// may be sent again; anything after it left may have been applied.
+pub fn send_error(e: reqwest::Error) -> SendError {
+    let connect = e.is_connect();
+    let msg = e.without_url().to_string();
+    if connect {
+        SendError::NotSent(msg)
+    } else {
+        SendError::Ambiguous(msg)
+    }
+}
+
 /// For callbacks that carry no headers worth reading (tests, benchmarks).
 pub fn no_headers(_: &str) -> Option<String> {
     None

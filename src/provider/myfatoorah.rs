@@ -475,12 +475,12 @@ impl Provider for Myfatoorah {
                 .json(&body)
                 .send()
                 .await
-                .map_err(classify)?;
+                .map_err(super::send_error)?;
             let status = resp.status();
             if status.is_server_error() {
                 return Err(SendError::Retryable(format!("HTTP {status}")));
             }
-            let bytes = resp.bytes().await.map_err(classify)?;
+            let bytes = resp.bytes().await.map_err(super::send_error)?;
             let env: Envelope<Invoice> =
                 serde_json::from_slice(&bytes).map_err(|e| SendError::Final {
                     message: format!("HTTP {status}: unreadable answer: {e}"),
@@ -535,19 +535,6 @@ impl Provider for Myfatoorah {
                 Ok((Confirmation::NotApplied, vec![report]))
             }
         }))
-    }
-}
-
-/// Sorts a transport error: was the request possibly received?
-fn classify(e: reqwest::Error) -> SendError {
-    let connect = e.is_connect();
-    let msg = e.without_url().to_string();
-    if connect {
-        SendError::NotSent(msg)
-    } else {
-        // Timeouts, resets and truncated answers after the request left:
-        // the provider may have applied it.
-        SendError::Ambiguous(msg)
     }
 }
 

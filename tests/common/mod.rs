@@ -147,6 +147,23 @@ pub fn track_request(t: &NewTransfer) -> TrackRequest {
     }
 }
 
+/// Waits until an action is final or unknown, and returns it.
+pub async fn settled(admin: &AdminClient, id: &str) -> payrecon::action::Action {
+    use payrecon::action::ActionState;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let a = admin.get_action(id).await.unwrap();
+        if a.state.is_final() || a.state == ActionState::Unknown {
+            return a;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "action never settled: {a:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits until `cond` holds, checking every few milliseconds.
 pub async fn wait_until<F, Fut>(what: &str, mut cond: F)
 where
