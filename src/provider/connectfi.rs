@@ -12,14 +12,13 @@
 //! lost is parked as unknown.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
 
 use super::{
-    lookup_key, BoxFuture, CallbackError, InquiryError, Provider, RawCallback, Report, Sent,
-    TrackKeys,
+    lookup_key, post_login, BoxFuture, CallbackError, InquiryError, Provider, RawCallback, Report,
+    Sent, TokenCache, TrackKeys,
 };
 use crate::action::{ActionCheck, ActionRequest, SendError};
 use crate::config::{PollingConfig, Secret};
@@ -143,8 +142,7 @@ pub struct Connectfi {
     login: Login,
     polling: PollingConfig,
     client: reqwest::Client,
-    /// The current token and when payrecon treats it as expired.
-    token: Mutex<Option<(Secret, Instant)>>,
+    token: TokenCache,
 }
 
 impl Connectfi {
@@ -162,62 +160,43 @@ impl Connectfi {
                 ..PollingConfig::default()
             },
             client,
-            token: Mutex::new(None),
+            token: TokenCache::default(),
         }
     }
 
     /// A valid token: the cached one, or a new one from `/auth/get-token`.
     async fn token(&self, renew: bool) -> Result<Secret, SendError> {
-        let mut cached = self.token.lock().await;
-        if let Some((t, until)) = cached.as_ref() {
-            if !renew && Instant::now() < *until {
-                return Ok(t.clone());
-            }
-        }
-        let mut body = serde_json::Map::new();
-        body.insert(
-            self.login.client_id_field.clone(),
-            self.login.client_id.expose().into(),
-        );
-        body.insert(
-            self.login.client_secret_field.clone(),
-            self.login.client_secret.expose().into(),
-        );
-        let resp = self
-            .client
-            .post(format!("{}{}", self.base_url, self.login.path))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| SendError::NotSent(format!("log-in: {}", e.without_url())))?;
-        let status = resp.status();
-        if status.is_server_error() {
-            return Err(SendError::NotSent(format!("log-in: HTTP {status}")));
-        }
-        let env: Envelope = resp.json().await.map_err(|e| {
-            SendError::NotSent(format!("log-in: unreadable answer: {}", e.without_url()))
-        })?;
-        let data = env.data.unwrap_or_default();
-        let Some(token) = data["token"].as_str().filter(|_| env.code == "0") else {
-            tracing::error!(alert = "provider_login_failed", provider = %ID, code = %env.code, "connectFi log-in refused; check the client id and secret");
-            return Err(SendError::Final {
-                message: format!(
-                    "connectFi log-in refused: code {} {}",
-                    env.code,
-                    env.message.unwrap_or_default()
+        let log_in = async {
+            let url = format!("{}{}", self.base_url, self.login.path);
+            let fields = [
+                (self.login.client_id_field.as_str(), &self.login.client_id),
+                (
+                    self.login.client_secret_field.as_str(),
+                    &self.login.client_secret,
                 ),
-                details: None,
-            });
+            ];
+            let answer = post_login(&self.client, &url, fields).await?;
+            let env: Envelope = serde_json::from_value(answer)
+                .map_err(|e| SendError::NotSent(format!("log-in: unreadable answer: {e}")))?;
+            let data = env.data.unwrap_or_default();
+            let Some(token) = data["token"].as_str().filter(|_| env.code == "0") else {
+                tracing::error!(alert = "provider_login_failed", provider = %ID, code = %env.code, "connectFi log-in refused; check the client id and secret");
+                return Err(SendError::Final {
+                    message: format!(
+                        "connectFi log-in refused: code {} {}",
+                        env.code,
+                        env.message.unwrap_or_default()
+                    ),
+                    details: None,
+                });
+            };
+            let ttl = data["expiresIn"]
+                .as_u64()
+                .map(Duration::from_secs)
+                .unwrap_or(self.login.default_ttl);
+            Ok((Secret::new(token), ttl))
         };
-        // Renew a little early so a token never expires in flight.
-        let ttl = data["expiresIn"]
-            .as_u64()
-            .map(Duration::from_secs)
-            .unwrap_or(self.login.default_ttl);
-        let until = Instant::now() + ttl.saturating_sub(ttl / 10);
-        let t = Secret::new(token);
-        *cached = Some((t.clone(), until));
-        Ok(t)
+        self.token.get(renew, log_in).await
     }
 
     async fn set_status(

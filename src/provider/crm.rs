@@ -13,14 +13,13 @@
 //! lost is parked as unknown.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
 
 use super::{
-    lookup_key, BoxFuture, CallbackError, InquiryError, Provider, RawCallback, Report, Sent,
-    TrackKeys,
+    lookup_key, post_login, BoxFuture, CallbackError, InquiryError, Provider, RawCallback, Report,
+    Sent, TokenCache, TrackKeys,
 };
 use crate::action::{ActionCheck, ActionRequest, SendError};
 use crate::config::{PollingConfig, Secret};
@@ -106,7 +105,7 @@ pub struct Crm {
     login: Login,
     polling: PollingConfig,
     client: reqwest::Client,
-    token: Mutex<Option<(Secret, Instant)>>,
+    token: TokenCache,
 }
 
 impl Crm {
@@ -124,56 +123,31 @@ impl Crm {
                 ..PollingConfig::default()
             },
             client,
-            token: Mutex::new(None),
+            token: TokenCache::default(),
         }
     }
 
     async fn token(&self, renew: bool) -> Result<Secret, SendError> {
-        let mut cached = self.token.lock().await;
-        if let Some((t, until)) = cached.as_ref() {
-            if !renew && Instant::now() < *until {
-                return Ok(t.clone());
-            }
-        }
-        let mut body = serde_json::Map::new();
-        body.insert(
-            self.login.username_field.clone(),
-            self.login.username.expose().into(),
-        );
-        body.insert(
-            self.login.password_field.clone(),
-            self.login.password.expose().into(),
-        );
-        let resp = self
-            .client
-            .post(format!("{}{}", self.base_url, self.login.path))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| SendError::NotSent(format!("log-in: {}", e.without_url())))?;
-        if resp.status().is_server_error() {
-            return Err(SendError::NotSent(format!(
-                "log-in: HTTP {}",
-                resp.status()
-            )));
-        }
-        let env: Envelope = resp.json().await.map_err(|e| {
-            SendError::NotSent(format!("log-in: unreadable answer: {}", e.without_url()))
-        })?;
-        let data = env.data.unwrap_or_default();
-        let Some(token) = data["token"].as_str().filter(|_| env.status.code == "OK") else {
-            tracing::error!(alert = "provider_login_failed", provider = %ID, code = %env.status.code, "CRM.COM log-in refused; check the credentials");
-            return Err(SendError::Final {
-                message: format!("CRM.COM log-in refused: {}", env.status.code),
-                details: None,
-            });
+        let log_in = async {
+            let url = format!("{}{}", self.base_url, self.login.path);
+            let fields = [
+                (self.login.username_field.as_str(), &self.login.username),
+                (self.login.password_field.as_str(), &self.login.password),
+            ];
+            let answer = post_login(&self.client, &url, fields).await?;
+            let env: Envelope = serde_json::from_value(answer)
+                .map_err(|e| SendError::NotSent(format!("log-in: unreadable answer: {e}")))?;
+            let data = env.data.unwrap_or_default();
+            let Some(token) = data["token"].as_str().filter(|_| env.status.code == "OK") else {
+                tracing::error!(alert = "provider_login_failed", provider = %ID, code = %env.status.code, "CRM.COM log-in refused; check the credentials");
+                return Err(SendError::Final {
+                    message: format!("CRM.COM log-in refused: {}", env.status.code),
+                    details: None,
+                });
+            };
+            Ok((Secret::new(token), self.login.ttl))
         };
-        let t = Secret::new(token);
-        *cached = Some((
-            t.clone(),
-            Instant::now() + self.login.ttl.saturating_sub(self.login.ttl / 10),
-        ));
-        Ok(t)
+        self.token.get(renew, log_in).await
     }
 
     async fn reject(

@@ -78,6 +78,63 @@ pub fn send_error(e: reqwest::Error) -> SendError {
     }
 }
 
+/// A provider's log-in token, shared by its requests and renewed a tenth
+/// of its lifetime early, so a token never expires in flight.
+#[derive(Default)]
+pub struct TokenCache {
+    slot: tokio::sync::Mutex<Option<(crate::config::Secret, std::time::Instant)>>,
+}
+
+impl TokenCache {
+    /// The cached token, or (when there is none, it expired, or `renew`)
+    /// the one `log_in` returns with its lifetime. `log_in` runs only then.
+    pub async fn get<F>(&self, renew: bool, log_in: F) -> Result<crate::config::Secret, SendError>
+    where
+        F: Future<Output = Result<(crate::config::Secret, std::time::Duration), SendError>>,
+    {
+        let mut slot = self.slot.lock().await;
+        if let Some((t, until)) = slot.as_ref() {
+            if !renew && std::time::Instant::now() < *until {
+                return Ok(t.clone());
+            }
+        }
+        let (t, ttl) = log_in.await?;
+        *slot = Some((
+            t.clone(),
+            std::time::Instant::now() + ttl.saturating_sub(ttl / 10),
+        ));
+        Ok(t)
+    }
+}
+
+/// Posts a log-in body of credential fields and returns the JSON answer.
+/// A transport error or a 5xx means nothing was sent for the action yet.
+pub async fn post_login(
+    client: &reqwest::Client,
+    url: &str,
+    fields: [(&str, &crate::config::Secret); 2],
+) -> Result<serde_json::Value, SendError> {
+    let body: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.expose().into()))
+        .collect();
+    let resp = client
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| SendError::NotSent(format!("log-in: {}", e.without_url())))?;
+    if resp.status().is_server_error() {
+        return Err(SendError::NotSent(format!(
+            "log-in: HTTP {}",
+            resp.status()
+        )));
+    }
+    resp.json()
+        .await
+        .map_err(|e| SendError::NotSent(format!("log-in: unreadable answer: {}", e.without_url())))
+}
+
 /// For callbacks that carry no headers worth reading (tests, benchmarks).
 pub fn no_headers(_: &str) -> Option<String> {
     None
