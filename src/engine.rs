@@ -314,8 +314,8 @@ impl Engine {
             }
         };
         let store = self.store.clone();
-        let rec = record.clone();
-        let ingested = tokio::task::spawn_blocking(move || store.ingest_callback(&rec))
+        let match_key = record.match_key.clone();
+        let ingested = tokio::task::spawn_blocking(move || store.ingest_callback(&record))
             .await
             .map_err(|_| StoreError::Closed)??;
         match &ingested {
@@ -342,7 +342,7 @@ impl Engine {
                 }
             }
             Ingested::Orphaned => {
-                tracing::info!(provider = %pid, match_key = %record.match_key, "callback for an unknown payment kept as orphan");
+                tracing::info!(provider = %pid, match_key = %match_key, "callback for an unknown payment kept as orphan");
             }
             Ingested::Duplicate => {}
         }

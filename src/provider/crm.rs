@@ -17,15 +17,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    lookup_key, post_login, BoxFuture, CallbackError, InquiryError, Provider, RawCallback, Report,
-    Sent, TokenCache, TrackKeys,
-};
+use super::{lookup_key, post_login, BoxFuture, Provider, Report, Sent, TokenCache, TrackKeys};
 use crate::action::{ActionCheck, ActionRequest, SendError};
 use crate::config::{PollingConfig, Secret};
 use crate::model::{Keys, Payment, ProviderId, Source};
 use crate::state::State;
-use crate::store::CallbackRecord;
 
 const ID: ProviderId = ProviderId::Crm;
 
@@ -205,28 +201,6 @@ impl Provider for Crm {
         PAYMENT_IDS
             .contains(&name)
             .then(|| lookup_key(ID, name, value))
-    }
-
-    fn secret_keys(&self) -> &'static [&'static str] {
-        &[]
-    }
-
-    fn inquire<'a>(&'a self, _payment: &'a Payment) -> BoxFuture<'a, Result<Report, InquiryError>> {
-        Box::pin(async {
-            Err(InquiryError::Invalid(
-                "no CRM.COM status inquiry is configured".into(),
-            ))
-        })
-    }
-
-    fn parse_callback(
-        &self,
-        _raw: &RawCallback<'_>,
-        _received_ms: u64,
-    ) -> Result<CallbackRecord, CallbackError> {
-        Err(CallbackError::Malformed(
-            "CRM.COM sends no callbacks that payrecon reads".into(),
-        ))
     }
 
     fn check_action(&self, payment: &Payment, req: &ActionRequest) -> Result<ActionCheck, String> {

@@ -160,19 +160,37 @@ pub trait Provider: Send + Sync + 'static {
     /// indexed by.
     fn lookup_by(&self, name: &str, value: &str) -> Option<String>;
 
-    /// Names of keys that must never be shown or logged.
-    fn secret_keys(&self) -> &'static [&'static str];
+    /// Names of keys that must never be shown or logged. None by default.
+    fn secret_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
 
     /// Asks the provider for the payment's status. The report's source is
     /// `Poll`; callers that reconcile set their own.
-    fn inquire<'a>(&'a self, payment: &'a Payment) -> BoxFuture<'a, Result<Report, InquiryError>>;
+    fn inquire<'a>(&'a self, payment: &'a Payment) -> BoxFuture<'a, Result<Report, InquiryError>> {
+        // Providers without a status inquiry also say `polls() == false`,
+        // so this is never asked of them.
+        let _ = payment;
+        Box::pin(async move {
+            Err(InquiryError::Invalid(format!(
+                "{} has no status inquiry",
+                self.id()
+            )))
+        })
+    }
 
     /// Reads and verifies a callback.
     fn parse_callback(
         &self,
         raw: &RawCallback<'_>,
         received_ms: u64,
-    ) -> Result<CallbackRecord, CallbackError>;
+    ) -> Result<CallbackRecord, CallbackError> {
+        let _ = (raw, received_ms);
+        Err(CallbackError::Malformed(format!(
+            "{} sends no callbacks that payrecon reads",
+            self.id()
+        )))
+    }
 
     /// Checks an action against the provider's rules before it is queued;
     /// an error is a local refusal and nothing is sent.

@@ -341,10 +341,6 @@ impl Provider for Myfatoorah {
             .then(|| lookup_key(ID, name, value))
     }
 
-    fn secret_keys(&self) -> &'static [&'static str] {
-        &[]
-    }
-
     fn inquire<'a>(&'a self, payment: &'a Payment) -> BoxFuture<'a, Result<Report, InquiryError>> {
         Box::pin(async move {
             let inv = self.status(payment).await?;

@@ -12,16 +12,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    lookup_key, BoxFuture, CallbackError, InquiryError, Provider, RawCallback, Report, Sent,
-    TrackKeys,
-};
+use super::{lookup_key, BoxFuture, Provider, Report, Sent, TrackKeys};
 pub use crate::action::Trust;
 use crate::action::{ActionCheck, ActionRequest, SendError};
 use crate::config::{PollingConfig, Secret, TrustSpelling};
 use crate::model::{Keys, Payment, ProviderId, Source};
 use crate::state::State;
-use crate::store::CallbackRecord;
 
 const ID: ProviderId = ProviderId::RestStatus;
 
@@ -157,28 +153,6 @@ impl Provider for RestStatus {
 
     fn lookup_by(&self, name: &str, value: &str) -> Option<String> {
         (name == "payment_id").then(|| lookup_key(ID, name, value))
-    }
-
-    fn secret_keys(&self) -> &'static [&'static str] {
-        &[]
-    }
-
-    fn inquire<'a>(&'a self, _payment: &'a Payment) -> BoxFuture<'a, Result<Report, InquiryError>> {
-        Box::pin(async {
-            Err(InquiryError::Invalid(
-                "the Update Payment Status API has no status inquiry".into(),
-            ))
-        })
-    }
-
-    fn parse_callback(
-        &self,
-        _raw: &RawCallback<'_>,
-        _received_ms: u64,
-    ) -> Result<CallbackRecord, CallbackError> {
-        Err(CallbackError::Malformed(
-            "the Update Payment Status API sends no callbacks".into(),
-        ))
     }
 
     fn check_action(&self, payment: &Payment, req: &ActionRequest) -> Result<ActionCheck, String> {
