@@ -70,6 +70,26 @@ pub struct FileConfig {
     pub providers: ProvidersConfig,
     #[serde(default)]
     pub actions: ActionsConfig,
+    #[serde(default)]
+    pub service: ServiceConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// How long SIGTERM waits for in-flight polls, actions, requests and
+    /// notifications before the store is flushed and the process exits.
+    /// Anything cut off is redone after a restart (it is all persisted).
+    #[serde(default = "d10s", deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            shutdown_grace: d10s(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -512,12 +532,38 @@ impl Config {
                 message,
             }
         };
+        // A secret is a systemd credential named like the variable
+        // (`$CREDENTIALS_DIRECTORY/NAME`, from LoadCredential=) or, failing
+        // that, the environment variable itself.
         let secret = |key: &str, var: &str| -> Result<Secret, ConfigError> {
+            if let Some(dir) = env.get("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) {
+                let path = Path::new(dir).join(var);
+                match std::fs::read_to_string(&path) {
+                    Ok(v) if !v.trim_end_matches(['\r', '\n']).is_empty() => {
+                        return Ok(Secret::new(v.trim_end_matches(['\r', '\n'])));
+                    }
+                    Ok(_) => {
+                        return Err(err(
+                            key,
+                            format!("credential `{}` is empty", path.display()),
+                        ))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(err(
+                            key,
+                            format!("cannot read credential `{}`: {e}", path.display()),
+                        ))
+                    }
+                }
+            }
             match env.get(var) {
                 Some(v) if !v.is_empty() => Ok(Secret::new(v.clone())),
                 _ => Err(err(
                     key,
-                    format!("environment variable `{var}` is not set or empty"),
+                    format!(
+                        "environment variable `{var}` is not set or empty (and no systemd credential `{var}`)"
+                    ),
                 )),
             }
         };
@@ -823,6 +869,30 @@ poll_interval_min = "3s"
         assert_eq!(e.key.as_deref(), Some("providers.connpay.control_key_env"));
         assert_eq!(e.line, Some(7));
         assert!(e.message.contains("CP_KEY"));
+    }
+
+    #[test]
+    fn secrets_come_from_systemd_credentials_before_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("CP_KEY"), "from-credential\n").unwrap();
+        let mut e = env();
+        e.insert(
+            "CREDENTIALS_DIRECTORY".into(),
+            dir.path().display().to_string(),
+        );
+        let c = Config::parse("c.toml", GOOD, &e).unwrap();
+        assert_eq!(c.connpay.unwrap().control_key.expose(), "from-credential");
+        // No credential file of that name: the environment variable.
+        std::fs::remove_file(dir.path().join("CP_KEY")).unwrap();
+        let c = Config::parse("c.toml", GOOD, &e).unwrap();
+        assert_eq!(c.connpay.unwrap().control_key.expose(), "k3y");
+        // An empty credential is an error naming the key.
+        std::fs::write(dir.path().join("CP_KEY"), "\n").unwrap();
+        let err = Config::parse("c.toml", GOOD, &e).unwrap_err();
+        assert_eq!(
+            err.key.as_deref(),
+            Some("providers.connpay.control_key_env")
+        );
     }
 
     #[test]

@@ -18,12 +18,8 @@ use crate::engine::Engine;
 use crate::model::ProviderId;
 use crate::provider::connpay::Connpay;
 use crate::provider::Provider;
+use crate::sdnotify::Notifier;
 use crate::store::{Store, StoreError};
-
-/// How long shutdown waits for in-flight polls and requests. Polls are
-/// bounded by the request timeout; anything cut off is redone after a
-/// restart because windows are persisted.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -68,6 +64,8 @@ pub struct Daemon {
     http_tasks: TaskTracker,
     cron: Option<JobScheduler>,
     store: Store,
+    notifier: Notifier,
+    grace: Duration,
 }
 
 /// Builds the configured providers.
@@ -179,7 +177,17 @@ pub async fn start(
         move |req| admin.clone().handle(req),
     ));
     let cron = start_cron(config, &engine).await?;
+    let notifier = Notifier::from_env();
+    if let Some(period) = notifier.watchdog() {
+        tokio::spawn(watchdog(
+            notifier.clone(),
+            engine.clone(),
+            period,
+            cancel.clone(),
+        ));
+    }
     tracing::info!(%callback_addr, %admin_addr, resumed_windows = resumed, store = %path.display(), "payrecon ready");
+    notifier.send("READY=1\nSTATUS=serving");
     Ok(Daemon {
         engine,
         callback_addr,
@@ -188,7 +196,36 @@ pub async fn start(
         http_tasks,
         cron,
         store,
+        notifier,
+        grace: config.file.service.shutdown_grace,
     })
+}
+
+/// Pings systemd's watchdog at half of `WatchdogSec`, but only after the
+/// scheduler loop has answered a ping of its own: a stuck or dead loop
+/// stops the pings and systemd restarts the service.
+async fn watchdog(
+    notifier: Notifier,
+    engine: Arc<Engine>,
+    period: Duration,
+    cancel: CancellationToken,
+) {
+    let half = period / 2;
+    let mut tick = tokio::time::interval(half);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match tokio::time::timeout(half, engine.scheduler().ping()).await {
+            Ok(true) => notifier.send("WATCHDOG=1"),
+            _ => tracing::error!(
+                alert = "scheduler_stalled",
+                "the poll scheduler did not answer; withholding the systemd watchdog ping"
+            ),
+        }
+    }
 }
 
 /// One cron job per provider that has a reconcile schedule. A run that is
@@ -243,13 +280,14 @@ impl Daemon {
     /// Waits for the cancellation token, then shuts down in order.
     pub async fn wait(mut self) {
         self.cancel.cancelled().await;
+        self.notifier.send("STOPPING=1\nSTATUS=shutting down");
         tracing::info!("shutting down");
         if let Some(mut c) = self.cron.take() {
             let _ = c.shutdown().await;
         }
         self.http_tasks.close();
         self.engine.tasks().close();
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let drained = tokio::time::timeout(self.grace, async {
             self.http_tasks.wait().await;
             self.engine.tasks().wait().await;
         })

@@ -36,6 +36,7 @@ pub mod model;
 pub mod outbound;
 pub mod provider;
 pub mod scheduler;
+pub mod sdnotify;
 pub mod sim;
 pub mod state;
 pub mod store;

@@ -16,8 +16,14 @@ use tokio_util::sync::CancellationToken;
 /// an id to the dispatch function (the payment's provider).
 #[derive(Clone)]
 pub struct Scheduler<T = ()> {
-    tx: mpsc::UnboundedSender<(String, T, Instant)>,
+    tx: mpsc::UnboundedSender<Msg<T>>,
     stats: Arc<Stats>,
+}
+
+enum Msg<T> {
+    Schedule(String, T, Instant),
+    /// Answered by the loop itself: proof that it is alive (the watchdog).
+    Ping(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Counters for liveness checks and metrics.
@@ -51,7 +57,17 @@ impl<T: Send + 'static> Scheduler<T> {
     /// Schedules (or moves) the deadline of `id`.
     pub fn schedule(&self, id: String, tag: T, at: Instant) {
         // Fails only once the task has ended, at shutdown: nothing to do then.
-        let _ = self.tx.send((id, tag, at));
+        let _ = self.tx.send(Msg::Schedule(id, tag, at));
+    }
+
+    /// Resolves once the scheduler loop has answered: it is alive and not
+    /// stuck. Returns false if the loop has ended.
+    pub async fn ping(&self) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::Ping(tx)).is_err() {
+            return false;
+        }
+        rx.await.is_ok()
     }
 
     pub fn stats(&self) -> &Stats {
@@ -60,7 +76,7 @@ impl<T: Send + 'static> Scheduler<T> {
 }
 
 async fn run<T, F>(
-    mut rx: mpsc::UnboundedReceiver<(String, T, Instant)>,
+    mut rx: mpsc::UnboundedReceiver<Msg<T>>,
     cancel: CancellationToken,
     dispatch: F,
     stats: Arc<Stats>,
@@ -88,11 +104,17 @@ async fn run<T, F>(
             biased;
             _ = cancel.cancelled() => break,
             msg = rx.recv() => {
-                let Some((id, tag, at)) = msg else { break };
-                insert(&mut queue, &mut index, id, tag, at);
+                let Some(msg) = msg else { break };
+                let mut take = |msg| match msg {
+                    Msg::Schedule(id, tag, at) => insert(&mut queue, &mut index, id, tag, at),
+                    Msg::Ping(reply) => {
+                        let _ = reply.send(());
+                    }
+                };
+                take(msg);
                 // Take whatever else is waiting in one go.
-                while let Ok((id, tag, at)) = rx.try_recv() {
-                    insert(&mut queue, &mut index, id, tag, at);
+                while let Ok(msg) = rx.try_recv() {
+                    take(msg);
                 }
             }
             _ = sleep_until(next), if next.is_some() => {

@@ -4,63 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use payrecon::client::AdminClient;
 use payrecon::model::Source;
 use payrecon::sim::connpay::{CallbackMode, NewTransfer, Script, Settle};
 use payrecon::state::{Decision, State};
 use tokio_util::sync::CancellationToken;
-
-/// A running daemon process; killed when dropped so a failing test leaves
-/// nothing behind.
-struct Daemon {
-    child: Child,
-    admin: AdminClient,
-    callback_url: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(config: &std::path::Path, logs: Arc<Mutex<Vec<String>>>) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_payrecon"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env(KEY_ENV, CONTROL_KEY)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("payrecon starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel::<serde_json::Value>();
-    let sink = logs.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if v["message"] == "payrecon ready" {
-                    let _ = tx.send(v);
-                }
-            }
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let ready = rx.recv_timeout(PATIENCE).expect("daemon logs ready");
-    let field = |k: &str| ready[k].as_str().unwrap().to_string();
-    Daemon {
-        admin: AdminClient::new(&format!("http://{}", field("admin_addr")), None),
-        callback_url: format!("http://{}/callback/connpay", field("callback_addr")),
-        child,
-    }
-}
 
 #[tokio::test]
 async fn sigkill_mid_window_then_restart_loses_nothing() {
@@ -80,7 +30,7 @@ async fn sigkill_mid_window_then_restart_loses_nothing() {
     .unwrap();
     let logs = Arc::new(Mutex::new(vec![]));
 
-    let d = spawn(&config, logs.clone());
+    let d = Process::spawn(&config, &[], logs.clone());
     sim.set_callback_url(&d.callback_url);
     let script = Script {
         settle: Settle::Manual,
@@ -168,7 +118,7 @@ async fn sigkill_mid_window_then_restart_loses_nothing() {
         .collect();
     drop(d);
 
-    let d = spawn(&config, logs.clone());
+    let d = Process::spawn(&config, &[], logs.clone());
     sim.set_callback_url(&d.callback_url);
     // Every callback acknowledged before the kill is there at once.
     for (id, _) in &settled {

@@ -6,8 +6,11 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use payrecon::admin::PaymentView;
@@ -192,4 +195,83 @@ pub fn callback_query(
 ) -> String {
     let control = payrecon::provider::connpay::control(status, orderid, client_orderid, key);
     format!("status={status}&type={kind}&orderid={orderid}&client_orderid={client_orderid}&merchant_order={client_orderid}&amount=10.00&currency=EUR&control={control}")
+}
+
+/// The real `payrecon` binary running `run --config`; killed when dropped
+/// so a failing test leaves nothing behind.
+pub struct Process {
+    pub child: Child,
+    pub admin: AdminClient,
+    pub callback_url: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Process {
+    /// Starts the binary with the ConnPay key and `env`, collects its JSON
+    /// log lines into `logs`, and returns once it has logged "ready".
+    pub fn spawn(
+        config: &std::path::Path,
+        env: &[(&str, &str)],
+        logs: Arc<Mutex<Vec<String>>>,
+    ) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_payrecon"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env(KEY_ENV, CONTROL_KEY)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("payrecon starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "payrecon ready" {
+                        let _ = tx.send(v);
+                    }
+                }
+                logs.lock().unwrap().push(line);
+            }
+        });
+        let ready = rx.recv_timeout(PATIENCE).expect("daemon logs ready");
+        let field = |k: &str| ready[k].as_str().unwrap().to_string();
+        Process {
+            admin: AdminClient::new(&format!("http://{}", field("admin_addr")), None),
+            callback_url: format!("http://{}/callback/connpay", field("callback_addr")),
+            child,
+        }
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, ...).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -s {name} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn exit_code(&mut self) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "process never exited"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
