@@ -211,10 +211,7 @@ impl Admin {
                     );
                 };
                 match self.engine.reconcile(pid).await {
-                    Ok(n) => http::json(
-                        StatusCode::OK,
-                        &serde_json::json!({"provider": pid, "swept": n}),
-                    ),
+                    Ok(report) => http::json(StatusCode::OK, &report),
                     Err(e) => engine_error(e),
                 }
             }
@@ -343,6 +340,7 @@ fn engine_error(e: EngineError) -> Answer {
         EngineError::BadRequest(m) => http::error(StatusCode::BAD_REQUEST, "invalid_request", &m),
         EngineError::ActionRefused(m) => http::error(StatusCode::BAD_REQUEST, "invalid_action", &m),
         EngineError::ActionConflict(m) => http::error(StatusCode::CONFLICT, "action_conflict", &m),
+        EngineError::Busy(m) => http::error(StatusCode::CONFLICT, "sweep_running", &m),
         EngineError::Callback(c) => {
             http::error(StatusCode::BAD_REQUEST, "invalid_request", &c.to_string())
         }

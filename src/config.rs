@@ -72,6 +72,130 @@ pub struct FileConfig {
     pub actions: ActionsConfig,
     #[serde(default)]
     pub service: ServiceConfig,
+    #[serde(default)]
+    pub circuit: CircuitConfig,
+}
+
+/// `[circuit]`: each provider gets its own breaker with these settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitConfig {
+    /// Transport errors or 5xx answers in a row that open the circuit.
+    #[serde(default = "default_circuit_failures")]
+    pub failures: u32,
+    /// How long an open circuit waits before one probe call.
+    #[serde(default = "d30s", deserialize_with = "duration")]
+    pub cool_down: Duration,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        CircuitConfig {
+            failures: default_circuit_failures(),
+            cool_down: d30s(),
+        }
+    }
+}
+
+fn default_circuit_failures() -> u32 {
+    5
+}
+fn d30s() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[providers.NAME.reconcile]`: the scheduled sweep of unfinished
+/// payments whose polling window has ended.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// Cron expression with seconds (`sec min hour day month weekday`).
+    /// Unset: no scheduled sweep (`payrecon reconcile` still works).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Status inquiries in flight at once during a sweep.
+    #[serde(default = "default_sweep_concurrency")]
+    pub concurrency: usize,
+    /// Status inquiries per second during a sweep (the provider's rate
+    /// limit, shared with nothing else).
+    #[serde(default = "default_sweep_rate")]
+    pub rate_per_sec: f64,
+    /// A payment still unfinished at this age raises `payment_stale` (once)
+    /// and from then on is asked every `stale_every`, not every run.
+    #[serde(default = "d1h", deserialize_with = "duration")]
+    pub stale_after: Duration,
+    #[serde(default = "d1h", deserialize_with = "duration")]
+    pub stale_every: Duration,
+    /// From this age on, it is asked every `late_every`.
+    #[serde(default = "d1d", deserialize_with = "duration")]
+    pub late_after: Duration,
+    #[serde(default = "d1d", deserialize_with = "duration")]
+    pub late_every: Duration,
+    /// From this age on, it is no longer swept (`reconcile_abandoned`).
+    #[serde(default = "d30d", deserialize_with = "duration")]
+    pub end_age: Duration,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            schedule: None,
+            concurrency: default_sweep_concurrency(),
+            rate_per_sec: default_sweep_rate(),
+            stale_after: d1h(),
+            stale_every: d1h(),
+            late_after: d1d(),
+            late_every: d1d(),
+            end_age: d30d(),
+        }
+    }
+}
+
+fn default_sweep_concurrency() -> usize {
+    4
+}
+fn default_sweep_rate() -> f64 {
+    5.0
+}
+fn d1h() -> Duration {
+    Duration::from_secs(3600)
+}
+fn d1d() -> Duration {
+    Duration::from_secs(86_400)
+}
+fn d30d() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+
+fn validate_reconcile(
+    r: &ReconcileConfig,
+    section: &str,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if let Some(cron) = &r.schedule {
+        if let Err(e) = cron_ok(cron) {
+            return Err(err(&format!("{section}.schedule"), e));
+        }
+    }
+    if r.concurrency == 0 {
+        return Err(err(
+            &format!("{section}.concurrency"),
+            "must be at least 1".into(),
+        ));
+    }
+    if !(r.rate_per_sec > 0.0 && r.rate_per_sec.is_finite()) {
+        return Err(err(
+            &format!("{section}.rate_per_sec"),
+            "must be more than zero".into(),
+        ));
+    }
+    if !(r.stale_after <= r.late_after && r.late_after <= r.end_age) {
+        return Err(err(
+            &format!("{section}.late_after"),
+            "ages must grow: stale_after <= late_after <= end_age".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -323,6 +447,18 @@ pub struct MyfatoorahConfig {
     /// by default every 10-15 s for 5 minutes, 8 in flight.
     #[serde(default = "myfatoorah_polling")]
     pub polling: PollingConfig,
+    /// `[providers.myfatoorah.reconcile]`. Slow by default: the inquiry
+    /// is rate-limited.
+    #[serde(default = "myfatoorah_reconcile")]
+    pub reconcile: ReconcileConfig,
+}
+
+fn myfatoorah_reconcile() -> ReconcileConfig {
+    ReconcileConfig {
+        concurrency: 2,
+        rate_per_sec: 2.0,
+        ..ReconcileConfig::default()
+    }
 }
 
 fn myfatoorah_polling() -> PollingConfig {
@@ -346,6 +482,9 @@ pub struct ConnpayConfig {
     /// `[providers.connpay.polling]`.
     #[serde(default)]
     pub polling: PollingConfig,
+    /// `[providers.connpay.reconcile]`.
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
 }
 
 /// How a provider is polled. Defaults are ConnPay's advice: every 3-5 s for
@@ -367,9 +506,6 @@ pub struct PollingConfig {
     /// One inquiry's whole time limit, retries included.
     #[serde(default = "d10s", deserialize_with = "duration")]
     pub request_timeout: Duration,
-    /// Cron expression (with seconds) for the reconciliation sweep.
-    #[serde(default)]
-    pub reconcile_schedule: Option<String>,
 }
 
 impl Default for PollingConfig {
@@ -381,7 +517,6 @@ impl Default for PollingConfig {
             poll_window_max: d3m(),
             max_in_flight: default_in_flight(),
             request_timeout: d10s(),
-            reconcile_schedule: None,
         }
     }
 }
@@ -423,7 +558,7 @@ fn d3m() -> Duration {
     Duration::from_secs(180)
 }
 
-/// Parses `250ms`, `3s`, `2m`, `1h`.
+/// Parses `250ms`, `3s`, `2m`, `1h`, `30d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -438,8 +573,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
         "h" => Ok(Duration::from_secs(n * 3600)),
+        "d" => Ok(Duration::from_secs(n * 86_400)),
         _ => Err(format!(
-            "`{s}` has unknown unit `{unit}` (use ms, s, m or h)"
+            "`{s}` has unknown unit `{unit}` (use ms, s, m, h or d)"
         )),
     }
 }
@@ -576,6 +712,7 @@ impl Config {
                 let p = "providers.connpay";
                 check_url(&c.base_url, p, &err)?;
                 validate_polling(&c.polling, &format!("{p}.polling"), &err)?;
+                validate_reconcile(&c.reconcile, &format!("{p}.reconcile"), &err)?;
                 Some(Connpay {
                     base_url: c.base_url.trim_end_matches('/').to_string(),
                     control_key: secret(&format!("{p}.control_key_env"), &c.control_key_env)?,
@@ -589,6 +726,7 @@ impl Config {
                 let p = "providers.myfatoorah";
                 check_url(&c.base_url, p, &err)?;
                 validate_polling(&c.polling, &format!("{p}.polling"), &err)?;
+                validate_reconcile(&c.reconcile, &format!("{p}.reconcile"), &err)?;
                 Some(Myfatoorah {
                     base_url: c.base_url.trim_end_matches('/').to_string(),
                     token: secret(&format!("{p}.token_env"), &c.token_env)?,
@@ -679,6 +817,25 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The engine's settings from this config.
+    pub fn engine_settings(&self) -> crate::engine::Settings {
+        use crate::model::ProviderId;
+        let mut reconcile = HashMap::new();
+        if let Some(c) = &self.file.providers.connpay {
+            reconcile.insert(ProviderId::Connpay, c.reconcile.clone());
+        }
+        if let Some(c) = &self.file.providers.myfatoorah {
+            reconcile.insert(ProviderId::Myfatoorah, c.reconcile.clone());
+        }
+        crate::engine::Settings {
+            action_deadline: self.file.actions.deadline,
+            circuit: self.file.circuit.clone(),
+            reconcile,
+        }
+    }
+}
+
 /// A provider's `base_url` must be an http(s) URL.
 fn check_url(
     url: &str,
@@ -723,11 +880,6 @@ fn validate_polling(
             &format!("{section}.max_in_flight"),
             "must be at least 1".into(),
         ));
-    }
-    if let Some(cron) = &p.reconcile_schedule {
-        if let Err(e) = cron_ok(cron) {
-            return Err(err(&format!("{section}.reconcile_schedule"), e));
-        }
     }
     Ok(())
 }
@@ -900,6 +1052,7 @@ poll_interval_min = "3s"
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("5").is_err());
-        assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert!(parse_duration("5w").is_err());
     }
 }

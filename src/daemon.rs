@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 use crate::model::ProviderId;
 use crate::provider::connpay::Connpay;
 use crate::provider::Provider;
@@ -131,7 +131,7 @@ pub async fn start(
     let engine = Engine::start(
         store.clone(),
         providers(config),
-        config.file.actions.deadline,
+        config.engine_settings(),
         cancel.clone(),
     );
     let resumed = engine.resume().map_err(|source| DaemonError::Store {
@@ -234,36 +234,28 @@ async fn start_cron(
     config: &Config,
     engine: &Arc<Engine>,
 ) -> Result<Option<JobScheduler>, DaemonError> {
-    let mut jobs = vec![];
-    if let Some(c) = &config.connpay {
-        if let Some(expr) = &c.polling.reconcile_schedule {
-            jobs.push((ProviderId::Connpay, expr.clone()));
-        }
-    }
-    if let Some(c) = &config.myfatoorah {
-        if let Some(expr) = &c.polling.reconcile_schedule {
-            jobs.push((ProviderId::Myfatoorah, expr.clone()));
-        }
-    }
+    let mut jobs: Vec<(ProviderId, String)> = config
+        .engine_settings()
+        .reconcile
+        .into_iter()
+        .filter_map(|(pid, r)| Some((pid, r.schedule?)))
+        .collect();
+    jobs.sort_by_key(|(p, _)| p.code());
     if jobs.is_empty() {
         return Ok(None);
     }
     let cron_err = |e: tokio_cron_scheduler::JobSchedulerError| DaemonError::Cron(e.to_string());
     let sched = JobScheduler::new().await.map_err(cron_err)?;
     for (pid, expr) in jobs {
-        let running = Arc::new(tokio::sync::Mutex::new(()));
         let engine = Arc::downgrade(engine);
         let job = Job::new_async(expr.as_str(), move |_id, _l| {
             let engine = engine.clone();
-            let running = running.clone();
             Box::pin(async move {
-                let Ok(_guard) = running.try_lock() else {
-                    tracing::warn!(provider = %pid, "previous reconciliation still running; skipped");
-                    return;
-                };
                 if let Some(engine) = engine.upgrade() {
+                    // The sweep itself refuses to overlap a running one.
                     match engine.reconcile(pid).await {
-                        Ok(n) => tracing::info!(provider = %pid, swept = n, "reconciliation sweep done"),
+                        Ok(_) => {}
+                        Err(EngineError::Busy(m)) => tracing::warn!(provider = %pid, "{m}; this run is skipped"),
                         Err(e) => tracing::error!(provider = %pid, error = %e, "reconciliation sweep failed"),
                     }
                 }

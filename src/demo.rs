@@ -39,6 +39,8 @@ pub struct LoopbackConfig {
     pub log_format: String,
     /// Extra lines for the `[admin]` table.
     pub admin_extra: String,
+    /// Extra tables appended at the end (`[circuit]`, ...).
+    pub tail: String,
     /// Environment variable that holds the control key.
     pub key_env: String,
 }
@@ -53,6 +55,7 @@ impl Default for LoopbackConfig {
             request_timeout: "2s".into(),
             log_format: "text".into(),
             admin_extra: String::new(),
+            tail: String::new(),
             key_env: KEY_ENV.into(),
         }
     }
@@ -88,7 +91,10 @@ poll_window_min = "{w0}"
 poll_window_max = "{w1}"
 max_in_flight = {max_in_flight}
 request_timeout = "{request_timeout}"
+
+{tail}
 "#,
+            tail = self.tail,
             store = store.display(),
             admin_extra = self.admin_extra,
             log_format = self.log_format,

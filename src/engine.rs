@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::circuit::Breaker;
+use crate::config::{CircuitConfig, ReconcileConfig};
 use crate::model::{now_ms, Keys, Payment, PollWindow, ProviderId, Source};
 use crate::provider::{CallbackError, InquiryError, Provider, RawCallback};
 use crate::scheduler::Scheduler;
@@ -35,6 +37,18 @@ pub enum EngineError {
     /// Another action holds what this one needs.
     #[error("{0}")]
     ActionConflict(String),
+    /// A sweep of this provider is already running.
+    #[error("{0}")]
+    Busy(String),
+}
+
+/// What the engine needs from the config besides the providers.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub action_deadline: Duration,
+    pub circuit: CircuitConfig,
+    /// Per provider; providers without an entry use the defaults.
+    pub reconcile: HashMap<ProviderId, ReconcileConfig>,
 }
 
 /// A request to track a payment (the body of `POST /v1/payments`).
@@ -49,6 +63,60 @@ pub struct TrackRequest {
     pub currency: Option<String>,
 }
 
+/// What one sweep did (the answer of `POST /v1/reconcile/{provider}`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SweepReport {
+    pub provider: String,
+    /// Unfinished payments whose window has ended.
+    pub candidates: usize,
+    /// Of those, asked in this run.
+    pub asked: usize,
+    /// Answers that moved a state (each is also drift).
+    pub changed: usize,
+    /// Payments reported as drift: a missed change, or unknown at the provider.
+    pub drift: usize,
+    /// Payments that became stale in this run.
+    pub stale: usize,
+    /// Payments not asked because of the age back-off.
+    pub backed_off: usize,
+    pub failed: usize,
+    /// The provider's circuit was open; the sweep stopped early.
+    pub paused_by_circuit: bool,
+}
+
+enum Swept {
+    Same,
+    /// `changed`: the answer moved the state (else: unknown at the provider).
+    Drift {
+        changed: bool,
+    },
+    Failed,
+}
+
+impl SweepReport {
+    fn add(&mut self, r: Result<Swept, tokio::task::JoinError>) {
+        self.asked += 1;
+        match r {
+            Ok(Swept::Same) => {}
+            Ok(Swept::Drift { changed }) => {
+                self.drift += 1;
+                self.changed += changed as usize;
+            }
+            Ok(Swept::Failed) | Err(_) => self.failed += 1,
+        }
+    }
+}
+
+/// Per payment: when the sweep last asked, and which alerts it raised.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SweepMark {
+    pub last_ms: u64,
+    #[serde(default)]
+    pub stale_alerted: bool,
+    #[serde(default)]
+    pub abandoned: bool,
+}
+
 /// Counters for logs, metrics and benchmarks.
 #[derive(Default, Debug)]
 pub struct Counters {
@@ -58,6 +126,11 @@ pub struct Counters {
     pub callbacks_orphaned: AtomicU64,
     pub polls_ok: AtomicU64,
     pub polls_failed: AtomicU64,
+    /// Polls not sent because the provider's circuit was open.
+    pub polls_skipped: AtomicU64,
+    pub sweeps: AtomicU64,
+    pub drift: AtomicU64,
+    pub stale: AtomicU64,
     pub transitions: AtomicU64,
     /// Poll schedule lag: start of the inquiry minus its due time.
     pub poll_lag: LagHistogram,
@@ -144,7 +217,12 @@ impl LagHistogram {
 
 pub struct Engine {
     store: Store,
-    providers: HashMap<ProviderId, Arc<dyn Provider>>,
+    /// Swapped as a whole by a reload (new credentials, intervals).
+    providers: RwLock<HashMap<ProviderId, Arc<dyn Provider>>>,
+    breakers: HashMap<ProviderId, Arc<Breaker>>,
+    reconcile: RwLock<HashMap<ProviderId, ReconcileConfig>>,
+    /// Held by the running sweep of each provider: runs never overlap.
+    sweeping: HashMap<ProviderId, tokio::sync::Mutex<()>>,
     /// Polls in flight per provider.
     limits: HashMap<ProviderId, Arc<Semaphore>>,
     scheduler: OnceLock<Scheduler<ProviderId>>,
@@ -161,16 +239,32 @@ impl Engine {
     pub fn start(
         store: Store,
         providers: Vec<Arc<dyn Provider>>,
-        action_deadline: Duration,
+        settings: Settings,
         cancel: CancellationToken,
     ) -> Arc<Engine> {
         let limits = providers
             .iter()
             .map(|p| (p.id(), Arc::new(Semaphore::new(p.polling().max_in_flight))))
             .collect();
+        let circuit = &settings.circuit;
+        let breakers = providers
+            .iter()
+            .map(|p| {
+                let b = Breaker::new(p.id(), circuit.failures, circuit.cool_down);
+                (p.id(), Arc::new(b))
+            })
+            .collect();
+        let sweeping = providers
+            .iter()
+            .map(|p| (p.id(), tokio::sync::Mutex::new(())))
+            .collect();
+        let action_deadline = settings.action_deadline;
         let engine = Arc::new(Engine {
             store,
-            providers: providers.into_iter().map(|p| (p.id(), p)).collect(),
+            providers: RwLock::new(providers.into_iter().map(|p| (p.id(), p)).collect()),
+            breakers,
+            reconcile: RwLock::new(settings.reconcile),
+            sweeping,
             limits,
             scheduler: OnceLock::new(),
             tasks: TaskTracker::new(),
@@ -218,8 +312,38 @@ impl Engine {
         self.scheduler.get().expect("set in start")
     }
 
-    pub fn provider(&self, id: ProviderId) -> Option<&Arc<dyn Provider>> {
-        self.providers.get(&id)
+    pub fn provider(&self, id: ProviderId) -> Option<Arc<dyn Provider>> {
+        read(&self.providers).get(&id).cloned()
+    }
+
+    /// The configured providers, in code order.
+    pub fn provider_ids(&self) -> Vec<ProviderId> {
+        let mut ids: Vec<_> = read(&self.providers).keys().copied().collect();
+        ids.sort_by_key(|p| p.code());
+        ids
+    }
+
+    /// The circuit breaker of a configured provider.
+    pub fn breaker(&self, id: ProviderId) -> Option<&Arc<Breaker>> {
+        self.breakers.get(&id)
+    }
+
+    /// A reload: new provider objects (credentials, intervals) and sweep
+    /// settings. The set of providers is fixed at start; the caller checks.
+    pub fn replace(
+        &self,
+        providers: Vec<Arc<dyn Provider>>,
+        reconcile: HashMap<ProviderId, ReconcileConfig>,
+    ) {
+        let mut map = write(&self.providers);
+        for p in providers {
+            map.insert(p.id(), p);
+        }
+        *write(&self.reconcile) = reconcile;
+    }
+
+    fn sweep_settings(&self, id: ProviderId) -> ReconcileConfig {
+        read(&self.reconcile).get(&id).cloned().unwrap_or_default()
     }
 
     /// Schedules every open window found in the store: a restart resumes
@@ -241,8 +365,7 @@ impl Engine {
             .parse()
             .map_err(|_| EngineError::UnknownProvider(req.provider.clone()))?;
         let provider = self
-            .providers
-            .get(&pid)
+            .provider(pid)
             .ok_or_else(|| EngineError::UnknownProvider(req.provider.clone()))?;
         let tk = provider
             .track_keys(&req.keys)
@@ -296,8 +419,7 @@ impl Engine {
             .callbacks_received
             .fetch_add(1, Ordering::Relaxed);
         let provider = self
-            .providers
-            .get(&pid)
+            .provider(pid)
             .ok_or_else(|| EngineError::UnknownProvider(pid.to_string()))?;
         let record = match provider.parse_callback(raw, now_ms()) {
             Ok(r) => r,
@@ -351,7 +473,7 @@ impl Engine {
 
     /// One poll of one payment, run when its deadline falls due.
     async fn poll(self: Arc<Self>, id: String, pid: ProviderId, due: Instant) {
-        let Some(provider) = self.providers.get(&pid).cloned() else {
+        let Some(provider) = self.provider(pid) else {
             tracing::warn!(payment_id = %id, provider = %pid, "payment's provider is not configured; window left as it is");
             return;
         };
@@ -373,10 +495,21 @@ impl Engine {
             return;
         };
         let span = tracing::info_span!("poll", payment_id = %id, provider = %payment.provider);
-        let result = tokio::select! {
-            r = provider.inquire(&payment).instrument(span.clone()) => r,
-            // The window stays as persisted; a restart polls it again.
-            _ = self.cancel.cancelled() => return,
+        let breaker = self.breakers[&pid].clone();
+        let result = if breaker.allow() {
+            let r = tokio::select! {
+                r = provider.inquire(&payment).instrument(span.clone()) => r,
+                // The window stays as persisted; a restart polls it again.
+                _ = self.cancel.cancelled() => return,
+            };
+            match &r {
+                Err(InquiryError::Transient(_)) => breaker.failure(),
+                _ => breaker.success(),
+            }
+            Some(r)
+        } else {
+            self.counters.polls_skipped.fetch_add(1, Ordering::Relaxed);
+            None
         };
         let _enter = span.enter();
         let now = now_ms();
@@ -388,7 +521,12 @@ impl Engine {
             WindowChange::Next(next)
         };
         let moved = match result {
-            Ok(report) => {
+            // Circuit open: the window moves on without asking.
+            None => self.store.advance_window(&id, change).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "poll window not moved");
+                None
+            }),
+            Some(Ok(report)) => {
                 self.counters.polls_ok.fetch_add(1, Ordering::Relaxed);
                 if report.state.is_none() {
                     alert_unmapped(&payment, &report.raw_status);
@@ -408,7 +546,7 @@ impl Engine {
                     }
                 }
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 self.counters.polls_failed.fetch_add(1, Ordering::Relaxed);
                 match &e {
                     InquiryError::Transient(m) => {
@@ -416,6 +554,9 @@ impl Engine {
                     }
                     InquiryError::Invalid(m) => {
                         tracing::warn!(alert = "provider_answer_invalid", error = %m, "status inquiry answer unreadable")
+                    }
+                    InquiryError::NotFound(m) => {
+                        tracing::warn!(alert = "provider_inquiry_rejected", error = %m, "provider does not know this payment; state left as it is")
                     }
                 }
                 self.store.advance_window(&id, change).unwrap_or_else(|e| {
@@ -434,17 +575,36 @@ impl Engine {
         }
     }
 
-    /// Asks the provider about every unfinished payment whose window has
-    /// ended, and records the answers as reconcile observations.
-    pub async fn reconcile(&self, pid: ProviderId) -> Result<usize, EngineError> {
+    /// One reconciliation sweep of a provider: asks about every unfinished
+    /// payment whose polling window has ended, with bounded concurrency
+    /// and the provider's rate limit, and records the answers as reconcile
+    /// observations. Reports drift and stale payments; backs off from old
+    /// ones. Never runs twice at once for one provider.
+    pub async fn reconcile(self: &Arc<Self>, pid: ProviderId) -> Result<SweepReport, EngineError> {
         let provider = self
-            .providers
-            .get(&pid)
-            .ok_or_else(|| EngineError::UnknownProvider(pid.to_string()))?
-            .clone();
+            .provider(pid)
+            .ok_or_else(|| EngineError::UnknownProvider(pid.to_string()))?;
+        let Ok(_running) = self.sweeping[&pid].try_lock() else {
+            return Err(EngineError::Busy(format!(
+                "a reconciliation sweep of {pid} is already running"
+            )));
+        };
+        self.counters.sweeps.fetch_add(1, Ordering::Relaxed);
+        let settings = self.sweep_settings(pid);
+        let breaker = self.breakers[&pid].clone();
+        let mut report = SweepReport {
+            provider: pid.to_string(),
+            ..SweepReport::default()
+        };
+        if !provider.polls() {
+            return Ok(report);
+        }
+        let limit = Arc::new(Semaphore::new(settings.concurrency));
+        let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / settings.rate_per_sec));
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut asks = tokio::task::JoinSet::new();
         let mut after: Option<String> = None;
-        let mut swept = 0;
-        loop {
+        'pages: loop {
             let page = self.store.list(None, Some(pid), after.as_deref(), 500)?;
             let Some(last) = page.last() else { break };
             after = Some(last.id.clone());
@@ -452,30 +612,148 @@ impl Engine {
                 if p.state.is_final() || p.window.is_some_and(|w| w.open) {
                     continue;
                 }
-                if self.cancel.is_cancelled() {
-                    return Ok(swept);
+                report.candidates += 1;
+                let now = now_ms();
+                let mut mark = self.store.sweep_mark(&p.id)?;
+                if !self.due_for_sweep(&p, &mut mark, &settings, now, &mut report) {
+                    self.store.set_sweep_mark(&p.id, &mark)?;
+                    continue;
                 }
-                let _permit = self.limits[&pid].acquire().await;
-                swept += 1;
-                match provider.inquire(&p).await {
-                    Ok(mut report) => {
-                        report.source = Source::Reconcile;
-                        let o = self
-                            .store
-                            .observe(&p.id, report, WindowChange::Keep, now_ms())?;
-                        if let Some(c) = &o.change {
-                            self.store.sync().await?;
-                            tracing::warn!(alert = "drift", payment_id = %p.id, provider = %pid, from = %c.from, to = %c.to, "reconciliation found a change that polls and callbacks missed");
-                            self.log_change(c);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(payment_id = %p.id, provider = %pid, error = %e, "reconcile inquiry failed")
-                    }
+                if self.cancel.is_cancelled() {
+                    break 'pages;
+                }
+                if !breaker.allow() {
+                    report.paused_by_circuit = true;
+                    tracing::warn!(provider = %pid, "sweep stopped: the provider's circuit is open");
+                    break 'pages;
+                }
+                pace.tick().await;
+                let permit = limit.clone().acquire_owned().await.expect("never closed");
+                mark.last_ms = now;
+                self.store.set_sweep_mark(&p.id, &mark)?;
+                let (engine, provider, breaker) = (self.clone(), provider.clone(), breaker.clone());
+                asks.spawn(async move {
+                    let _permit = permit;
+                    engine.sweep_one(&*provider, &breaker, p).await
+                });
+                while let Some(done) = asks.try_join_next() {
+                    report.add(done);
                 }
             }
         }
-        Ok(swept)
+        while let Some(done) = asks.join_next().await {
+            report.add(done);
+        }
+        tracing::info!(
+            provider = %pid,
+            candidates = report.candidates,
+            asked = report.asked,
+            changed = report.changed,
+            drift = report.drift,
+            stale = report.stale,
+            backed_off = report.backed_off,
+            failed = report.failed,
+            paused_by_circuit = report.paused_by_circuit,
+            "reconciliation sweep done"
+        );
+        Ok(report)
+    }
+
+    /// Whether a payment is asked in this sweep (Kill Bill's janitor
+    /// back-off): every run while young, then every `stale_every` once it
+    /// is stale (raising `payment_stale` once), then every `late_every`,
+    /// and not at all past `end_age`.
+    fn due_for_sweep(
+        &self,
+        p: &Payment,
+        mark: &mut SweepMark,
+        s: &ReconcileConfig,
+        now: u64,
+        report: &mut SweepReport,
+    ) -> bool {
+        let age = Duration::from_millis(now.saturating_sub(p.created_ms));
+        if age >= s.end_age {
+            if !mark.abandoned {
+                mark.abandoned = true;
+                tracing::error!(alert = "reconcile_abandoned", payment_id = %p.id, provider = %p.provider, state = %p.state, age_s = age.as_secs(), "payment past the sweep's end age; no longer asked about. Settle it by hand");
+            }
+            report.backed_off += 1;
+            return false;
+        }
+        if age >= s.stale_after && !mark.stale_alerted {
+            mark.stale_alerted = true;
+            report.stale += 1;
+            self.counters.stale.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(alert = "payment_stale", payment_id = %p.id, provider = %p.provider, state = %p.state, age_s = age.as_secs(), "payment unfinished past the age limit; sweeps now back off");
+        }
+        let every = if age < s.stale_after {
+            Duration::ZERO
+        } else if age < s.late_after {
+            s.stale_every
+        } else {
+            s.late_every
+        };
+        if mark.last_ms > 0 && mark.last_ms + every.as_millis() as u64 > now {
+            report.backed_off += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Asks about one payment during a sweep and records the answer.
+    async fn sweep_one(&self, provider: &dyn Provider, breaker: &Breaker, p: Payment) -> Swept {
+        let result = tokio::select! {
+            r = provider.inquire(&p) => r,
+            _ = self.cancel.cancelled() => return Swept::Failed,
+        };
+        let not_found = |why: &str| {
+            self.counters.drift.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(alert = "drift", kind = "unknown_at_provider", payment_id = %p.id, provider = %p.provider, state = %p.state, error = why, "drift: the provider does not know a payment payrecon tracks");
+            Swept::Drift { changed: false }
+        };
+        let report = match result {
+            Ok(mut report) => {
+                breaker.success();
+                report.source = Source::Reconcile;
+                report
+            }
+            Err(InquiryError::NotFound(m)) => {
+                breaker.success();
+                return not_found(&m);
+            }
+            Err(e) => {
+                if matches!(e, InquiryError::Transient(_)) {
+                    breaker.failure();
+                } else {
+                    breaker.success();
+                }
+                tracing::warn!(payment_id = %p.id, provider = %p.provider, error = %e, "reconcile inquiry failed");
+                return Swept::Failed;
+            }
+        };
+        let unknown = report.raw_status == "error:ORDER_NOT_FOUND";
+        let observed = self
+            .store
+            .observe(&p.id, report, WindowChange::Keep, now_ms());
+        match observed {
+            Ok(o) => match &o.change {
+                Some(c) => {
+                    if self.store.sync().await.is_err() {
+                        return Swept::Failed;
+                    }
+                    self.counters.drift.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(alert = "drift", kind = "missed_change", payment_id = %p.id, provider = %c.provider, from = %c.from, to = %c.to, "drift: the provider reports a state that no poll or callback brought");
+                    self.log_change(c);
+                    Swept::Drift { changed: true }
+                }
+                None if unknown => not_found("ORDER_NOT_FOUND"),
+                None => Swept::Same,
+            },
+            Err(e) => {
+                tracing::error!(payment_id = %p.id, error = %e, "reconcile answer not recorded");
+                Swept::Failed
+            }
+        }
     }
 
     pub(crate) fn log_change(&self, c: &Change) {
@@ -512,6 +790,14 @@ fn alert_unmapped(payment: &Payment, raw: &str) {
             "provider sent a status payrecon does not know; recorded, state left as it is"
         ),
     }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Milliseconds drawn uniformly from `[min, max]`.

@@ -24,6 +24,7 @@ pub mod action;
 pub mod admin;
 pub mod bench;
 pub mod callback;
+pub mod circuit;
 pub mod cli;
 pub mod client;
 pub mod config;

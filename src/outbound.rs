@@ -15,6 +15,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::Notify;
 
 use crate::action::{Action, ActionRequest, ActionState, Confirmation, SendError};
+use crate::circuit::Breaker;
 use crate::engine::{Engine, EngineError};
 use crate::model::{now_ms, Payment, Report, Source};
 use crate::provider::Provider;
@@ -191,6 +192,9 @@ impl Engine {
             .ok_or_else(|| StoreError::NotFound(a.payment_id.clone()))?;
         let provider = self
             .provider(a.provider)
+            .ok_or_else(|| EngineError::UnknownProvider(a.provider.to_string()))?;
+        let breaker = self
+            .breaker(a.provider)
             .cloned()
             .ok_or_else(|| EngineError::UnknownProvider(a.provider.to_string()))?;
         let mut backoff = ExponentialBuilder::default()
@@ -201,7 +205,10 @@ impl Engine {
             .build();
         loop {
             if uncertain {
-                match self.settle_uncertain(&*provider, &payment, &mut a).await? {
+                match self
+                    .settle_uncertain(&*provider, &breaker, &payment, &mut a)
+                    .await?
+                {
                     Settled::Done => return Ok(()),
                     Settled::NotApplied => uncertain = false,
                 }
@@ -216,6 +223,14 @@ impl Engine {
                     )
                     .await;
             }
+            if !breaker.allow() {
+                // Nothing is sent while the provider's circuit is open.
+                let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = self.cancelled() => return Ok(()),
+                }
+            }
             // Durable before the request leaves: a crash from here on
             // leaves the action `sending`, and the next run asks first.
             a.state = ActionState::Sending;
@@ -228,6 +243,10 @@ impl Engine {
                 // Left `sending`: settled by inquiry after the restart.
                 _ = self.cancelled() => return Ok(()),
             };
+            match &sent {
+                Ok(_) | Err(SendError::Final { .. }) => breaker.success(),
+                Err(_) => breaker.failure(),
+            }
             match sent {
                 Ok((answer, report)) => {
                     a.answer = Some(answer);
@@ -266,6 +285,7 @@ impl Engine {
     async fn settle_uncertain(
         &self,
         provider: &dyn Provider,
+        breaker: &Breaker,
         payment: &Payment,
         a: &mut Action,
     ) -> Result<Settled, EngineError> {
@@ -290,19 +310,31 @@ impl Engine {
                 alert_unknown(a);
                 return Ok(Settled::Done);
             };
-            match ask.await {
-                Ok((Confirmation::Applied(answer), report)) => {
+            let answer = if breaker.allow() {
+                let r = ask.await;
+                match &r {
+                    Err(crate::provider::InquiryError::Transient(_)) => breaker.failure(),
+                    _ => breaker.success(),
+                }
+                Some(r)
+            } else {
+                drop(ask);
+                None
+            };
+            match answer {
+                None => tracing::debug!("circuit open; asking later"),
+                Some(Ok((Confirmation::Applied(answer), report))) => {
                     tracing::info!("the provider had applied the action; not sending it again");
                     a.answer = Some(answer);
                     a.error = None;
                     self.succeed(a, report).await?;
                     return Ok(Settled::Done);
                 }
-                Ok((Confirmation::NotApplied, _)) => {
+                Some(Ok((Confirmation::NotApplied, _))) => {
                     tracing::info!("the provider had not applied the action; it may be sent");
                     return Ok(Settled::NotApplied);
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     if now_ms() > a.deadline_ms {
                         a.state = ActionState::Unknown;
                         a.updated_ms = now_ms();

@@ -151,6 +151,7 @@ pub struct Store {
     windows: sled::Tree,
     actions: sled::Tree,
     outbox: sled::Tree,
+    sweeps: sled::Tree,
     gc: Arc<GroupCommit>,
 }
 
@@ -204,6 +205,7 @@ impl Store {
             windows: db.open_tree("windows")?,
             actions: db.open_tree("actions")?,
             outbox: db.open_tree("outbox")?,
+            sweeps: db.open_tree("sweeps")?,
             db,
             gc,
         };
@@ -668,6 +670,20 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// What the reconciliation sweep remembers of a payment (default:
+    /// never asked). Not synced: a lost mark only means one more inquiry.
+    pub fn sweep_mark(&self, id: &str) -> Result<crate::engine::SweepMark, StoreError> {
+        match self.sweeps.get(id.as_bytes())? {
+            Some(v) => decode(id, &v),
+            None => Ok(Default::default()),
+        }
+    }
+
+    pub fn set_sweep_mark(&self, id: &str, m: &crate::engine::SweepMark) -> Result<(), StoreError> {
+        self.sweeps.insert(id.as_bytes(), encode(m))?;
+        Ok(())
     }
 
     /// Orphan callbacks still waiting for their payment.

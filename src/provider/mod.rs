@@ -35,6 +35,9 @@ pub enum InquiryError {
     /// An answer that cannot be read. Logged; asked again at the next tick.
     #[error("unreadable provider answer: {0}")]
     Invalid(String),
+    /// The provider answered that it does not know the payment.
+    #[error("provider does not know the payment: {0}")]
+    NotFound(String),
 }
 
 /// Why a callback was refused. Nothing of it is stored.

@@ -268,6 +268,14 @@ impl Myfatoorah {
             .map_err(|e| InquiryError::Invalid(format!("HTTP {status}: {}", e.without_url())))?;
         match env.data {
             Some(inv) if env.is_success => Ok(inv),
+            // The sandbox and the live API answer an unknown key with a
+            // validation error on `Key` that says "not found".
+            _ if env.validation_errors.iter().flatten().any(|v| {
+                v.name.eq_ignore_ascii_case("key") && v.error.to_lowercase().contains("not found")
+            }) =>
+            {
+                Err(InquiryError::NotFound(describe(&env)))
+            }
             _ => Err(InquiryError::Invalid(format!(
                 "HTTP {status}: {}",
                 describe(&env)

@@ -75,6 +75,8 @@ struct Inner {
     invoices: Mutex<HashMap<i64, SimInvoice>>,
     updates: AtomicU64,
     inquiries: AtomicU64,
+    /// Every request, answered or not.
+    requests: AtomicU64,
     last_update: Mutex<Option<(serde_json::Value, Option<String>)>>,
     cancel: CancellationToken,
     /// Where webhooks go: URL, secret, version (1 or 2).
@@ -105,6 +107,7 @@ impl MyfatoorahSim {
             invoices: Mutex::new(HashMap::new()),
             updates: AtomicU64::new(0),
             inquiries: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             last_update: Mutex::new(None),
             cancel: cancel.clone(),
             webhook: Mutex::new(None),
@@ -186,6 +189,11 @@ impl MyfatoorahSim {
             .unwrap_or(0)
     }
 
+    /// Every request received, whatever its fate.
+    pub fn requests(&self) -> u64 {
+        self.inner.requests.load(Ordering::SeqCst)
+    }
+
     /// UpdatePaymentStatus requests received, applied or not.
     pub fn update_requests(&self) -> u64 {
         self.inner.updates.load(Ordering::SeqCst)
@@ -254,6 +262,7 @@ fn invalid(name: &str, error: String) -> Answer {
 }
 
 async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Answer, CloseConnection> {
+    inner.requests.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
     let auth = req
         .headers()

@@ -36,6 +36,8 @@ pub struct Polling {
     pub window: (&'static str, &'static str),
     pub max_in_flight: usize,
     pub request_timeout: &'static str,
+    /// TOML tables appended to the config.
+    pub tail: String,
 }
 
 impl Default for Polling {
@@ -45,6 +47,7 @@ impl Default for Polling {
             window: ("60s", "60s"),
             max_in_flight: 16,
             request_timeout: "2s",
+            tail: String::new(),
         }
     }
 }
@@ -62,6 +65,7 @@ pub fn config_text(
         request_timeout: p.request_timeout.into(),
         log_format: "json".into(),
         admin_extra: admin_extra.into(),
+        tail: p.tail.clone(),
         key_env: KEY_ENV.into(),
     }
     .render(store, base_url)

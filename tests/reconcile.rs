@@ -1,0 +1,231 @@
+//! The reconciliation sweep and the circuit breaker, in-process against
+//! the ConnPay and MyFatoorah sandboxes on loopback and a real store.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use common::*;
+use payrecon::circuit::CircuitState;
+use payrecon::engine::{EngineError, TrackRequest};
+use payrecon::model::{Keys, ProviderId, Source};
+use payrecon::sim::connpay::{CallbackMode, NewTransfer, Script, Settle};
+use payrecon::sim::myfatoorah::{Faults, MyfatoorahSim};
+use payrecon::state::State;
+use tokio::net::TcpListener;
+
+/// Short windows: a payment is a sweep candidate a moment after tracking.
+fn short_windows(tail: &str) -> Polling {
+    Polling {
+        interval: ("20ms", "30ms"),
+        window: ("60ms", "60ms"),
+        tail: tail.into(),
+        ..Default::default()
+    }
+}
+
+/// A transfer that settles only when told, and never calls back.
+fn silent() -> Script {
+    Script {
+        settle: Settle::Manual,
+        callback: CallbackMode::Never,
+        ..Default::default()
+    }
+}
+
+async fn window_closed(h: &Harness, id: &str) {
+    wait_until("the poll window closes", || async {
+        !h.get(id).await.payment.window.unwrap().open
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_sweep_finds_a_final_state_that_no_callback_brought() {
+    let h = Harness::start(short_windows("")).await;
+    let t = NewTransfer::new("inv-sweep-1", silent());
+    let id = h.track(&t).await;
+    window_closed(&h, &id).await;
+    assert_eq!(h.get(&id).await.payment.state, State::Pending);
+    // The sandbox reaches the final state; no callback is sent.
+    h.sim.settle(&t.invoice_id);
+    let r = h.engine.reconcile(ProviderId::Connpay).await.unwrap();
+    assert_eq!((r.candidates, r.asked, r.changed, r.drift), (1, 1, 1, 1));
+    let p = h.get(&id).await.payment;
+    assert_eq!(p.state, State::Succeeded);
+    assert_eq!(p.final_source, Some(Source::Reconcile));
+    assert_eq!(h.sim.truth(&t.invoice_id).unwrap().callbacks_sent, 0);
+    // Final now: the next sweep has nothing to ask.
+    let r = h.engine.reconcile(ProviderId::Connpay).await.unwrap();
+    assert_eq!((r.candidates, r.asked), (0, 0));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_payment_the_provider_does_not_know_is_drift() {
+    let h = Harness::start(short_windows("")).await;
+    // Tracked, but never created in the sandbox.
+    let t = NewTransfer::new("inv-ghost", silent());
+    let id = h.admin.track(&track_request(&t)).await.unwrap().payment.id;
+    window_closed(&h, &id).await;
+    let r = h.engine.reconcile(ProviderId::Connpay).await.unwrap();
+    assert_eq!((r.asked, r.drift, r.changed), (1, 1, 0));
+    assert_eq!(h.engine.counters.drift.load(Ordering::Relaxed), 1);
+    // Nothing is decided from it.
+    assert_eq!(h.get(&id).await.payment.state, State::Pending);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_stale_payment_raises_the_alert_once_then_is_backed_off() {
+    // Stale at once; then asked at most hourly.
+    let h = Harness::start(short_windows(
+        "[providers.connpay.reconcile]\nstale_after = \"1ms\"\nstale_every = \"1h\"\n",
+    ))
+    .await;
+    let t = NewTransfer::new("inv-stale", silent());
+    let id = h.track(&t).await;
+    window_closed(&h, &id).await;
+    let r = h.engine.reconcile(ProviderId::Connpay).await.unwrap();
+    assert_eq!((r.asked, r.stale, r.backed_off), (1, 1, 0));
+    let polls = h.sim.truth(&t.invoice_id).unwrap().polls;
+    // The next runs skip it and raise nothing again.
+    for _ in 0..3 {
+        let r = h.engine.reconcile(ProviderId::Connpay).await.unwrap();
+        assert_eq!((r.asked, r.stale, r.backed_off), (0, 0, 1));
+    }
+    assert_eq!(h.sim.truth(&t.invoice_id).unwrap().polls, polls);
+    assert_eq!(h.engine.counters.stale.load(Ordering::Relaxed), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn two_sweeps_of_one_provider_never_overlap() {
+    let h = Harness::start(short_windows(
+        "[providers.connpay.reconcile]\nconcurrency = 1\nrate_per_sec = 1000.0\n",
+    ))
+    .await;
+    let mut ids = vec![];
+    for i in 0..3 {
+        let t = NewTransfer::new(
+            &format!("inv-slow-{i}"),
+            Script {
+                latency_ms: 300,
+                ..silent()
+            },
+        );
+        ids.push(h.track(&t).await);
+    }
+    for id in &ids {
+        window_closed(&h, id).await;
+    }
+    let engine = h.engine.clone();
+    let first = tokio::spawn(async move { engine.reconcile(ProviderId::Connpay).await });
+    let before = h.sim.requests();
+    wait_until("the first sweep is asking", || async {
+        h.sim.requests() > before
+    })
+    .await;
+    match h.engine.reconcile(ProviderId::Connpay).await {
+        Err(EngineError::Busy(_)) => {}
+        other => panic!("a second sweep ran alongside the first: {other:?}"),
+    }
+    assert_eq!(first.await.unwrap().unwrap().asked, 3);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_circuit_stops_one_provider_while_another_keeps_polling() {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mf = MyfatoorahSim::start(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        "mf-token",
+        cancel.clone(),
+    );
+    mf.set_faults(Faults {
+        error_rate: 1.0,
+        ..Default::default()
+    });
+    let tail = format!(
+        r#"
+[circuit]
+failures = 3
+cool_down = "1h"
+
+[providers.myfatoorah]
+base_url = "{}"
+token_env = "TEST_MF_TOKEN"
+
+[providers.myfatoorah.polling]
+poll_interval_min = "20ms"
+poll_interval_max = "30ms"
+poll_window_min = "60s"
+poll_window_max = "60s"
+request_timeout = "1s"
+"#,
+        mf.base_url()
+    );
+    let h = Harness::start_with(
+        Polling {
+            tail,
+            ..Default::default()
+        },
+        "",
+        HashMap::from([("TEST_MF_TOKEN".to_string(), "mf-token".to_string())]),
+    )
+    .await;
+    for i in 0..3 {
+        mf.add_invoice(7000 + i, 1000);
+        h.engine
+            .track(TrackRequest {
+                provider: "myfatoorah".into(),
+                keys: Keys::from([("invoice_id".to_string(), (7000 + i).to_string())]),
+                amount_minor: Some(1000),
+                currency: Some("KWD".into()),
+            })
+            .await
+            .unwrap();
+    }
+    let breaker = h.engine.breaker(ProviderId::Myfatoorah).unwrap().clone();
+    wait_until("MyFatoorah's circuit opens", || async {
+        breaker.state() == CircuitState::Open
+    })
+    .await;
+    let mf_calls = mf.requests();
+    let skipped = h.engine.counters.polls_skipped.load(Ordering::Relaxed);
+    // ConnPay keeps polling: its transfers settle by poll alone.
+    let mut ids = vec![];
+    for i in 0..3 {
+        let t = NewTransfer::new(
+            &format!("inv-cp-{i}"),
+            Script {
+                callback: CallbackMode::Never,
+                ..Default::default()
+            },
+        );
+        ids.push(h.track(&t).await);
+    }
+    for id in &ids {
+        wait_until("the ConnPay transfer settles by poll", || async {
+            h.get(id).await.payment.state == State::Succeeded
+        })
+        .await;
+    }
+    // MyFatoorah's polls kept falling due but none was sent.
+    wait_until("MyFatoorah polls are skipped", || async {
+        h.engine.counters.polls_skipped.load(Ordering::Relaxed) > skipped + 3
+    })
+    .await;
+    assert_eq!(
+        mf.requests(),
+        mf_calls,
+        "a call went through an open circuit"
+    );
+    assert_eq!(
+        h.engine.breaker(ProviderId::Connpay).unwrap().state(),
+        CircuitState::Closed
+    );
+    h.stop().await;
+    mf.shutdown().await;
+}
