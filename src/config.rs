@@ -74,6 +74,46 @@ pub struct FileConfig {
     pub service: ServiceConfig,
     #[serde(default)]
     pub circuit: CircuitConfig,
+    /// `[notify]`: state changes POSTed to the platform. Absent: none.
+    #[serde(default)]
+    pub notify: Option<NotifyConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// The platform's endpoint for events.
+    pub url: String,
+    /// Names the Standard Webhooks secret (`whsec_` + base64).
+    pub secret_env: String,
+    /// During a rotation: the old secret, which also signs until
+    /// `previous_secret_until` (RFC 3339).
+    #[serde(default)]
+    pub previous_secret_env: Option<String>,
+    #[serde(default)]
+    pub previous_secret_until: Option<String>,
+    /// How long a notice is retried before it is given up.
+    #[serde(default = "d3d", deserialize_with = "duration")]
+    pub horizon: Duration,
+    #[serde(default = "d1s", deserialize_with = "duration")]
+    pub min_delay: Duration,
+    #[serde(default = "d1h", deserialize_with = "duration")]
+    pub max_delay: Duration,
+    #[serde(default = "d10s", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// Deliveries in flight at once (each for a different payment).
+    #[serde(default = "default_notify_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn d3d() -> Duration {
+    Duration::from_secs(3 * 86_400)
+}
+fn d1s() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_notify_in_flight() -> usize {
+    16
 }
 
 /// `[circuit]`: each provider gets its own breaker with these settings.
@@ -590,6 +630,7 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 pub struct Config {
     pub file: FileConfig,
     pub admin_token: Option<Secret>,
+    pub notify: Option<crate::notify::NotifySettings>,
     pub connpay: Option<Connpay>,
     pub myfatoorah: Option<Myfatoorah>,
     pub rest_status: Option<RestStatus>,
@@ -803,9 +844,66 @@ impl Config {
             }
             None => (None, None),
         };
+        let notify = match &file.notify {
+            Some(n) => {
+                let p = "notify";
+                if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
+                    return Err(err(
+                        "notify.url",
+                        format!("`{}` is not an http(s) URL", n.url),
+                    ));
+                }
+                let current = secret(&format!("{p}.secret_env"), &n.secret_env)?;
+                crate::notify::secret_key(current.expose())
+                    .map_err(|e| err("notify.secret_env", format!("the secret {e}")))?;
+                let previous = match (&n.previous_secret_env, &n.previous_secret_until) {
+                    (None, None) => None,
+                    (Some(var), Some(until)) => {
+                        let s = secret("notify.previous_secret_env", var)?;
+                        crate::notify::secret_key(s.expose()).map_err(|e| {
+                            err("notify.previous_secret_env", format!("the secret {e}"))
+                        })?;
+                        let until = chrono::DateTime::parse_from_rfc3339(until).map_err(|e| {
+                            err(
+                                "notify.previous_secret_until",
+                                format!("`{until}` is not an RFC 3339 time like 2026-12-01T00:00:00Z: {e}"),
+                            )
+                        })?;
+                        Some((s, until.timestamp_millis().max(0) as u64))
+                    }
+                    _ => {
+                        return Err(err(
+                            "notify.previous_secret_until",
+                            "previous_secret_env and previous_secret_until go together".into(),
+                        ))
+                    }
+                };
+                if n.max_in_flight == 0 {
+                    return Err(err("notify.max_in_flight", "must be at least 1".into()));
+                }
+                if n.min_delay.is_zero() || n.max_delay < n.min_delay {
+                    return Err(err(
+                        "notify.max_delay",
+                        "need 0 < min_delay <= max_delay".into(),
+                    ));
+                }
+                Some(crate::notify::NotifySettings {
+                    url: n.url.clone(),
+                    secret: current,
+                    previous,
+                    horizon: n.horizon,
+                    min_delay: n.min_delay,
+                    max_delay: n.max_delay,
+                    request_timeout: n.request_timeout,
+                    max_in_flight: n.max_in_flight,
+                })
+            }
+            None => None,
+        };
         Ok(Config {
             file,
             admin_token,
+            notify,
             connpay,
             myfatoorah,
             rest_status,
@@ -832,6 +930,7 @@ impl Config {
             action_deadline: self.file.actions.deadline,
             circuit: self.file.circuit.clone(),
             reconcile,
+            notify: self.notify.clone(),
         }
     }
 }

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::circuit::Breaker;
 use crate::config::{CircuitConfig, ReconcileConfig};
 use crate::model::{now_ms, Keys, Payment, PollWindow, ProviderId, Source};
+use crate::notify::NotifySettings;
 use crate::provider::{CallbackError, InquiryError, Provider, RawCallback};
 use crate::scheduler::Scheduler;
 use crate::store::{Change, Ingested, NewPayment, Store, StoreError, Tracked, WindowChange};
@@ -49,6 +50,8 @@ pub struct Settings {
     pub circuit: CircuitConfig,
     /// Per provider; providers without an entry use the defaults.
     pub reconcile: HashMap<ProviderId, ReconcileConfig>,
+    /// Where state changes are notified; `None`: not at all.
+    pub notify: Option<NotifySettings>,
 }
 
 /// A request to track a payment (the body of `POST /v1/payments`).
@@ -131,6 +134,9 @@ pub struct Counters {
     pub sweeps: AtomicU64,
     pub drift: AtomicU64,
     pub stale: AtomicU64,
+    pub notices_delivered: AtomicU64,
+    pub notices_failed: AtomicU64,
+    pub notices_abandoned: AtomicU64,
     pub transitions: AtomicU64,
     /// Poll schedule lag: start of the inquiry minus its due time.
     pub poll_lag: LagHistogram,
@@ -223,6 +229,8 @@ pub struct Engine {
     reconcile: RwLock<HashMap<ProviderId, ReconcileConfig>>,
     /// Held by the running sweep of each provider: runs never overlap.
     sweeping: HashMap<ProviderId, tokio::sync::Mutex<()>>,
+    notify: RwLock<Option<Arc<NotifySettings>>>,
+    notices: crate::notify::Outbox,
     /// Polls in flight per provider.
     limits: HashMap<ProviderId, Arc<Semaphore>>,
     scheduler: OnceLock<Scheduler<ProviderId>>,
@@ -265,6 +273,8 @@ impl Engine {
             breakers,
             reconcile: RwLock::new(settings.reconcile),
             sweeping,
+            notify: RwLock::new(settings.notify.map(Arc::new)),
+            notices: Default::default(),
             limits,
             scheduler: OnceLock::new(),
             tasks: TaskTracker::new(),
@@ -284,11 +294,21 @@ impl Engine {
         });
         let _ = engine.scheduler.set(scheduler);
         engine.tasks.spawn(engine.clone().run_outbound());
+        engine.store.enable_notices(read(&engine.notify).is_some());
+        engine.tasks.spawn(engine.clone().run_notifier());
         engine
     }
 
     pub(crate) fn outbound(&self) -> &crate::outbound::Outbound {
         &self.outbound
+    }
+
+    pub(crate) fn notice_outbox(&self) -> &crate::notify::Outbox {
+        &self.notices
+    }
+
+    pub(crate) fn notify_settings(&self) -> Option<Arc<NotifySettings>> {
+        read(&self.notify).clone()
     }
 
     pub(crate) fn action_deadline(&self) -> Duration {
@@ -334,12 +354,16 @@ impl Engine {
         &self,
         providers: Vec<Arc<dyn Provider>>,
         reconcile: HashMap<ProviderId, ReconcileConfig>,
+        notify: Option<NotifySettings>,
     ) {
         let mut map = write(&self.providers);
         for p in providers {
             map.insert(p.id(), p);
         }
         *write(&self.reconcile) = reconcile;
+        self.store.enable_notices(notify.is_some());
+        *write(&self.notify) = notify.map(Arc::new);
+        self.notices.wake.notify_one();
     }
 
     fn sweep_settings(&self, id: ProviderId) -> ReconcileConfig {
@@ -758,6 +782,8 @@ impl Engine {
 
     pub(crate) fn log_change(&self, c: &Change) {
         self.counters.transitions.fetch_add(1, Ordering::Relaxed);
+        // Its notice was queued with the change; the worker sends it.
+        self.notices.wake.notify_one();
         tracing::info!(
             event = "transition",
             payment_id = %c.payment_id,

@@ -34,6 +34,7 @@ pub mod engine;
 pub mod http;
 pub mod logging;
 pub mod model;
+pub mod notify;
 pub mod outbound;
 pub mod provider;
 pub mod scheduler;

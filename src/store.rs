@@ -152,7 +152,45 @@ pub struct Store {
     actions: sled::Tree,
     outbox: sled::Tree,
     sweeps: sled::Tree,
+    /// Notifications to the platform not yet delivered, by sequence.
+    notices: sled::Tree,
+    /// Notifications given up on (past the retry horizon), kept for export.
+    dead_notices: sled::Tree,
+    meta: sled::Tree,
+    /// Whether state changes queue notifications (a URL is configured).
+    notify: Arc<std::sync::atomic::AtomicBool>,
     gc: Arc<GroupCommit>,
+}
+
+/// A notification to the platform about one state change, waiting in the
+/// outbox. Its `seq` is its `webhook-id` and fixes the delivery order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    pub seq: u64,
+    pub payment_id: String,
+    pub provider: ProviderId,
+    pub from: State,
+    pub to: State,
+    pub source: Source,
+    pub at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_minor: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// Delivery attempts so far, and when the next one is due.
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub next_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl Notice {
+    /// The Standard Webhooks `webhook-id`: the same on every retry.
+    pub fn webhook_id(&self) -> String {
+        format!("msg_{:016x}", self.seq)
+    }
 }
 
 /// What became of a request to queue an action.
@@ -206,6 +244,10 @@ impl Store {
             actions: db.open_tree("actions")?,
             outbox: db.open_tree("outbox")?,
             sweeps: db.open_tree("sweeps")?,
+            notices: db.open_tree("notices")?,
+            dead_notices: db.open_tree("dead_notices")?,
+            meta: db.open_tree("meta")?,
+            notify: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             db,
             gc,
         };
@@ -259,8 +301,9 @@ impl Store {
             &self.keys,
             &self.orphans,
             &self.windows,
+            &self.notices,
         )
-            .transaction(|(payments, history, keys, orphans, windows)| {
+            .transaction(|(payments, history, keys, orphans, windows, notices)| {
                 if let Some(id) = keys.get(new.idempotency_key.as_bytes())? {
                     let id = String::from_utf8_lossy(&id).into_owned();
                     let payment = load(payments, &id)?;
@@ -295,6 +338,9 @@ impl Store {
                             let (obs, change) =
                                 apply(&mut payment, cb.report.clone(), cb.received_ms);
                             put_history(history, &payment.id, &obs)?;
+                            if let Some(c) = &change {
+                                self.put_notice(notices, &payment, c, cb.received_ms)?;
+                            }
                             changes.extend(change);
                         }
                     }
@@ -326,11 +372,20 @@ impl Store {
         window: WindowChange,
         now_ms: u64,
     ) -> Result<Observed, StoreError> {
-        let res = (&self.payments, &self.history, &self.keys, &self.windows).transaction(
-            |(payments, history, keys, windows)| {
+        let res = (
+            &self.payments,
+            &self.history,
+            &self.keys,
+            &self.windows,
+            &self.notices,
+        )
+            .transaction(|(payments, history, keys, windows, notices)| {
                 let mut payment = load(payments, id)?;
                 let learned = report.learned_keys.clone();
                 let (observation, change) = apply(&mut payment, report.clone(), now_ms);
+                if let Some(c) = &change {
+                    self.put_notice(notices, &payment, c, now_ms)?;
+                }
                 for k in &learned {
                     // Learned once, seen on every poll: write only when new.
                     if keys.get(k.as_bytes())?.is_none() {
@@ -345,8 +400,7 @@ impl Store {
                     observation,
                     change,
                 })
-            },
-        );
+            });
         unwrap_tx(res)
     }
 
@@ -377,43 +431,50 @@ impl Store {
             &self.inbox,
             &self.orphans,
             &self.windows,
+            &self.notices,
         )
-            .transaction(|(payments, history, keys, inbox, orphans, windows)| {
-                if inbox.get(cb.dedupe_key.as_bytes())?.is_some() {
-                    return Ok(Ingested::Duplicate);
-                }
-                let Some(id) = keys.get(cb.match_key.as_bytes())? else {
-                    let mut waiting: Vec<CallbackRecord> =
-                        match orphans.get(cb.match_key.as_bytes())? {
-                            Some(raw) => decode(&cb.match_key, &raw)?,
-                            None => vec![],
+            .transaction(
+                |(payments, history, keys, inbox, orphans, windows, notices)| {
+                    if inbox.get(cb.dedupe_key.as_bytes())?.is_some() {
+                        return Ok(Ingested::Duplicate);
+                    }
+                    let Some(id) = keys.get(cb.match_key.as_bytes())? else {
+                        let mut waiting: Vec<CallbackRecord> =
+                            match orphans.get(cb.match_key.as_bytes())? {
+                                Some(raw) => decode(&cb.match_key, &raw)?,
+                                None => vec![],
+                            };
+                        waiting.push(cb.clone());
+                        orphans.insert(cb.match_key.as_bytes(), encode(&waiting))?;
+                        let entry = InboxEntry {
+                            payment_id: None,
+                            received_ms: cb.received_ms,
                         };
-                    waiting.push(cb.clone());
-                    orphans.insert(cb.match_key.as_bytes(), encode(&waiting))?;
+                        inbox.insert(cb.dedupe_key.as_bytes(), encode(&entry))?;
+                        return Ok(Ingested::Orphaned);
+                    };
+                    let id = String::from_utf8_lossy(&id).into_owned();
+                    let mut payment = load(payments, &id)?;
+                    let (observation, change) =
+                        apply(&mut payment, cb.report.clone(), cb.received_ms);
+                    if let Some(c) = &change {
+                        self.put_notice(notices, &payment, c, cb.received_ms)?;
+                    }
+                    put_history(history, &id, &observation)?;
+                    move_window(windows, &mut payment, WindowChange::Keep)?;
+                    put_payment(payments, &payment)?;
                     let entry = InboxEntry {
-                        payment_id: None,
+                        payment_id: Some(id),
                         received_ms: cb.received_ms,
                     };
                     inbox.insert(cb.dedupe_key.as_bytes(), encode(&entry))?;
-                    return Ok(Ingested::Orphaned);
-                };
-                let id = String::from_utf8_lossy(&id).into_owned();
-                let mut payment = load(payments, &id)?;
-                let (observation, change) = apply(&mut payment, cb.report.clone(), cb.received_ms);
-                put_history(history, &id, &observation)?;
-                move_window(windows, &mut payment, WindowChange::Keep)?;
-                put_payment(payments, &payment)?;
-                let entry = InboxEntry {
-                    payment_id: Some(id),
-                    received_ms: cb.received_ms,
-                };
-                inbox.insert(cb.dedupe_key.as_bytes(), encode(&entry))?;
-                Ok(Ingested::Applied(Box::new(Observed {
-                    payment,
-                    observation,
-                    change,
-                })))
-            });
+                    Ok(Ingested::Applied(Box::new(Observed {
+                        payment,
+                        observation,
+                        change,
+                    })))
+                },
+            );
         unwrap_tx(res)
     }
 
@@ -613,8 +674,9 @@ impl Store {
             &self.payments,
             &self.history,
             &self.windows,
+            &self.notices,
         )
-            .transaction(|(actions, outbox, payments, history, windows)| {
+            .transaction(|(actions, outbox, payments, history, windows, notices)| {
                 actions.insert(action.id.as_bytes(), encode(action))?;
                 if action.state.is_final() {
                     outbox.remove(action.id.as_bytes())?;
@@ -626,6 +688,9 @@ impl Store {
                     let mut payment = load(payments, &action.payment_id)?;
                     for r in &reports {
                         let (obs, c) = apply(&mut payment, r.clone(), action.updated_ms);
+                        if let Some(c) = &c {
+                            self.put_notice(notices, &payment, c, action.updated_ms)?;
+                        }
                         put_history(history, &payment.id, &obs)?;
                         changes.extend(c);
                     }
@@ -670,6 +735,99 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Turns the notification outbox on: from now on every state change
+    /// queues a notice in the same transaction.
+    pub fn enable_notices(&self, on: bool) {
+        self.notify.store(on, Ordering::SeqCst);
+    }
+
+    /// Queues a notice for a change, inside the change's transaction.
+    fn put_notice(
+        &self,
+        notices: &TransactionalTree,
+        payment: &Payment,
+        c: &Change,
+        at_ms: u64,
+    ) -> TxResult<()> {
+        if !self.notify.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let seq = notices.generate_id()?;
+        let n = Notice {
+            seq,
+            payment_id: payment.id.clone(),
+            provider: payment.provider,
+            from: c.from,
+            to: c.to,
+            source: c.source,
+            at_ms,
+            amount_minor: payment.amount_minor,
+            currency: payment.currency.clone(),
+            attempts: 0,
+            next_ms: 0,
+            last_error: None,
+        };
+        notices.insert(&seq.to_be_bytes(), encode(&n))?;
+        Ok(())
+    }
+
+    /// Every notice waiting for delivery, oldest first.
+    pub fn notices(&self) -> Result<Vec<Notice>, StoreError> {
+        self.notices
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&format!("notice {k:?}"), &v)
+            })
+            .collect()
+    }
+
+    pub fn notice_backlog(&self) -> usize {
+        self.notices.len()
+    }
+
+    /// Records a failed attempt (new attempt count, next due time).
+    pub fn update_notice(&self, n: &Notice) -> Result<(), StoreError> {
+        // Only if still queued: never resurrect a delivered notice.
+        let key = n.seq.to_be_bytes();
+        if self.notices.get(key)?.is_some() {
+            self.notices.insert(key, encode(n))?;
+        }
+        Ok(())
+    }
+
+    /// A delivered notice leaves the outbox; one past the retry horizon
+    /// moves to the dead-letter tree.
+    pub fn remove_notice(&self, n: &Notice, dead: bool) -> Result<(), StoreError> {
+        let key = n.seq.to_be_bytes();
+        if dead {
+            self.dead_notices.insert(key, encode(n))?;
+        }
+        self.notices.remove(key)?;
+        Ok(())
+    }
+
+    pub fn dead_notices(&self) -> usize {
+        self.dead_notices.len()
+    }
+
+    /// A small key-value for the daemon's own facts (the disabled
+    /// notification URL).
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .meta
+            .get(key.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn set_meta(&self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+        match value {
+            Some(v) => self.meta.insert(key.as_bytes(), v.as_bytes())?,
+            None => self.meta.remove(key.as_bytes())?,
+        };
+        Ok(())
     }
 
     /// What the reconciliation sweep remembers of a payment (default:

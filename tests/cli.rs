@@ -20,6 +20,10 @@ fn payrecon(args: &[&str]) -> std::process::Output {
         .env("PAYRECON_CRM_USERNAME", "example-crm-user")
         .env("PAYRECON_CRM_PASSWORD", "example-crm-password")
         .env("PAYRECON_ADMIN_TOKEN", "example-token")
+        .env(
+            "PAYRECON_NOTIFY_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )
         .output()
         .unwrap()
 }
@@ -94,6 +98,10 @@ fn a_broken_config_names_the_file_line_and_key() {
         .env("PAYRECON_CRM_USERNAME", "t")
         .env("PAYRECON_CRM_PASSWORD", "t")
         .env("PAYRECON_ADMIN_TOKEN", "t")
+        .env(
+            "PAYRECON_NOTIFY_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -42,4 +42,5 @@ impl CommonFaults {
 }
 pub mod crm;
 pub mod myfatoorah;
+pub mod platform;
 pub mod rest_status;

@@ -1,0 +1,136 @@
+//! Notifications to the platform: signed the Standard Webhooks way,
+//! delivered at least once with one webhook-id per event, in order per
+//! payment, and stopped by a 410.
+
+mod common;
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use common::*;
+use payrecon::sim::connpay::{CallbackMode, NewTransfer, Script};
+use payrecon::sim::platform::PlatformSim;
+use payrecon::state::State;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const SECRET_ENV: &str = "TEST_NOTIFY_SECRET";
+
+struct Setup {
+    h: Harness,
+    platform: PlatformSim,
+}
+
+async fn setup() -> Setup {
+    let key = [42u8; 32];
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
+    let platform = PlatformSim::start(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        key.to_vec(),
+        CancellationToken::new(),
+    );
+    let tail = format!(
+        "[notify]\nurl = \"{}\"\nsecret_env = \"{SECRET_ENV}\"\nmin_delay = \"10ms\"\nmax_delay = \"40ms\"\n",
+        platform.url()
+    );
+    let h = Harness::start_with(
+        Polling {
+            tail,
+            ..Default::default()
+        },
+        "",
+        HashMap::from([(SECRET_ENV.to_string(), secret)]),
+    )
+    .await;
+    Setup { h, platform }
+}
+
+/// pending → succeeded → reversed: two changes.
+fn two_changes() -> Script {
+    Script {
+        reversal: true,
+        callback: CallbackMode::Normal,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn delivered_after_three_failures_with_one_id_in_order_and_signed() {
+    let Setup { h, platform } = setup().await;
+    platform.fail_next(3);
+    let id = h
+        .track(&NewTransfer::new("inv-notify-1", two_changes()))
+        .await;
+    wait_until("two notifications delivered", || async {
+        platform.delivered().len() == 2
+    })
+    .await;
+    let got = platform.received();
+    // The first event was refused three times, then taken: one id for all.
+    assert_eq!(got.len(), 5, "{got:#?}");
+    assert!(got[..3].iter().all(|r| r.status == 503));
+    assert!(got[..4].iter().all(|r| r.webhook_id == got[0].webhook_id));
+    assert!(got.iter().all(|r| r.verified), "every signature verifies");
+    // In order: each event's `from` is the previous one's `to`.
+    let delivered = platform.delivered();
+    let steps: Vec<(String, String)> = delivered
+        .iter()
+        .map(|r| {
+            assert_eq!(r.body["data"]["payment_id"], id.as_str());
+            (
+                r.body["data"]["from"].as_str().unwrap().to_string(),
+                r.body["data"]["to"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("pending".into(), "succeeded".into()),
+            ("succeeded".into(), "reversed".into()),
+        ]
+    );
+    assert!(delivered.iter().all(|r| r.body["type"] == "payment.final"));
+    // Ids grow with the order of the changes, and are all distinct.
+    let ids: Vec<&str> = delivered.iter().map(|r| r.webhook_id.as_str()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    // The session and access tokens never leave payrecon.
+    let keys = delivered[0].body["data"]["keys"].as_object().unwrap();
+    assert!(keys.contains_key("invoice_id"));
+    assert!(
+        !keys.contains_key("session_token") && !keys.contains_key("access_token"),
+        "{keys:?}"
+    );
+    assert_eq!(h.engine.store().notice_backlog(), 0);
+    assert_eq!(h.get(&id).await.payment.state, State::Reversed);
+    h.stop().await;
+    platform.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_410_disables_the_endpoint_and_keeps_the_notices() {
+    let Setup { h, platform } = setup().await;
+    platform.set_gone(true);
+    h.track(&NewTransfer::new("inv-gone-1", Script::default()))
+        .await;
+    wait_until("the 410 arrives", || async {
+        !platform.received().is_empty()
+    })
+    .await;
+    h.track(&NewTransfer::new("inv-gone-2", Script::default()))
+        .await;
+    wait_until("both notices queued", || async {
+        h.engine.store().notice_backlog() == 2
+    })
+    .await;
+    assert_eq!(
+        platform.received().len(),
+        1,
+        "nothing more goes to a disabled URL"
+    );
+    h.stop().await;
+    platform.shutdown().await;
+}
