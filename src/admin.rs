@@ -82,6 +82,15 @@ impl Admin {
             ("GET", ["healthz"]) => {
                 return http::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
             }
+            // Open like the health checks: scrapers rarely carry tokens,
+            // and nothing in it is secret.
+            ("GET", ["metrics"]) => {
+                return http::text_owned(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    crate::metrics::render(&self.engine),
+                )
+            }
             ("GET", ["readyz"]) => {
                 return if self.engine.store().healthy() {
                     http::json(StatusCode::OK, &serde_json::json!({"ready": true}))
@@ -215,7 +224,7 @@ impl Admin {
                     Err(e) => engine_error(e),
                 }
             }
-            (_, ["v1", ..]) | (_, ["healthz" | "readyz"]) => http::error(
+            (_, ["v1", ..]) | (_, ["healthz" | "readyz" | "metrics"]) => http::error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 &format!("{method} is not allowed on {path}"),

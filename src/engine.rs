@@ -131,6 +131,9 @@ pub struct Counters {
     pub polls_failed: AtomicU64,
     /// Polls not sent because the provider's circuit was open.
     pub polls_skipped: AtomicU64,
+    /// The same three per provider, indexed by [`ProviderId::code`]:
+    /// ok, failed, skipped.
+    pub polls_by_provider: [[AtomicU64; 3]; 8],
     pub sweeps: AtomicU64,
     pub drift: AtomicU64,
     pub stale: AtomicU64,
@@ -533,6 +536,7 @@ impl Engine {
             Some(r)
         } else {
             self.counters.polls_skipped.fetch_add(1, Ordering::Relaxed);
+            self.counters.polls_by_provider[pid.code() as usize][2].fetch_add(1, Ordering::Relaxed);
             None
         };
         let _enter = span.enter();
@@ -552,6 +556,8 @@ impl Engine {
             }),
             Some(Ok(report)) => {
                 self.counters.polls_ok.fetch_add(1, Ordering::Relaxed);
+                self.counters.polls_by_provider[pid.code() as usize][0]
+                    .fetch_add(1, Ordering::Relaxed);
                 if report.state.is_none() {
                     alert_unmapped(&payment, &report.raw_status);
                 }
@@ -572,6 +578,8 @@ impl Engine {
             }
             Some(Err(e)) => {
                 self.counters.polls_failed.fetch_add(1, Ordering::Relaxed);
+                self.counters.polls_by_provider[pid.code() as usize][1]
+                    .fetch_add(1, Ordering::Relaxed);
                 match &e {
                     InquiryError::Transient(m) => {
                         tracing::warn!(error = %m, "status inquiry failed; asking again next tick")

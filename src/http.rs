@@ -137,6 +137,14 @@ pub fn text(status: StatusCode, body: &'static str) -> Answer {
         .unwrap_or_default()
 }
 
+pub fn text_owned(status: StatusCode, content_type: &str, body: String) -> Answer {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default()
+}
+
 /// Splits a path into its segments: `/v1/payments/x` → `["v1","payments","x"]`.
 pub fn segments(path: &str) -> Vec<&str> {
     path.split('/').filter(|s| !s.is_empty()).collect()

@@ -33,6 +33,7 @@ pub mod demo;
 pub mod engine;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod outbound;

@@ -722,6 +722,25 @@ impl Store {
         Ok(out)
     }
 
+    /// Number of actions in each state, over every action ever queued.
+    pub fn action_counts(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        let mut out = std::collections::BTreeMap::new();
+        for kv in self.actions.iter() {
+            let (k, v) = kv?;
+            let a: Action = decode(&String::from_utf8_lossy(&k), &v)?;
+            let state = serde_json::to_value(a.state)
+                .ok()
+                .and_then(|s| s.as_str().map(String::from))
+                .unwrap_or_default();
+            *out.entry(state).or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+
+    pub fn payment_count(&self) -> usize {
+        self.payments.len()
+    }
+
     /// A payment's actions, oldest first.
     pub fn actions_of(&self, payment_id: &str) -> Result<Vec<Action>, StoreError> {
         let mut out = vec![];

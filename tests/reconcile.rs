@@ -226,6 +226,38 @@ request_timeout = "1s"
         h.engine.breaker(ProviderId::Connpay).unwrap().state(),
         CircuitState::Closed
     );
+    // The same, as an operator's scraper sees it.
+    let metrics = reqwest::get(format!("http://{}/metrics", h.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("payrecon_circuit_state{provider=\"myfatoorah\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("payrecon_circuit_state{provider=\"connpay\"} 0"));
+    assert!(metrics.contains("payrecon_circuit_opened_total{provider=\"myfatoorah\"} 1"));
+    let skipped_line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("payrecon_polls_total{provider=\"myfatoorah\",outcome=\"skipped\"}")
+        })
+        .unwrap();
+    assert!(!skipped_line.ends_with(" 0"), "{skipped_line}");
+    for name in [
+        "payrecon_callbacks_received_total",
+        "payrecon_callbacks_rejected_total",
+        "payrecon_callbacks_deduplicated_total",
+        "payrecon_poll_lag_seconds_count",
+        "payrecon_transitions_total",
+        "payrecon_actions",
+        "payrecon_notifications_backlog",
+        "payrecon_store_size_bytes",
+    ] {
+        assert!(metrics.contains(&format!("\n{name}")), "{name} missing");
+    }
     h.stop().await;
     mf.shutdown().await;
 }
