@@ -35,7 +35,8 @@ const MAX_PAGE: usize = 1000;
 
 pub struct Admin {
     pub engine: Arc<Engine>,
-    pub token: Option<Secret>,
+    /// Swapped by a reload.
+    pub token: std::sync::RwLock<Option<Secret>>,
 }
 
 /// A payment as the API shows it: secret keys redacted.
@@ -104,7 +105,8 @@ impl Admin {
             }
             _ => {}
         }
-        if let Some(token) = &self.token {
+        let token = self.token.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(token) = &token {
             let given = req
                 .headers()
                 .get("authorization")

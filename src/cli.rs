@@ -475,13 +475,35 @@ async fn run(path: PathBuf) -> ExitCode {
     };
     let cancel = CancellationToken::new();
     tokio::spawn(on_signal(cancel.clone()));
-    match crate::daemon::run(&config, listeners, cancel).await {
-        Ok(()) => ExitCode::SUCCESS,
+    // Installed before the daemon starts: SIGHUP's default is to exit.
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(e) => return fail(e),
+    };
+    let mut daemon = match crate::daemon::start(&config, listeners, cancel.clone()).await {
+        Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "payrecon stopped");
-            fail(e)
+            return fail(e);
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = hup.recv() => {
+                tracing::info!(signal = "SIGHUP", config = %path.display(), "reloading the config");
+                match Config::load(&path, &env()) {
+                    Ok(new) => match daemon.reload(new).await {
+                        Ok(()) => tracing::info!("config reloaded"),
+                        Err(e) => tracing::error!(alert = "reload_failed", error = %e, "reload refused; the running config stays"),
+                    },
+                    Err(e) => tracing::error!(alert = "reload_failed", error = %e, "reload refused: the new config does not validate; the running config stays"),
+                }
+            }
         }
     }
+    daemon.wait().await;
+    ExitCode::SUCCESS
 }
 
 /// SIGTERM or SIGINT cancels the root token.

@@ -744,6 +744,12 @@ impl Config {
                 )),
             }
         };
+        crate::logging::check_level(&file.log.level).map_err(|e| {
+            err(
+                "log.level",
+                format!("`{}` is not a log filter: {e}", file.log.level),
+            )
+        })?;
         let admin_token = match &file.admin.token_env {
             Some(var) => Some(secret("admin.token_env", var)?),
             None => None,

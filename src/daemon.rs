@@ -66,6 +66,9 @@ pub struct Daemon {
     store: Store,
     notifier: Notifier,
     grace: Duration,
+    /// The running configuration (what a reload compares against).
+    config: Config,
+    admin: Arc<Admin>,
 }
 
 /// Builds the configured providers.
@@ -167,8 +170,9 @@ pub async fn start(
     ));
     let admin = Arc::new(Admin {
         engine: engine.clone(),
-        token: config.admin_token.clone(),
+        token: std::sync::RwLock::new(config.admin_token.clone()),
     });
+    let admin_handle = admin.clone();
     http_tasks.spawn(crate::http::serve(
         listeners.admin,
         cb.header_read_timeout,
@@ -178,6 +182,9 @@ pub async fn start(
     ));
     let cron = start_cron(config, &engine).await?;
     let notifier = Notifier::from_env();
+    tracing::info!(%callback_addr, %admin_addr, resumed_windows = resumed, store = %path.display(), "payrecon ready");
+    notifier.send("READY=1\nSTATUS=serving");
+    // Pings start after READY=1, the first one half a period later.
     if let Some(period) = notifier.watchdog() {
         tokio::spawn(watchdog(
             notifier.clone(),
@@ -186,8 +193,6 @@ pub async fn start(
             cancel.clone(),
         ));
     }
-    tracing::info!(%callback_addr, %admin_addr, resumed_windows = resumed, store = %path.display(), "payrecon ready");
-    notifier.send("READY=1\nSTATUS=serving");
     Ok(Daemon {
         engine,
         callback_addr,
@@ -198,6 +203,8 @@ pub async fn start(
         store,
         notifier,
         grace: config.file.service.shutdown_grace,
+        config: config.clone(),
+        admin: admin_handle,
     })
 }
 
@@ -211,7 +218,7 @@ async fn watchdog(
     cancel: CancellationToken,
 ) {
     let half = period / 2;
-    let mut tick = tokio::time::interval(half);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -269,6 +276,93 @@ async fn start_cron(
 }
 
 impl Daemon {
+    /// SIGHUP: applies a new, already validated config. Schedules,
+    /// intervals, sweep settings, notifications, the log level and
+    /// credentials change in place. Anything that needs a restart is
+    /// refused as a whole, naming the key, and the running config stays.
+    pub async fn reload(&mut self, new: Config) -> Result<(), String> {
+        let old = &self.config;
+        let mut refused = vec![];
+        if old.file.callback.listen != new.file.callback.listen {
+            refused.push("callback.listen");
+        }
+        if old.file.admin.listen != new.file.admin.listen {
+            refused.push("admin.listen");
+        }
+        if old.file.store.path != new.file.store.path {
+            refused.push("store.path");
+        }
+        if old.file.store.cache_mb != new.file.store.cache_mb {
+            refused.push("store.cache_mb");
+        }
+        if old.file.store.compression != new.file.store.compression {
+            refused.push("store.compression");
+        }
+        if old.file.log.format != new.file.log.format {
+            refused.push("log.format");
+        }
+        if old.file.circuit.failures != new.file.circuit.failures
+            || old.file.circuit.cool_down != new.file.circuit.cool_down
+        {
+            refused.push("circuit");
+        }
+        let ids = |c: &Config| {
+            let mut v: Vec<_> = providers(c).iter().map(|p| p.id()).collect();
+            v.sort_by_key(|p| p.code());
+            v
+        };
+        if ids(old) != ids(&new) {
+            refused.push("providers (adding or removing one)");
+        }
+        let in_flight = |c: &Config| {
+            providers(c)
+                .iter()
+                .map(|p| (p.id(), p.polling().max_in_flight))
+                .collect::<Vec<_>>()
+        };
+        if in_flight(old) != in_flight(&new) {
+            refused.push("providers.*.polling.max_in_flight");
+        }
+        if !refused.is_empty() {
+            return Err(format!(
+                "these settings need a restart: {}; nothing was changed",
+                refused.join(", ")
+            ));
+        }
+        self.notifier.send("RELOADING=1");
+        if let Err(e) = crate::logging::set_level(&new.file.log.level) {
+            tracing::warn!(error = %e, "log level not changed");
+        }
+        let settings = new.engine_settings();
+        self.engine
+            .replace(providers(&new), settings.reconcile, settings.notify);
+        for pid in self.engine.provider_ids() {
+            match self.engine.pull_in_polls(pid) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(provider = %pid, windows = n, "polls moved in to the new interval")
+                }
+                Err(e) => tracing::error!(provider = %pid, error = %e, "polls not rescheduled"),
+            }
+        }
+        *self.admin.token.write().unwrap_or_else(|p| p.into_inner()) = new.admin_token.clone();
+        if let Some(mut c) = self.cron.take() {
+            let _ = c.shutdown().await;
+        }
+        self.cron = match start_cron(&new, &self.engine).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Validated already; a failure here leaves no schedule.
+                tracing::error!(alert = "reload_failed", error = %e, "reconciliation schedule not restarted");
+                None
+            }
+        };
+        self.grace = new.file.service.shutdown_grace;
+        self.config = new;
+        self.notifier.send("READY=1\nSTATUS=serving");
+        Ok(())
+    }
+
     /// Waits for the cancellation token, then shuts down in order.
     pub async fn wait(mut self) {
         self.cancel.cancelled().await;

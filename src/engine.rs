@@ -369,6 +369,27 @@ impl Engine {
         self.notices.wake.notify_one();
     }
 
+    /// After a reload: open windows of `pid` whose next poll lies further
+    /// out than the new longest interval are moved in, so a shorter
+    /// interval takes effect at once rather than after the old one.
+    pub fn pull_in_polls(&self, pid: ProviderId) -> Result<usize, StoreError> {
+        let Some(provider) = self.provider(pid) else {
+            return Ok(0);
+        };
+        let polling = provider.polling();
+        let now = now_ms();
+        let latest = now + polling.poll_interval_max.as_millis() as u64;
+        let mut moved = 0;
+        for (id, p, next_ms) in self.store.open_windows()? {
+            if p == pid && next_ms > latest {
+                let next = now + uniform_ms(polling.poll_interval_min, polling.poll_interval_max);
+                self.scheduler().schedule(id, pid, instant_at(next));
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
     fn sweep_settings(&self, id: ProviderId) -> ReconcileConfig {
         read(&self.reconcile).get(&id).cloned().unwrap_or_default()
     }

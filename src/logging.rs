@@ -1,10 +1,18 @@
 //! Log output: JSON lines or journald-friendly text, chosen in the config.
 //! Field names are stable: `payment_id`, `provider`, `from`, `to`,
 //! `source`, `latency_ms`, and `alert` on every event that needs a person.
+//! The level filter can be changed at run time (SIGHUP reload).
+
+use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+
+type SetLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Swaps the installed subscriber's filter; set by [`init`].
+static SET_LEVEL: OnceLock<SetLevel> = OnceLock::new();
 
 /// Installs the global subscriber. A second call is a no-op (tests).
 pub fn init(format: LogFormat, level: &str) {
@@ -13,13 +21,46 @@ pub fn init(format: LogFormat, level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-        LogFormat::Text => builder.with_ansi(false).try_init(),
-    };
+    match format {
+        LogFormat::Json => {
+            let b = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_filter_reloading();
+            let handle = b.reload_handle();
+            if b.try_init().is_ok() {
+                let _ = SET_LEVEL.set(Box::new(move |l| {
+                    let f = EnvFilter::try_new(l).map_err(|e| e.to_string())?;
+                    handle.reload(f).map_err(|e| e.to_string())
+                }));
+            }
+        }
+        LogFormat::Text => {
+            let b = builder.with_ansi(false).with_filter_reloading();
+            let handle = b.reload_handle();
+            if b.try_init().is_ok() {
+                let _ = SET_LEVEL.set(Box::new(move |l| {
+                    let f = EnvFilter::try_new(l).map_err(|e| e.to_string())?;
+                    handle.reload(f).map_err(|e| e.to_string())
+                }));
+            }
+        }
+    }
+}
+
+/// Checks a level filter without installing it.
+pub fn check_level(level: &str) -> Result<(), String> {
+    EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Changes the level filter of the subscriber [`init`] installed.
+pub fn set_level(level: &str) -> Result<(), String> {
+    match SET_LEVEL.get() {
+        Some(set) => set(level),
+        None => Err("no subscriber of ours is installed".into()),
+    }
 }
