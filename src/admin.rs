@@ -210,6 +210,7 @@ impl Admin {
                 }
             }
             ("GET", ["v1", "payments"]) => self.list(req.uri().query()),
+            ("GET", ["v1", "export"]) => self.export(req.uri().query()).await,
             ("GET", ["v1", "providers", provider, "payments", name, value]) => {
                 self.by_key(provider, name, value)
             }
@@ -232,6 +233,51 @@ impl Admin {
                 &format!("{method} is not allowed on {path}"),
             ),
             _ => http::error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+        }
+    }
+
+    /// `GET /v1/export?since=DATE&format=csv|jsonl`.
+    async fn export(&self, query: Option<&str>) -> Answer {
+        let Some(since) = http::query_param(query, "since") else {
+            return http::error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "`since` is required, e.g. since=2026-11-01",
+            );
+        };
+        let since = match crate::export::parse_since(&since) {
+            Ok(s) => s,
+            Err(m) => return http::error(StatusCode::BAD_REQUEST, "invalid_request", &m),
+        };
+        let format = match http::query_param(query, "format")
+            .unwrap_or_else(|| "csv".into())
+            .parse::<crate::export::Format>()
+        {
+            Ok(f) => f,
+            Err(m) => return http::error(StatusCode::BAD_REQUEST, "invalid_request", &m),
+        };
+        let store = self.engine.store().clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let mut out = vec![];
+            crate::export::write(&store, since, format, &mut out).map(|_| out)
+        })
+        .await;
+        match written {
+            Ok(Ok(body)) => http::text_owned(
+                StatusCode::OK,
+                format.content_type(),
+                String::from_utf8_lossy(&body).into_owned(),
+            ),
+            Ok(Err(e)) => http::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "export_failed",
+                &e.to_string(),
+            ),
+            Err(e) => http::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "export_failed",
+                &e.to_string(),
+            ),
         }
     }
 

@@ -183,6 +183,23 @@ pub enum Command {
         #[arg(long)]
         provider: String,
     },
+    /// Write final states for accounting, from a stopped daemon's store
+    /// (--config or --store) or from a running daemon (the admin API).
+    Export {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Payments final at or after this: 2026-11-01 or an RFC 3339 time.
+        #[arg(long)]
+        since: String,
+        #[arg(long, default_value = "csv", value_parser = ["csv", "jsonl"])]
+        format: String,
+        /// Read the store named in this config file (offline).
+        #[arg(long, value_name = "FILE", conflicts_with = "store")]
+        config: Option<PathBuf>,
+        /// Read this store folder (offline).
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
     /// Start a ConnPay sandbox and the daemon on loopback and watch
     /// transfers settle. Needs no config and no network.
     Demo {
@@ -433,11 +450,79 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Reconcile { admin, provider } => {
             print_json(client(&admin).reconcile(&provider).await)
         }
+        Command::Export {
+            admin,
+            since,
+            format,
+            config,
+            store,
+        } => export(admin, since, format, config, store).await,
         Command::Demo { transfers } => match crate::demo::run(transfers).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => fail(format!("demo: {e}")),
         },
+    }
+}
+
+async fn export(
+    admin: AdminArgs,
+    since: String,
+    format: String,
+    config: Option<PathBuf>,
+    store: Option<PathBuf>,
+) -> ExitCode {
+    use std::io::Write;
+    let since_ms = match crate::export::parse_since(&since) {
+        Ok(s) => s,
+        Err(m) => return fail(format!("--since: {m}")),
+    };
+    let fmt: crate::export::Format = match format.parse() {
+        Ok(f) => f,
+        Err(m) => return fail(format!("--format: {m}")),
+    };
+    let path = match (config, store) {
+        (Some(c), _) => match Config::load_file(&c) {
+            Ok(f) => Some(f.store.path),
+            Err(e) => {
+                eprintln!("payrecon: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, s) => s,
+    };
+    let Some(path) = path else {
+        return match client(&admin).export(&since, &format).await {
+            Ok(body) => match std::io::stdout().write_all(&body) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            },
+            Err(e) => fail(e),
+        };
+    };
+    if !path.exists() {
+        return fail(format!("no store at {}", path.display()));
+    }
+    let store = match crate::store::Store::open(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(format!(
+                "cannot open the store at {}: {e}. If the daemon is running, export through its API (leave out --config and --store)",
+                path.display()
+            ))
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match crate::export::write(&store, since_ms, fmt, &mut out).and_then(|n| {
+        out.flush()?;
+        Ok(n)
+    }) {
+        Ok(n) => {
+            eprintln!("payrecon: exported {n} payments");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 

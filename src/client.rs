@@ -143,10 +143,25 @@ impl AdminClient {
         .await
     }
 
+    /// The export of a running daemon, as the bytes it serves.
+    pub async fn export(&self, since: &str, format: &str) -> Result<Vec<u8>, ClientError> {
+        let q: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("since", since)
+            .append_pair("format", format)
+            .finish();
+        self.send_raw(self.http.get(format!("{}/v1/export?{q}", self.base)))
+            .await
+    }
+
     async fn send<T: DeserializeOwned>(
         &self,
-        mut rb: reqwest::RequestBuilder,
+        rb: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
+        let bytes = self.send_raw(rb).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    async fn send_raw(&self, mut rb: reqwest::RequestBuilder) -> Result<Vec<u8>, ClientError> {
         if let Some(t) = &self.token {
             rb = rb.bearer_auth(t);
         }
@@ -168,7 +183,7 @@ impl AdminClient {
                 message: field("message"),
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+        Ok(bytes.to_vec())
     }
 }
 

@@ -685,21 +685,29 @@ impl Config {
         text: &str,
         env: &HashMap<String, String>,
     ) -> Result<Config, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| {
-            let (line, key) = match e.span() {
-                Some(span) => {
-                    let (line, key) = locate_offset(text, span.start);
-                    (Some(line), key)
-                }
-                None => (None, None),
-            };
-            ConfigError {
-                file: name.to_string(),
-                line,
-                key,
-                message: e.message().to_string(),
-            }
+        let file = parse_file(name, text)?;
+        Config::resolve(name, text, file, env)
+    }
+
+    /// Reads `path` for its settings alone, without the secrets (offline
+    /// commands that only need the store path).
+    pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: name.clone(),
+            line: None,
+            key: None,
+            message: format!("cannot read: {e}"),
         })?;
+        parse_file(&name, &text)
+    }
+
+    fn resolve(
+        name: &str,
+        text: &str,
+        file: FileConfig,
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigError> {
         let err = |key: &str, message: String| {
             let (section, leaf) = key.rsplit_once('.').unwrap_or(("", key));
             ConfigError {
@@ -939,6 +947,25 @@ impl Config {
             notify: self.notify.clone(),
         }
     }
+}
+
+/// The TOML parse and the shape check, with the line and key at fault.
+fn parse_file(name: &str, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let (line, key) = match e.span() {
+            Some(span) => {
+                let (line, key) = locate_offset(text, span.start);
+                (Some(line), key)
+            }
+            None => (None, None),
+        };
+        ConfigError {
+            file: name.to_string(),
+            line,
+            key,
+            message: e.message().to_string(),
+        }
+    })
 }
 
 /// A provider's `base_url` must be an http(s) URL.

@@ -31,6 +31,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
+pub mod export;
 pub mod http;
 pub mod logging;
 pub mod metrics;
