@@ -59,6 +59,24 @@ pub struct Resolve {
     pub note: Option<String>,
 }
 
+/// Every route the admin listener serves, as docs/openapi.yaml lists
+/// them; tests/openapi.rs checks the document, this list and the live
+/// server against each other.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("POST", "/v1/payments"),
+    ("GET", "/v1/payments"),
+    ("GET", "/v1/payments/{id}"),
+    ("POST", "/v1/payments/{id}/actions"),
+    ("GET", "/v1/actions/{id}"),
+    ("POST", "/v1/actions/{id}/resolve"),
+    ("GET", "/v1/providers/{provider}/payments/{name}/{value}"),
+    ("POST", "/v1/reconcile/{provider}"),
+    ("GET", "/v1/export"),
+];
+
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Page {
     pub payments: Vec<PaymentView>,

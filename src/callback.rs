@@ -16,6 +16,12 @@ use crate::http::{self, Answer, CloseConnection};
 use crate::model::ProviderId;
 use crate::provider::{CallbackError, RawCallback};
 
+/// The routes this listener serves (docs/openapi.yaml lists them too).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/callback/{provider}"),
+    ("POST", "/callback/{provider}"),
+];
+
 pub async fn handle(
     engine: Arc<Engine>,
     max_body: usize,
