@@ -206,6 +206,7 @@ pub fn callback_query(
 pub struct Process {
     pub child: Child,
     pub admin: AdminClient,
+    pub admin_url: String,
     pub callback_url: String,
 }
 
@@ -249,6 +250,7 @@ impl Process {
         let field = |k: &str| ready[k].as_str().unwrap().to_string();
         Process {
             admin: AdminClient::new(&format!("http://{}", field("admin_addr")), None),
+            admin_url: format!("http://{}", field("admin_addr")),
             callback_url: format!("http://{}/callback/connpay", field("callback_addr")),
             child,
         }
