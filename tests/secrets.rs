@@ -152,7 +152,7 @@ max_delay = "50ms"
     assert_eq!(d.exit_code().await, Some(0));
     drop(d);
 
-    let logs = logs.lock().unwrap();
+    let logs = logs.lock().unwrap().clone();
     assert!(logs.len() > 50, "a full run logs plenty: {}", logs.len());
     assert!(
         logs.iter()
