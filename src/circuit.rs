@@ -94,7 +94,7 @@ impl Breaker {
     pub fn success(&self) {
         let mut inner = self.lock();
         if !matches!(*inner, Inner::Closed { .. }) {
-            tracing::info!(alert = "circuit_closed", provider = %self.provider, "circuit closed: the provider answers again; calls resume");
+            tracing::info!(resolves = "circuit_open", provider = %self.provider, "circuit closed: the provider answers again; calls resume");
         }
         *inner = Inner::Closed { failures: 0 };
     }

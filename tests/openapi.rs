@@ -91,3 +91,32 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
     }
     h.stop().await;
 }
+
+/// Every `alert = "..."` the code can raise is explained in
+/// docs/operations.md.
+#[test]
+fn every_alert_is_documented_in_operations_md() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let ops = std::fs::read_to_string(format!("{root}/docs/operations.md")).unwrap();
+    let mut alerts = BTreeSet::new();
+    let mut dirs = vec![std::path::PathBuf::from(format!("{root}/src"))];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for part in text.split("alert = \"").skip(1) {
+                if let Some(name) = part.split('"').next() {
+                    alerts.insert(name.to_string());
+                }
+            }
+        }
+    }
+    assert!(alerts.len() >= 10, "{alerts:?}");
+    for a in alerts {
+        assert!(ops.contains(&format!("| `{a}`")), "alert `{a}` is not in docs/operations.md");
+    }
+}
