@@ -334,8 +334,12 @@ impl Daemon {
             tracing::warn!(error = %e, "log level not changed");
         }
         let settings = new.engine_settings();
-        self.engine
-            .replace(providers(&new), settings.reconcile, settings.notify);
+        self.engine.replace(
+            providers(&new),
+            settings.reconcile,
+            settings.notify,
+            settings.action_deadline,
+        );
         for pid in self.engine.provider_ids() {
             match self.engine.pull_in_polls(pid) {
                 Ok(0) => {}

@@ -7,6 +7,8 @@
 //! Time runs at a tenth of ConnPay's advice: polls every 0.3-0.5 s for 4-5 s
 //! instead of 3-5 s for 2-3 minutes, so the demo takes seconds.
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,7 @@ use crate::state::State;
 const DEMO_DEADLINE: Duration = Duration::from_secs(90);
 
 const KEY_ENV: &str = "PAYRECON_DEMO_CONTROL_KEY";
+const NOTIFY_ENV: &str = "PAYRECON_DEMO_NOTIFY_SECRET";
 
 /// A config for a daemon on loopback against a sandbox: the demo, the
 /// tests and the benchmarks all start the daemon through the same loader
@@ -565,9 +568,29 @@ pub async fn run(count: usize) -> Result<bool, String> {
     });
 
     let sandboxes = ActionSandboxes::start(&cancel).await?;
+    // The platform's receiver of notifications; it refuses the first few.
+    let notify_key: Vec<u8> = (0..32).map(|_| fastrand::u8(..)).collect();
+    let platform = crate::sim::platform::PlatformSim::start(
+        TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?,
+        notify_key.clone(),
+        cancel.child_token(),
+    );
+    platform.fail_next(3);
     let text = LoopbackConfig::default().render(&dir.path().join("store"), &sim.base_url())
-        + &sandboxes.config();
-    let mut env = HashMap::from([(KEY_ENV.to_string(), key)]);
+        + &sandboxes.config()
+        + &format!(
+            "\n[notify]\nurl = \"{}\"\nsecret_env = \"{NOTIFY_ENV}\"\nmin_delay = \"50ms\"\nmax_delay = \"200ms\"\n",
+            platform.url()
+        );
+    let mut env = HashMap::from([
+        (KEY_ENV.to_string(), key),
+        (
+            NOTIFY_ENV.to_string(),
+            format!("whsec_{}", B64.encode(&notify_key)),
+        ),
+    ]);
     env.extend(
         DEMO_SECRETS
             .iter()
@@ -693,10 +716,12 @@ pub async fn run(count: usize) -> Result<bool, String> {
     }
     let transfers_ok = done && wrong.is_empty();
     let actions_ok = run_actions(&admin, &sandboxes).await?;
-    let ok = transfers_ok && actions_ok;
+    let notices_ok = check_notifications(&engine, &admin, &platform).await?;
+    let ok = transfers_ok && actions_ok && notices_ok;
     println!();
     match (transfers_ok, actions_ok) {
-        (true, true) => println!("all {count} ConnPay transfers reached their true state, and every action ended as expected"),
+        (true, true) if notices_ok => println!("all {count} ConnPay transfers reached their true state, every action ended as expected, and the platform was told of every change"),
+        (true, true) => println!("all {count} ConnPay transfers reached their true state and every action ended as expected, but a notification went wrong"),
         (false, _) => println!("{} of {count} ConnPay transfers did not reach their true state", wrong.len().max(1)),
         (true, false) => println!("all {count} ConnPay transfers reached their true state, but an action did not end as expected"),
     }
@@ -704,7 +729,67 @@ pub async fn run(count: usize) -> Result<bool, String> {
     d.wait().await;
     sim.shutdown().await;
     sandboxes.shutdown().await;
+    platform.shutdown().await;
     Ok(ok)
+}
+
+/// Waits for the notification outbox to drain, then checks what the
+/// platform got: every signature verified, every final payment announced,
+/// and each payment's events in order (each `from` is the previous `to`).
+async fn check_notifications(
+    engine: &crate::engine::Engine,
+    admin: &AdminClient,
+    platform: &crate::sim::platform::PlatformSim,
+) -> Result<bool, String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while engine.store().notice_backlog() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let received = platform.received();
+    let delivered = platform.delivered();
+    let mut problems = vec![];
+    if engine.store().notice_backlog() > 0 {
+        problems.push(format!(
+            "{} notifications still queued",
+            engine.store().notice_backlog()
+        ));
+    }
+    if received.iter().any(|r| !r.verified) {
+        problems.push("a signature did not verify".into());
+    }
+    let mut last: HashMap<String, String> = HashMap::new();
+    for r in &delivered {
+        let d = &r.body["data"];
+        let id = d["payment_id"].as_str().unwrap_or_default().to_string();
+        let from = d["from"].as_str().unwrap_or_default().to_string();
+        let expected_from = last.get(&id).cloned().unwrap_or_else(|| "pending".into());
+        if from != expected_from {
+            problems.push(format!("{id}: event from {from} after {expected_from}"));
+        }
+        last.insert(id, d["to"].as_str().unwrap_or_default().to_string());
+    }
+    let page = admin
+        .list(None, None, Some(1000), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    for v in &page.payments {
+        let p = &v.payment;
+        if p.state.is_final() && last.get(&p.id).map(String::as_str) != Some(p.state.as_str()) {
+            problems.push(format!(
+                "{} is {} but the platform was not told",
+                p.id, p.state
+            ));
+        }
+    }
+    let retries = received.len() - delivered.len();
+    println!(
+        "  notifications:       {} delivered to the platform ({retries} refused and retried with the same webhook-id), signed, in order per payment",
+        delivered.len()
+    );
+    for p in &problems {
+        println!("  NOTIFICATION PROBLEM {p}");
+    }
+    Ok(problems.is_empty())
 }
 
 fn fmt_counts(m: &BTreeMap<&str, usize>) -> String {

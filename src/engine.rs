@@ -240,7 +240,8 @@ pub struct Engine {
     tasks: TaskTracker,
     cancel: CancellationToken,
     outbound: crate::outbound::Outbound,
-    action_deadline: Duration,
+    /// Milliseconds; a reload changes it for actions queued afterwards.
+    action_deadline_ms: AtomicU64,
     pub counters: Counters,
 }
 
@@ -283,7 +284,7 @@ impl Engine {
             tasks: TaskTracker::new(),
             cancel: cancel.clone(),
             outbound: Default::default(),
-            action_deadline,
+            action_deadline_ms: AtomicU64::new(action_deadline.as_millis() as u64),
             counters: Counters::default(),
         });
         let weak: Weak<Engine> = Arc::downgrade(&engine);
@@ -315,7 +316,7 @@ impl Engine {
     }
 
     pub(crate) fn action_deadline(&self) -> Duration {
-        self.action_deadline
+        Duration::from_millis(self.action_deadline_ms.load(Ordering::Relaxed))
     }
 
     /// Resolves when the daemon is shutting down.
@@ -358,7 +359,10 @@ impl Engine {
         providers: Vec<Arc<dyn Provider>>,
         reconcile: HashMap<ProviderId, ReconcileConfig>,
         notify: Option<NotifySettings>,
+        action_deadline: Duration,
     ) {
+        self.action_deadline_ms
+            .store(action_deadline.as_millis() as u64, Ordering::Relaxed);
         let mut map = write(&self.providers);
         for p in providers {
             map.insert(p.id(), p);

@@ -117,6 +117,9 @@ fn every_alert_is_documented_in_operations_md() {
     }
     assert!(alerts.len() >= 10, "{alerts:?}");
     for a in alerts {
-        assert!(ops.contains(&format!("| `{a}`")), "alert `{a}` is not in docs/operations.md");
+        assert!(
+            ops.contains(&format!("| `{a}`")),
+            "alert `{a}` is not in docs/operations.md"
+        );
     }
 }
