@@ -34,6 +34,12 @@ use crate::store::Notice;
 /// The store's meta key holding a URL that answered 410.
 const DISABLED_URL: &str = "notify_disabled_url";
 
+/// How many of the oldest notices one dispatch pass looks at, and the
+/// least time between passes: with a large backlog (the platform down for
+/// hours) a pass stays cheap however often state changes wake it.
+const PASS_LIMIT: usize = 10_000;
+const PASS_SPACING: Duration = Duration::from_millis(50);
+
 /// The `[notify]` settings, with secrets resolved.
 #[derive(Debug, Clone)]
 pub struct NotifySettings {
@@ -130,7 +136,16 @@ impl Engine {
                 return;
             }
         };
+        let mut last_pass = tokio::time::Instant::now() - PASS_SPACING;
         loop {
+            let since = last_pass.elapsed();
+            if since < PASS_SPACING {
+                tokio::select! {
+                    _ = self.cancelled() => return,
+                    _ = tokio::time::sleep(PASS_SPACING - since) => {}
+                }
+            }
+            last_pass = tokio::time::Instant::now();
             let mut next_due: Option<u64> = None;
             if let Some(cfg) = self.notify_settings() {
                 let disabled = self.store().meta(DISABLED_URL).ok().flatten();
@@ -157,7 +172,7 @@ impl Engine {
         client: &reqwest::Client,
         cfg: &Arc<NotifySettings>,
     ) -> Option<u64> {
-        let notices = match self.store().notices() {
+        let notices = match self.store().notices(PASS_LIMIT) {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!(error = %e, "notification outbox unreadable");

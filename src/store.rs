@@ -792,10 +792,11 @@ impl Store {
         Ok(())
     }
 
-    /// Every notice waiting for delivery, oldest first.
-    pub fn notices(&self) -> Result<Vec<Notice>, StoreError> {
+    /// The oldest `limit` notices waiting for delivery, oldest first.
+    pub fn notices(&self, limit: usize) -> Result<Vec<Notice>, StoreError> {
         self.notices
             .iter()
+            .take(limit)
             .map(|kv| {
                 let (k, v) = kv?;
                 decode(&format!("notice {k:?}"), &v)

@@ -134,3 +134,78 @@ async fn a_410_disables_the_endpoint_and_keeps_the_notices() {
     h.stop().await;
     platform.shutdown().await;
 }
+
+/// Across a kill -9 and a restart, queued notifications keep their ids and
+/// are delivered once the platform answers again.
+#[tokio::test]
+async fn queued_notifications_survive_a_kill_with_their_ids() {
+    let key = [7u8; 32];
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
+    let cancel = CancellationToken::new();
+    let platform = PlatformSim::start(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        key.to_vec(),
+        cancel.clone(),
+    );
+    platform.fail_next(u32::MAX);
+    let sim = start_sim(&cancel).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("payrecon.toml");
+    let polling = Polling {
+        tail: format!(
+            "[notify]\nurl = \"{}\"\nsecret_env = \"{SECRET_ENV}\"\nmin_delay = \"10ms\"\nmax_delay = \"20ms\"\n",
+            platform.url()
+        ),
+        ..Default::default()
+    };
+    std::fs::write(
+        &config,
+        config_text(&dir.path().join("store"), &sim.base_url(), &polling, ""),
+    )
+    .unwrap();
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+    let env = [(SECRET_ENV, secret.as_str())];
+    let mut d = Process::spawn(&config, &env, logs.clone());
+    sim.set_callback_url(&d.callback_url);
+    for i in 0..4 {
+        let t = NewTransfer::new(&format!("inv-kill-{i}"), Script::default());
+        sim.add(t.clone());
+        d.admin.track(&track_request(&t)).await.unwrap();
+    }
+    // Each payment's event has been tried (and refused) at least once.
+    wait_until("every event tried", || async {
+        let ids: std::collections::BTreeSet<String> = platform
+            .received()
+            .into_iter()
+            .map(|r| r.webhook_id)
+            .collect();
+        ids.len() == 4
+    })
+    .await;
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    let tried: std::collections::BTreeSet<String> = platform
+        .received()
+        .into_iter()
+        .map(|r| r.webhook_id)
+        .collect();
+    drop(d);
+
+    platform.fail_next(0);
+    let _d = Process::spawn(&config, &env, logs);
+    wait_until("all delivered after the restart", || async {
+        platform.delivered().len() >= 4
+    })
+    .await;
+    let delivered: std::collections::BTreeSet<String> = platform
+        .delivered()
+        .into_iter()
+        .map(|r| r.webhook_id)
+        .collect();
+    assert_eq!(delivered, tried, "the same ids, none lost, none new");
+    sim.shutdown().await;
+    platform.shutdown().await;
+}
