@@ -349,6 +349,7 @@ impl Daemon {
                 Err(e) => tracing::error!(provider = %pid, error = %e, "polls not rescheduled"),
             }
         }
+        self.engine.reenable_notifications();
         *self.admin.token.write().unwrap_or_else(|p| p.into_inner()) = new.admin_token.clone();
         if let Some(mut c) = self.cron.take() {
             let _ = c.shutdown().await;

@@ -11,8 +11,8 @@
 //!   horizon; past it the notice moves to the dead letters and
 //!   `notification_abandoned` is raised.
 //! - A 410 Gone disables the URL (`notify_endpoint_disabled`): nothing
-//!   more is sent to it and nothing is dropped; a reload with another URL
-//!   resumes delivery.
+//!   more is sent to it and nothing is dropped; a reload (SIGHUP) resumes
+//!   delivery, to the same URL or a new one.
 //! - During a secret rotation both signatures are sent.
 
 use std::collections::HashSet;
@@ -109,6 +109,24 @@ impl NotifySettings {
             }
         }
         sigs.join(" ")
+    }
+}
+
+impl Engine {
+    /// A reload re-enables a URL that answered 410: the operator has acted
+    /// (fixed the endpoint, or configured a new one).
+    pub fn reenable_notifications(&self) {
+        match self.store().meta(DISABLED_URL) {
+            Ok(Some(url)) => {
+                if let Err(e) = self.store().set_meta(DISABLED_URL, None) {
+                    tracing::error!(error = %e, "notification URL not re-enabled");
+                } else {
+                    tracing::info!(resolves = "notify_endpoint_disabled", url = %url, "notifications re-enabled by the reload");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "notification state unreadable"),
+        }
     }
 }
 
@@ -239,7 +257,7 @@ impl Engine {
                 self.store().remove_notice(&n, false)
             }
             Delivery::Gone => {
-                tracing::error!(alert = "notify_endpoint_disabled", url = %cfg.url, "the platform answered 410 Gone: notifications to this URL stop. Queued ones are kept; configure a new URL and reload to resume");
+                tracing::error!(alert = "notify_endpoint_disabled", url = %cfg.url, "the platform answered 410 Gone: notifications stop. Queued ones are kept; fix the endpoint or configure a new URL, then reload to resume");
                 self.store().set_meta(DISABLED_URL, Some(&cfg.url))
             }
             Delivery::Failed(why) => {

@@ -111,7 +111,7 @@ async fn delivered_after_three_failures_with_one_id_in_order_and_signed() {
 }
 
 #[tokio::test]
-async fn a_410_disables_the_endpoint_and_keeps_the_notices() {
+async fn a_410_disables_the_endpoint_keeps_the_notices_and_a_reload_resumes() {
     let Setup { h, platform } = setup().await;
     platform.set_gone(true);
     h.track(&NewTransfer::new("inv-gone-1", Script::default()))
@@ -131,6 +131,15 @@ async fn a_410_disables_the_endpoint_and_keeps_the_notices() {
         1,
         "nothing more goes to a disabled URL"
     );
+    // The endpoint is fixed and the operator reloads (SIGHUP does this):
+    // delivery resumes, nothing was dropped.
+    platform.set_gone(false);
+    h.engine.reenable_notifications();
+    wait_until("both delivered after the reload", || async {
+        platform.delivered().len() == 2
+    })
+    .await;
+    assert_eq!(h.engine.store().notice_backlog(), 0);
     h.stop().await;
     platform.shutdown().await;
 }
