@@ -282,30 +282,28 @@ impl Daemon {
     /// refused as a whole, naming the key, and the running config stays.
     pub async fn reload(&mut self, new: Config) -> Result<(), String> {
         let old = &self.config;
-        let mut refused = vec![];
-        if old.file.callback.listen != new.file.callback.listen {
-            refused.push("callback.listen");
-        }
-        if old.file.admin.listen != new.file.admin.listen {
-            refused.push("admin.listen");
-        }
-        if old.file.store.path != new.file.store.path {
-            refused.push("store.path");
-        }
-        if old.file.store.cache_mb != new.file.store.cache_mb {
-            refused.push("store.cache_mb");
-        }
-        if old.file.store.compression != new.file.store.compression {
-            refused.push("store.compression");
-        }
-        if old.file.log.format != new.file.log.format {
-            refused.push("log.format");
-        }
-        if old.file.circuit.failures != new.file.circuit.failures
-            || old.file.circuit.cool_down != new.file.circuit.cool_down
-        {
-            refused.push("circuit");
-        }
+        let (o, n) = (&old.file, &new.file);
+        let restart_only = [
+            ("callback.listen", o.callback.listen != n.callback.listen),
+            ("admin.listen", o.admin.listen != n.admin.listen),
+            ("store.path", o.store.path != n.store.path),
+            ("store.cache_mb", o.store.cache_mb != n.store.cache_mb),
+            (
+                "store.compression",
+                o.store.compression != n.store.compression,
+            ),
+            ("log.format", o.log.format != n.log.format),
+            (
+                "circuit",
+                o.circuit.failures != n.circuit.failures
+                    || o.circuit.cool_down != n.circuit.cool_down,
+            ),
+        ];
+        let mut refused: Vec<&str> = restart_only
+            .iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(key, _)| *key)
+            .collect();
         let ids = |c: &Config| {
             let mut v: Vec<_> = providers(c).iter().map(|p| p.id()).collect();
             v.sort_by_key(|p| p.code());

@@ -17,17 +17,12 @@ async fn sigkill_mid_window_then_restart_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();
     let sim = start_sim(&cancel).await;
-    let config = dir.path().join("payrecon.toml");
     let polling = Polling {
         interval: ("30ms", "60ms"),
         window: ("120s", "120s"),
         ..Default::default()
     };
-    std::fs::write(
-        &config,
-        config_text(&dir.path().join("store"), &sim.base_url(), &polling, ""),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), &sim.base_url(), &polling, "");
     let logs = Arc::new(Mutex::new(vec![]));
 
     let d = Process::spawn(&config, &[], logs.clone());

@@ -13,13 +13,7 @@ async fn export_through_the_api_and_offline_agree() {
     let dir = tempfile::tempdir().unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
     let sim = start_sim(&cancel).await;
-    let config = dir.path().join("payrecon.toml");
-    let store = dir.path().join("store");
-    std::fs::write(
-        &config,
-        config_text(&store, &sim.base_url(), &Polling::default(), ""),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), &sim.base_url(), &Polling::default(), "");
     let logs = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
     let mut d = Process::spawn(&config, &[], logs);
     sim.set_callback_url(&d.callback_url);

@@ -162,7 +162,6 @@ async fn queued_notifications_survive_a_kill_with_their_ids() {
     platform.fail_next(u32::MAX);
     let sim = start_sim(&cancel).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("payrecon.toml");
     let polling = Polling {
         tail: format!(
             "[notify]\nurl = \"{}\"\nsecret_env = \"{SECRET_ENV}\"\nmin_delay = \"10ms\"\nmax_delay = \"20ms\"\n",
@@ -170,11 +169,7 @@ async fn queued_notifications_survive_a_kill_with_their_ids() {
         ),
         ..Default::default()
     };
-    std::fs::write(
-        &config,
-        config_text(&dir.path().join("store"), &sim.base_url(), &polling, ""),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), &sim.base_url(), &polling, "");
     let logs = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
     let env = [(SECRET_ENV, secret.as_str())];
     let mut d = Process::spawn(&config, &env, logs.clone());

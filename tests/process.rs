@@ -27,17 +27,7 @@ async fn notify_socket_gets_ready_watchdog_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();
     let sim = start_sim(&cancel).await;
-    let config = dir.path().join("payrecon.toml");
-    std::fs::write(
-        &config,
-        config_text(
-            &dir.path().join("store"),
-            &sim.base_url(),
-            &Polling::default(),
-            "",
-        ),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), &sim.base_url(), &Polling::default(), "");
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let logs = Arc::new(Mutex::new(vec![]));
@@ -167,17 +157,12 @@ async fn sigterm_under_load_exits_0_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();
     let sim = start_sim(&cancel).await;
-    let config = dir.path().join("payrecon.toml");
     let polling = Polling {
         interval: ("20ms", "40ms"),
         window: ("120s", "120s"),
         ..Default::default()
     };
-    std::fs::write(
-        &config,
-        config_text(&dir.path().join("store"), &sim.base_url(), &polling, ""),
-    )
-    .unwrap();
+    let config = write_config(dir.path(), &sim.base_url(), &polling, "");
     let logs = Arc::new(Mutex::new(vec![]));
     let mut d = Process::spawn(&config, &[], logs.clone());
     sim.set_callback_url(&d.callback_url);

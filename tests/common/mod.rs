@@ -71,6 +71,23 @@ pub fn config_text(
     .render(store, base_url)
 }
 
+/// Writes a config for the sandbox at `base_url` to `dir/payrecon.toml`,
+/// with the store in `dir/store`; returns the file's path.
+pub fn write_config(
+    dir: &std::path::Path,
+    base_url: &str,
+    p: &Polling,
+    admin_extra: &str,
+) -> std::path::PathBuf {
+    let path = dir.join("payrecon.toml");
+    std::fs::write(
+        &path,
+        config_text(&dir.join("store"), base_url, p, admin_extra),
+    )
+    .expect("config written");
+    path
+}
+
 pub async fn start_sim(cancel: &CancellationToken) -> ConnpaySim {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     ConnpaySim::start(l, CONTROL_KEY, cancel.child_token())
