@@ -508,6 +508,9 @@ fn myfatoorah_polling() -> PollingConfig {
         poll_window_min: Duration::from_secs(300),
         poll_window_max: Duration::from_secs(300),
         max_in_flight: 8,
+        // The documents say GetPaymentStatus is rate-limited but not how
+        // much: 10 a second is an assumption (docs/providers.md).
+        rate_per_sec: Some(10.0),
         ..PollingConfig::default()
     }
 }
@@ -546,6 +549,10 @@ pub struct PollingConfig {
     /// One inquiry's whole time limit, retries included.
     #[serde(default = "d10s", deserialize_with = "duration")]
     pub request_timeout: Duration,
+    /// Status inquiries per second, shared by polls, sweeps and action
+    /// confirmations. Unset: no limit but `max_in_flight`.
+    #[serde(default)]
+    pub rate_per_sec: Option<f64>,
 }
 
 impl Default for PollingConfig {
@@ -557,6 +564,7 @@ impl Default for PollingConfig {
             poll_window_max: d3m(),
             max_in_flight: default_in_flight(),
             request_timeout: d10s(),
+            rate_per_sec: None,
         }
     }
 }
@@ -1012,6 +1020,14 @@ fn validate_polling(
             &format!("{section}.max_in_flight"),
             "must be at least 1".into(),
         ));
+    }
+    if let Some(r) = p.rate_per_sec {
+        if !(r > 0.0 && r.is_finite()) {
+            return Err(err(
+                &format!("{section}.rate_per_sec"),
+                "must be more than zero".into(),
+            ));
+        }
     }
     Ok(())
 }

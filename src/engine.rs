@@ -18,6 +18,7 @@ use crate::circuit::Breaker;
 use crate::config::{CircuitConfig, ReconcileConfig};
 use crate::model::{now_ms, Keys, Payment, PollWindow, ProviderId, Source};
 use crate::notify::NotifySettings;
+use crate::pacer::Pacer;
 use crate::provider::{CallbackError, InquiryError, Provider, RawCallback};
 use crate::scheduler::Scheduler;
 use crate::store::{Change, Ingested, NewPayment, Store, StoreError, Tracked, WindowChange};
@@ -234,6 +235,8 @@ pub struct Engine {
     sweeping: HashMap<ProviderId, tokio::sync::Mutex<()>>,
     notify: RwLock<Option<Arc<NotifySettings>>>,
     notices: crate::notify::Outbox,
+    /// Each provider's inquiry budget (`polling.rate_per_sec`), if any.
+    pacers: RwLock<HashMap<ProviderId, Arc<Pacer>>>,
     /// Polls in flight per provider.
     limits: HashMap<ProviderId, Arc<Semaphore>>,
     scheduler: OnceLock<Scheduler<ProviderId>>,
@@ -271,7 +274,9 @@ impl Engine {
             .map(|p| (p.id(), tokio::sync::Mutex::new(())))
             .collect();
         let action_deadline = settings.action_deadline;
+        let pacers = RwLock::new(pacers_of(&providers));
         let engine = Arc::new(Engine {
+            pacers,
             store,
             providers: RwLock::new(providers.into_iter().map(|p| (p.id(), p)).collect()),
             breakers,
@@ -363,6 +368,7 @@ impl Engine {
     ) {
         self.action_deadline_ms
             .store(action_deadline.as_millis() as u64, Ordering::Relaxed);
+        *write(&self.pacers) = pacers_of(&providers);
         let mut map = write(&self.providers);
         for p in providers {
             map.insert(p.id(), p);
@@ -392,6 +398,18 @@ impl Engine {
             }
         }
         Ok(moved)
+    }
+
+    /// Waits for a slot in the provider's inquiry budget (at once if it
+    /// has none). False if the daemon shut down meanwhile.
+    pub(crate) async fn pace(&self, id: ProviderId) -> bool {
+        let Some(p) = read(&self.pacers).get(&id).cloned() else {
+            return true;
+        };
+        tokio::select! {
+            _ = p.wait() => true,
+            _ = self.cancel.cancelled() => false,
+        }
     }
 
     fn sweep_settings(&self, id: ProviderId) -> ReconcileConfig {
@@ -549,6 +567,9 @@ impl Engine {
         let span = tracing::info_span!("poll", payment_id = %id, provider = %payment.provider);
         let breaker = self.breakers[&pid].clone();
         let result = if breaker.allow() {
+            if !self.pace(pid).await {
+                return;
+            }
             let r = tokio::select! {
                 r = provider.inquire(&payment).instrument(span.clone()) => r,
                 // The window stays as persisted; a restart polls it again.
@@ -759,6 +780,9 @@ impl Engine {
 
     /// Asks about one payment during a sweep and records the answer.
     async fn sweep_one(&self, provider: &dyn Provider, breaker: &Breaker, p: Payment) -> Swept {
+        if !self.pace(p.provider).await {
+            return Swept::Failed;
+        }
         let result = tokio::select! {
             r = provider.inquire(&p) => r,
             _ = self.cancel.cancelled() => return Swept::Failed,
@@ -849,6 +873,13 @@ fn alert_unmapped(payment: &Payment, raw: &str) {
             "provider sent a status payrecon does not know; recorded, state left as it is"
         ),
     }
+}
+
+fn pacers_of(providers: &[Arc<dyn Provider>]) -> HashMap<ProviderId, Arc<Pacer>> {
+    providers
+        .iter()
+        .filter_map(|p| Some((p.id(), Arc::new(Pacer::new(p.polling().rate_per_sec?)))))
+        .collect()
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod outbound;
+pub mod pacer;
 pub mod provider;
 pub mod scheduler;
 pub mod sdnotify;

@@ -311,6 +311,10 @@ impl Engine {
                 return Ok(Settled::Done);
             };
             let answer = if breaker.allow() {
+                if !self.pace(a.provider).await {
+                    // Stays `sending`: the next run asks again.
+                    return Ok(Settled::Done);
+                }
                 let r = ask.await;
                 match &r {
                     Err(crate::provider::InquiryError::Transient(_)) => breaker.failure(),

@@ -261,3 +261,64 @@ request_timeout = "1s"
     h.stop().await;
     mf.shutdown().await;
 }
+
+#[tokio::test]
+async fn polls_keep_to_the_providers_inquiry_budget() {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mf = MyfatoorahSim::start(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        "mf-token",
+        cancel.clone(),
+    );
+    // Ten invoices polled every 20 ms would be 500 inquiries a second; the
+    // budget allows 20.
+    let tail = format!(
+        r#"
+[providers.myfatoorah]
+base_url = "{}"
+token_env = "TEST_MF_TOKEN"
+
+[providers.myfatoorah.polling]
+poll_interval_min = "20ms"
+poll_interval_max = "20ms"
+poll_window_min = "60s"
+poll_window_max = "60s"
+rate_per_sec = 20.0
+"#,
+        mf.base_url()
+    );
+    let h = Harness::start_with(
+        Polling {
+            tail,
+            ..Default::default()
+        },
+        "",
+        HashMap::from([("TEST_MF_TOKEN".to_string(), "mf-token".to_string())]),
+    )
+    .await;
+    let start = std::time::Instant::now();
+    for i in 0..10 {
+        mf.add_invoice(8000 + i, 1000);
+        h.engine
+            .track(TrackRequest {
+                provider: "myfatoorah".into(),
+                keys: Keys::from([("invoice_id".to_string(), (8000 + i).to_string())]),
+                amount_minor: Some(1000),
+                currency: Some("KWD".into()),
+            })
+            .await
+            .unwrap();
+    }
+    wait_until("30 inquiries", || async { mf.requests() >= 30 }).await;
+    let n = mf.requests();
+    // A bound the budget guarantees however slow the machine: n inquiries
+    // need at least (n - 1) gaps of 50 ms.
+    let floor = std::time::Duration::from_millis(50 * (n - 1));
+    assert!(
+        start.elapsed() >= floor,
+        "{n} inquiries in {:?}: faster than 20 a second",
+        start.elapsed()
+    );
+    h.stop().await;
+    mf.shutdown().await;
+}

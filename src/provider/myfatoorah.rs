@@ -259,7 +259,8 @@ impl Myfatoorah {
             .await
             .map_err(|e| InquiryError::Transient(e.without_url().to_string()))?;
         let status = resp.status();
-        if status.is_server_error() {
+        // 429: the rate limit; asked again at the next tick.
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             return Err(InquiryError::Transient(format!("HTTP {status}")));
         }
         let env: Envelope<Invoice> = resp
