@@ -274,6 +274,9 @@ impl Engine {
             .map(|p| (p.id(), tokio::sync::Mutex::new(())))
             .collect();
         let action_deadline = settings.action_deadline;
+        // Before any task can commit a change: each change from now on
+        // queues its notice.
+        store.enable_notices(settings.notify.is_some());
         let pacers = RwLock::new(pacers_of(&providers));
         let engine = Arc::new(Engine {
             pacers,
@@ -303,7 +306,6 @@ impl Engine {
         });
         let _ = engine.scheduler.set(scheduler);
         engine.tasks.spawn(engine.clone().run_outbound());
-        engine.store.enable_notices(read(&engine.notify).is_some());
         engine.tasks.spawn(engine.clone().run_notifier());
         engine
     }
