@@ -104,7 +104,10 @@ async fn delivered_after_three_failures_with_one_id_in_order_and_signed() {
         !keys.contains_key("session_token") && !keys.contains_key("access_token"),
         "{keys:?}"
     );
-    assert_eq!(h.engine.store().notice_backlog(), 0);
+    wait_until("the outbox is empty", || async {
+        h.engine.store().notice_backlog() == 0
+    })
+    .await;
     assert_eq!(h.get(&id).await.payment.state, State::Reversed);
     h.stop().await;
     platform.shutdown().await;
@@ -135,11 +138,12 @@ async fn a_410_disables_the_endpoint_keeps_the_notices_and_a_reload_resumes() {
     // delivery resumes, nothing was dropped.
     platform.set_gone(false);
     h.engine.reenable_notifications();
-    wait_until("both delivered after the reload", || async {
-        platform.delivered().len() == 2
+    // The receiver records a delivery before payrecon reads its 200 and
+    // clears the notice: wait for both.
+    wait_until("both delivered after the reload, outbox empty", || async {
+        platform.delivered().len() == 2 && h.engine.store().notice_backlog() == 0
     })
     .await;
-    assert_eq!(h.engine.store().notice_backlog(), 0);
     h.stop().await;
     platform.shutdown().await;
 }
