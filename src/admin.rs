@@ -123,7 +123,7 @@ impl Admin {
             }
             _ => {}
         }
-        let token = self.token.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let token = crate::sync::read(&self.token).clone();
         if let Some(token) = &token {
             let given = req
                 .headers()

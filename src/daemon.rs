@@ -348,7 +348,7 @@ impl Daemon {
             }
         }
         self.engine.reenable_notifications();
-        *self.admin.token.write().unwrap_or_else(|p| p.into_inner()) = new.admin_token.clone();
+        *crate::sync::write(&self.admin.token) = new.admin_token.clone();
         if let Some(mut c) = self.cron.take() {
             let _ = c.shutdown().await;
         }

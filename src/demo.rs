@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::AdminClient;
 use crate::config::Config;
 use crate::daemon::{self, Listeners};
-use crate::engine::TrackRequest;
+use crate::engine::{PollOutcome, TrackRequest};
 use crate::model::Source;
 use crate::sim::connpay::{CallbackMode, ConnpaySim, Faults, NewTransfer, Outcome, Script, Settle};
 use crate::state::State;
@@ -708,7 +708,7 @@ pub async fn run(count: usize) -> Result<bool, String> {
     println!("  first learned from:  {}", fmt_counts(&by_source));
     println!(
         "  polls: {} answered, {} gave up after retries | callbacks: {} received, {} duplicates ignored",
-        c.polls_ok.load(Relaxed), c.polls_failed.load(Relaxed), c.callbacks_received.load(Relaxed), c.callbacks_duplicate.load(Relaxed)
+        c.polls(PollOutcome::Ok), c.polls(PollOutcome::Failed), c.callbacks_received.load(Relaxed), c.callbacks_duplicate.load(Relaxed)
     );
     println!("  state transitions:   {}", c.transitions.load(Relaxed));
     for w in &wrong {

@@ -22,6 +22,7 @@ use crate::pacer::Pacer;
 use crate::provider::{CallbackError, InquiryError, Provider, RawCallback};
 use crate::scheduler::Scheduler;
 use crate::store::{Change, Ingested, NewPayment, Store, StoreError, Tracked, WindowChange};
+use crate::sync::{read, write};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -128,22 +129,58 @@ pub struct Counters {
     pub callbacks_rejected: AtomicU64,
     pub callbacks_duplicate: AtomicU64,
     pub callbacks_orphaned: AtomicU64,
-    pub polls_ok: AtomicU64,
-    pub polls_failed: AtomicU64,
-    /// Polls not sent because the provider's circuit was open.
-    pub polls_skipped: AtomicU64,
-    /// The same three per provider, indexed by [`ProviderId::code`]:
-    /// ok, failed, skipped.
+    /// Polls per provider (indexed by [`ProviderId::code`]) and outcome
+    /// (indexed by [`PollOutcome`]); [`Counters::polls`] sums providers.
     pub polls_by_provider: [[AtomicU64; 3]; 8],
     pub sweeps: AtomicU64,
     pub drift: AtomicU64,
     pub stale: AtomicU64,
     pub notices_delivered: AtomicU64,
     pub notices_failed: AtomicU64,
-    pub notices_abandoned: AtomicU64,
     pub transitions: AtomicU64,
     /// Poll schedule lag: start of the inquiry minus its due time.
     pub poll_lag: LagHistogram,
+}
+
+/// How a poll ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollOutcome {
+    Ok = 0,
+    Failed = 1,
+    /// Not sent: the provider's circuit was open.
+    Skipped = 2,
+}
+
+impl PollOutcome {
+    pub const ALL: [PollOutcome; 3] = [PollOutcome::Ok, PollOutcome::Failed, PollOutcome::Skipped];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PollOutcome::Ok => "ok",
+            PollOutcome::Failed => "failed",
+            PollOutcome::Skipped => "skipped",
+        }
+    }
+}
+
+impl Counters {
+    fn count_poll(&self, pid: ProviderId, outcome: PollOutcome) {
+        self.polls_by_provider[pid.code() as usize][outcome as usize]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Polls of one provider that ended so.
+    pub fn polls_of(&self, pid: ProviderId, outcome: PollOutcome) -> u64 {
+        self.polls_by_provider[pid.code() as usize][outcome as usize].load(Ordering::Relaxed)
+    }
+
+    /// Polls of every provider that ended so.
+    pub fn polls(&self, outcome: PollOutcome) -> u64 {
+        self.polls_by_provider
+            .iter()
+            .map(|p| p[outcome as usize].load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// A lock-free histogram of durations in microseconds: four buckets per
@@ -583,8 +620,7 @@ impl Engine {
             }
             Some(r)
         } else {
-            self.counters.polls_skipped.fetch_add(1, Ordering::Relaxed);
-            self.counters.polls_by_provider[pid.code() as usize][2].fetch_add(1, Ordering::Relaxed);
+            self.counters.count_poll(pid, PollOutcome::Skipped);
             None
         };
         let _enter = span.enter();
@@ -603,9 +639,7 @@ impl Engine {
                 None
             }),
             Some(Ok(report)) => {
-                self.counters.polls_ok.fetch_add(1, Ordering::Relaxed);
-                self.counters.polls_by_provider[pid.code() as usize][0]
-                    .fetch_add(1, Ordering::Relaxed);
+                self.counters.count_poll(pid, PollOutcome::Ok);
                 if report.state.is_none() {
                     alert_unmapped(&payment, &report.raw_status);
                 }
@@ -625,9 +659,7 @@ impl Engine {
                 }
             }
             Some(Err(e)) => {
-                self.counters.polls_failed.fetch_add(1, Ordering::Relaxed);
-                self.counters.polls_by_provider[pid.code() as usize][1]
-                    .fetch_add(1, Ordering::Relaxed);
+                self.counters.count_poll(pid, PollOutcome::Failed);
                 match &e {
                     InquiryError::Transient(m) => {
                         tracing::warn!(error = %m, "status inquiry failed; asking again next tick")
@@ -680,8 +712,8 @@ impl Engine {
             return Ok(report);
         }
         let limit = Arc::new(Semaphore::new(settings.concurrency));
-        let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / settings.rate_per_sec));
-        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The sweep's own share, under the provider's whole budget.
+        let pace = Pacer::new(settings.rate_per_sec);
         let mut asks = tokio::task::JoinSet::new();
         let mut after: Option<String> = None;
         'pages: loop {
@@ -707,7 +739,7 @@ impl Engine {
                     tracing::warn!(provider = %pid, "sweep stopped: the provider's circuit is open");
                     break 'pages;
                 }
-                pace.tick().await;
+                pace.wait().await;
                 let permit = limit.clone().acquire_owned().await.expect("never closed");
                 mark.last_ms = now;
                 self.store.set_sweep_mark(&p.id, &mark)?;
@@ -882,14 +914,6 @@ fn pacers_of(providers: &[Arc<dyn Provider>]) -> HashMap<ProviderId, Arc<Pacer>>
         .iter()
         .filter_map(|p| Some((p.id(), Arc::new(Pacer::new(p.polling().rate_per_sec?)))))
         .collect()
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Milliseconds drawn uniformly from `[min, max]`.

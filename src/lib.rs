@@ -45,3 +45,4 @@ pub mod sdnotify;
 pub mod sim;
 pub mod state;
 pub mod store;
+pub mod sync;

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, PollOutcome};
 
 /// Renders every metric. Names are stable; docs/operations.md lists them.
 pub fn render(engine: &Engine) -> String {
@@ -45,10 +45,10 @@ pub fn render(engine: &Engine) -> String {
     let ids = engine.provider_ids();
     let mut polls = vec![];
     for pid in &ids {
-        for (i, outcome) in ["ok", "failed", "skipped"].iter().enumerate() {
+        for outcome in PollOutcome::ALL {
             polls.push((
-                format!("{{provider=\"{pid}\",outcome=\"{outcome}\"}}"),
-                load(&c.polls_by_provider[pid.code() as usize][i]) as f64,
+                format!("{{provider=\"{pid}\",outcome=\"{}\"}}", outcome.as_str()),
+                c.polls_of(*pid, outcome) as f64,
             ));
         }
     }

@@ -15,6 +15,7 @@
 //!   delivery, to the same URL or a new one.
 //! - During a secret rotation both signatures are sent.
 
+use crate::sync::lock;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -265,7 +266,6 @@ impl Engine {
                 n.attempts += 1;
                 n.last_error = Some(why.clone());
                 if now.saturating_sub(n.at_ms) > cfg.horizon.as_millis() as u64 {
-                    c.notices_abandoned.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(alert = "notification_abandoned", webhook_id = %id, payment_id = %n.payment_id, attempts = n.attempts, error = %why, "notification not delivered within the retry horizon; moved to the dead letters");
                     self.store().remove_notice(&n, true)
                 } else {
@@ -327,10 +327,6 @@ impl Engine {
         });
         serde_json::to_vec(&body).expect("JSON values serialize")
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! the provider's status inquiry settles it, or, where there is none, it is
 //! parked as `unknown` for an operator.
 
+use crate::sync::lock;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -408,8 +409,4 @@ fn alert_unknown(a: &Action) {
         provider = %a.provider,
         "action outcome unknown; it will not be resent. Resolve it with `payrecon resolve-action`"
     );
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

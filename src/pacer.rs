@@ -26,7 +26,7 @@ impl Pacer {
     /// Resolves at this caller's slot.
     pub async fn wait(&self) {
         let at = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = crate::sync::lock(&self.next);
             let at = (*next).max(Instant::now());
             *next = at + self.gap;
             at

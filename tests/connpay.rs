@@ -4,6 +4,8 @@
 
 mod common;
 
+use payrecon::engine::PollOutcome;
+
 use std::sync::atomic::Ordering;
 
 use common::*;
@@ -324,7 +326,7 @@ async fn a_slow_or_failing_provider_stalls_no_other_payment() {
     }
     // Meanwhile the bad ones were asked, failed, and are still in their windows.
     wait_until("failed polls counted", || async {
-        h.engine.counters.polls_failed.load(Ordering::Relaxed) >= 8
+        h.engine.counters.polls(PollOutcome::Failed) >= 8
     })
     .await;
     for id in &bad {

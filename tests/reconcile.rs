@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use common::*;
 use payrecon::circuit::CircuitState;
-use payrecon::engine::{EngineError, TrackRequest};
+use payrecon::engine::{EngineError, PollOutcome, TrackRequest};
 use payrecon::model::{Keys, ProviderId, Source};
 use payrecon::sim::connpay::{CallbackMode, NewTransfer, Script, Settle};
 use payrecon::sim::myfatoorah::{Faults, MyfatoorahSim};
@@ -32,6 +32,45 @@ fn silent() -> Script {
         callback: CallbackMode::Never,
         ..Default::default()
     }
+}
+
+/// The ConnPay harness with a MyFatoorah sandbox beside it: `tables` are
+/// extra config tables, `polling` lines of MyFatoorah's polling table
+/// (windows are a minute long).
+async fn with_myfatoorah(tables: &str, polling: &str) -> (Harness, MyfatoorahSim) {
+    let mf = MyfatoorahSim::start(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        "mf-token",
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let tail = format!(
+        "{tables}\n[providers.myfatoorah]\nbase_url = \"{}\"\ntoken_env = \"TEST_MF_TOKEN\"\n\n[providers.myfatoorah.polling]\npoll_window_min = \"60s\"\npoll_window_max = \"60s\"\n{polling}",
+        mf.base_url()
+    );
+    let h = Harness::start_with(
+        Polling {
+            tail,
+            ..Default::default()
+        },
+        "",
+        HashMap::from([("TEST_MF_TOKEN".to_string(), "mf-token".to_string())]),
+    )
+    .await;
+    (h, mf)
+}
+
+/// An invoice in the MyFatoorah sandbox, tracked.
+async fn track_invoice(h: &Harness, mf: &MyfatoorahSim, id: i64) {
+    mf.add_invoice(id, 1000);
+    h.engine
+        .track(TrackRequest {
+            provider: "myfatoorah".into(),
+            keys: Keys::from([("invoice_id".to_string(), id.to_string())]),
+            amount_minor: Some(1000),
+            currency: Some("KWD".into()),
+        })
+        .await
+        .unwrap();
 }
 
 async fn window_closed(h: &Harness, id: &str) {
@@ -137,55 +176,17 @@ async fn two_sweeps_of_one_provider_never_overlap() {
 
 #[tokio::test]
 async fn an_open_circuit_stops_one_provider_while_another_keeps_polling() {
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let mf = MyfatoorahSim::start(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        "mf-token",
-        cancel.clone(),
-    );
+    let (h, mf) = with_myfatoorah(
+        "[circuit]\nfailures = 3\ncool_down = \"1h\"\n",
+        "poll_interval_min = \"20ms\"\npoll_interval_max = \"30ms\"\nrequest_timeout = \"1s\"\n",
+    )
+    .await;
     mf.set_faults(Faults {
         error_rate: 1.0,
         ..Default::default()
     });
-    let tail = format!(
-        r#"
-[circuit]
-failures = 3
-cool_down = "1h"
-
-[providers.myfatoorah]
-base_url = "{}"
-token_env = "TEST_MF_TOKEN"
-
-[providers.myfatoorah.polling]
-poll_interval_min = "20ms"
-poll_interval_max = "30ms"
-poll_window_min = "60s"
-poll_window_max = "60s"
-request_timeout = "1s"
-"#,
-        mf.base_url()
-    );
-    let h = Harness::start_with(
-        Polling {
-            tail,
-            ..Default::default()
-        },
-        "",
-        HashMap::from([("TEST_MF_TOKEN".to_string(), "mf-token".to_string())]),
-    )
-    .await;
     for i in 0..3 {
-        mf.add_invoice(7000 + i, 1000);
-        h.engine
-            .track(TrackRequest {
-                provider: "myfatoorah".into(),
-                keys: Keys::from([("invoice_id".to_string(), (7000 + i).to_string())]),
-                amount_minor: Some(1000),
-                currency: Some("KWD".into()),
-            })
-            .await
-            .unwrap();
+        track_invoice(&h, &mf, 7000 + i).await;
     }
     let breaker = h.engine.breaker(ProviderId::Myfatoorah).unwrap().clone();
     wait_until("MyFatoorah's circuit opens", || async {
@@ -193,7 +194,7 @@ request_timeout = "1s"
     })
     .await;
     let mf_calls = mf.requests();
-    let skipped = h.engine.counters.polls_skipped.load(Ordering::Relaxed);
+    let skipped = h.engine.counters.polls(PollOutcome::Skipped);
     // ConnPay keeps polling: its transfers settle by poll alone.
     let mut ids = vec![];
     for i in 0..3 {
@@ -214,7 +215,7 @@ request_timeout = "1s"
     }
     // MyFatoorah's polls kept falling due but none was sent.
     wait_until("MyFatoorah polls are skipped", || async {
-        h.engine.counters.polls_skipped.load(Ordering::Relaxed) > skipped + 3
+        h.engine.counters.polls(PollOutcome::Skipped) > skipped + 3
     })
     .await;
     assert_eq!(
@@ -264,50 +265,16 @@ request_timeout = "1s"
 
 #[tokio::test]
 async fn polls_keep_to_the_providers_inquiry_budget() {
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let mf = MyfatoorahSim::start(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        "mf-token",
-        cancel.clone(),
-    );
     // Ten invoices polled every 20 ms would be 500 inquiries a second; the
     // budget allows 20.
-    let tail = format!(
-        r#"
-[providers.myfatoorah]
-base_url = "{}"
-token_env = "TEST_MF_TOKEN"
-
-[providers.myfatoorah.polling]
-poll_interval_min = "20ms"
-poll_interval_max = "20ms"
-poll_window_min = "60s"
-poll_window_max = "60s"
-rate_per_sec = 20.0
-"#,
-        mf.base_url()
-    );
-    let h = Harness::start_with(
-        Polling {
-            tail,
-            ..Default::default()
-        },
+    let (h, mf) = with_myfatoorah(
         "",
-        HashMap::from([("TEST_MF_TOKEN".to_string(), "mf-token".to_string())]),
+        "poll_interval_min = \"20ms\"\npoll_interval_max = \"20ms\"\nrate_per_sec = 20.0\n",
     )
     .await;
     let start = std::time::Instant::now();
     for i in 0..10 {
-        mf.add_invoice(8000 + i, 1000);
-        h.engine
-            .track(TrackRequest {
-                provider: "myfatoorah".into(),
-                keys: Keys::from([("invoice_id".to_string(), (8000 + i).to_string())]),
-                amount_minor: Some(1000),
-                currency: Some("KWD".into()),
-            })
-            .await
-            .unwrap();
+        track_invoice(&h, &mf, 8000 + i).await;
     }
     wait_until("30 inquiries", || async { mf.requests() >= 30 }).await;
     let n = mf.requests();

@@ -102,17 +102,18 @@ pub fn run(opts: &Opts) -> Result<(), String> {
             Err(last)
         })?;
         let c = &d.engine.counters;
-        use std::sync::atomic::Ordering::Relaxed;
-        let polls = || c.polls_ok.load(Relaxed) + c.polls_failed.load(Relaxed);
+        use crate::engine::PollOutcome;
+        let failed = || c.polls(PollOutcome::Failed);
+        let polls = || c.polls(PollOutcome::Ok) + failed();
         std::thread::sleep(warm);
-        let (p0, f0) = (polls(), c.polls_failed.load(Relaxed));
+        let (p0, f0) = (polls(), failed());
         c.poll_lag.reset();
         let (_, cpu0) = thread_cpu(&[]);
         let t0 = Instant::now();
         std::thread::sleep(measure);
         let (_, cpu1) = thread_cpu(&[]);
         let elapsed = t0.elapsed().as_secs_f64();
-        let (p1, f1) = (polls(), c.polls_failed.load(Relaxed));
+        let (p1, f1) = (polls(), failed());
         let achieved = (p1 - p0) as f64 / elapsed;
         let expected = k as f64 / 4.0;
         let lag = &c.poll_lag;

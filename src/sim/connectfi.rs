@@ -9,6 +9,7 @@
 //! updates answered 500, "apply the change, then drop the connection", and
 //! expiring every token now.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,10 +58,6 @@ pub struct ConnectfiSim {
     addr: SocketAddr,
     cancel: CancellationToken,
     tasks: TaskTracker,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn now_iso() -> String {

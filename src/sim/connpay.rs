@@ -7,6 +7,7 @@
 //! per transfer), duplicate callbacks, out-of-order callbacks, callbacks
 //! that never come, and reversals after approval.
 
+use crate::sync::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -311,11 +312,6 @@ impl ConnpaySim {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic elsewhere must not take the sandbox down with it.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn phase_name(p: Phase) -> &'static str {

@@ -7,6 +7,7 @@
 //! rejects answered 500, "apply the change, then drop the connection", and
 //! expiring every token now.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,10 +59,6 @@ pub struct CrmSim {
     addr: SocketAddr,
     cancel: CancellationToken,
     tasks: TaskTracker,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl CrmSim {

@@ -11,6 +11,7 @@
 //! is announced with a signed v1 or v2 webhook, re-sent until it gets 200
 //! (up to 5 times, as MyFatoorah does).
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,10 +93,6 @@ pub struct MyfatoorahSim {
     inner: Arc<Inner>,
     addr: SocketAddr,
     tasks: TaskTracker,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl MyfatoorahSim {

@@ -2,6 +2,7 @@
 //! verifies each Standard Webhooks request the way the specification's
 //! verifiers do, records it, and can fail on purpose (5xx, 410 Gone).
 
+use crate::sync::lock;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -138,8 +139,4 @@ async fn handle(
         status: status.as_u16(),
     });
     Ok(http::json(status, &serde_json::json!({})))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -7,6 +7,7 @@
 //! updates answered 500 or refused with a 400 problem, and "apply the
 //! change, then drop the connection before answering".
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,10 +47,6 @@ pub struct RestStatusSim {
     addr: SocketAddr,
     cancel: CancellationToken,
     tasks: TaskTracker,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RestStatusSim {
