@@ -143,11 +143,7 @@ pub struct Connectfi {
 
 impl Connectfi {
     pub fn new(base_url: String, login: Login, request_timeout: Duration) -> Connectfi {
-        let client = reqwest::Client::builder()
-            .timeout(request_timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
+        let client = super::http_client(request_timeout);
         Connectfi {
             base_url,
             login,

@@ -257,11 +257,7 @@ pub struct Connpay {
 
 impl Connpay {
     pub fn new(base_url: String, control_key: Secret, polling: PollingConfig) -> Connpay {
-        let client = reqwest::Client::builder()
-            .timeout(polling.request_timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
+        let client = super::http_client(polling.request_timeout);
         Connpay {
             base_url,
             control_key,

@@ -106,11 +106,7 @@ pub struct Crm {
 
 impl Crm {
     pub fn new(base_url: String, login: Login, request_timeout: Duration) -> Crm {
-        let client = reqwest::Client::builder()
-            .timeout(request_timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
+        let client = super::http_client(request_timeout);
         Crm {
             base_url,
             login,

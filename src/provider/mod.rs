@@ -143,6 +143,17 @@ pub fn no_headers(_: &str) -> Option<String> {
     None
 }
 
+/// The HTTP client every provider uses: `timeout` for a whole request,
+/// five seconds to connect (rustls).
+pub fn http_client(timeout: std::time::Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .build()
+        // Building fails only without a TLS backend, which is compiled in.
+        .unwrap_or_default()
+}
+
 pub trait Provider: Send + Sync + 'static {
     fn id(&self) -> ProviderId;
 

@@ -11,7 +11,6 @@
 //! inquiry's `InvoiceValue`).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -224,11 +223,7 @@ impl Myfatoorah {
         webhook_secret: Option<Secret>,
         polling: PollingConfig,
     ) -> Myfatoorah {
-        let client = reqwest::Client::builder()
-            .timeout(polling.request_timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
+        let client = super::http_client(polling.request_timeout);
         Myfatoorah {
             base_url,
             token,

@@ -89,11 +89,7 @@ impl RestStatus {
         spelling: TrustSpelling,
         request_timeout: Duration,
     ) -> RestStatus {
-        let client = reqwest::Client::builder()
-            .timeout(request_timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
+        let client = super::http_client(request_timeout);
         RestStatus {
             base_url,
             api_key,
