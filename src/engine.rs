@@ -549,12 +549,15 @@ impl Engine {
         let ingested = tokio::task::spawn_blocking(move || store.ingest_callback(&record))
             .await
             .map_err(|_| StoreError::Closed)??;
+        // Every answer waits for a flush, a repeat's too: the first copy
+        // may be committed but not yet on disk, and the repeat's 200 is
+        // the provider's last delivery of it.
+        self.store.sync().await?;
         match &ingested {
             Ingested::Duplicate => {
                 self.counters
                     .callbacks_duplicate
                     .fetch_add(1, Ordering::Relaxed);
-                return Ok(ingested);
             }
             Ingested::Orphaned => {
                 self.counters
@@ -563,7 +566,6 @@ impl Engine {
             }
             Ingested::Applied(_) => {}
         }
-        self.store.sync().await?;
         match &ingested {
             Ingested::Applied(o) => {
                 if let Some(c) = &o.change {

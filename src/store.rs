@@ -268,6 +268,12 @@ impl Store {
             .map_err(|_| StoreError::Closed)
     }
 
+    /// How many flush tickets are on disk: grows with every group flush.
+    /// Tests use it to see that an answer waited for one.
+    pub fn flushed_tickets(&self) -> u64 {
+        *self.gc.flushed.borrow()
+    }
+
     /// Flushes now, on the calling thread. For shutdown.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.db.flush()?;
