@@ -554,6 +554,7 @@ async fn run(path: PathBuf) -> ExitCode {
         }
     };
     crate::logging::init(config.file.log.format, &config.file.log.level);
+    crate::guard::install_panic_hook();
     let listeners = match crate::daemon::Listeners::bind(&config).await {
         Ok(l) => l,
         Err(e) => return fail(e),

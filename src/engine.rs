@@ -335,7 +335,7 @@ impl Engine {
         let weak: Weak<Engine> = Arc::downgrade(&engine);
         let (scheduler, task) = Scheduler::start(cancel, move |id, provider, due| {
             if let Some(e) = weak.upgrade() {
-                e.tasks.spawn(e.clone().poll(id, provider, due));
+                e.tasks.spawn(e.clone().poll_guarded(id, provider, due));
             }
         });
         engine.tasks.spawn(async move {
@@ -582,6 +582,32 @@ impl Engine {
         Ok(ingested)
     }
 
+    /// [`Engine::poll`], with a panic in it taken as a failed poll: the
+    /// alert is raised, the window moves on as after a failed inquiry and
+    /// the payment is asked again at its next tick.
+    async fn poll_guarded(self: Arc<Self>, id: String, pid: ProviderId, due: Instant) {
+        let Err(why) = crate::guard::catch(self.clone().poll(id.clone(), pid, due)).await else {
+            return;
+        };
+        self.counters.count_poll(pid, PollOutcome::Failed);
+        tracing::error!(alert = "poll_panicked", payment_id = %id, provider = %pid, error = %why, "a poll panicked; the payment is asked again at its next tick");
+        let Some(provider) = self.provider(pid) else {
+            return;
+        };
+        let Ok(Some(payment)) = self.store.get(&id) else {
+            return;
+        };
+        let Some(window) = payment.window.filter(|w| w.open) else {
+            return;
+        };
+        let change = next_window_change(&*provider, &window, now_ms());
+        match self.store.advance_window(&id, change) {
+            Ok(Some(w)) if w.open => self.scheduler().schedule(id, pid, instant_at(w.next_ms)),
+            Ok(_) => {}
+            Err(e) => tracing::error!(payment_id = %id, error = %e, "poll window not moved"),
+        }
+    }
+
     /// One poll of one payment, run when its deadline falls due.
     async fn poll(self: Arc<Self>, id: String, pid: ProviderId, due: Instant) {
         let Some(provider) = self.provider(pid) else {
@@ -627,13 +653,7 @@ impl Engine {
         };
         let _enter = span.enter();
         let now = now_ms();
-        let polling = provider.polling();
-        let next = now + uniform_ms(polling.poll_interval_min, polling.poll_interval_max);
-        let change = if next > window.ends_ms {
-            WindowChange::Close
-        } else {
-            WindowChange::Next(next)
-        };
+        let change = next_window_change(&*provider, &window, now);
         let moved = match result {
             // Circuit open: the window moves on without asking.
             None => self.store.advance_window(&id, change).unwrap_or_else(|e| {
@@ -645,6 +665,7 @@ impl Engine {
                 if report.state.is_none() {
                     alert_unmapped(&payment, &report.raw_status);
                 }
+                alert_unreadable(&payment, &report);
                 match self.store.observe(&id, report, change, now) {
                     Ok(o) => {
                         if let Some(c) = &o.change {
@@ -748,7 +769,13 @@ impl Engine {
                 let (engine, provider, breaker) = (self.clone(), provider.clone(), breaker.clone());
                 asks.spawn(async move {
                     let _permit = permit;
-                    engine.sweep_one(&*provider, &breaker, p).await
+                    let (id, pid) = (p.id.clone(), p.provider);
+                    crate::guard::catch(engine.sweep_one(&*provider, &breaker, p))
+                        .await
+                        .unwrap_or_else(|why| {
+                            tracing::error!(alert = "sweep_panicked", payment_id = %id, provider = %pid, error = %why, "a sweep inquiry panicked; the payment is asked again next sweep");
+                            Swept::Failed
+                        })
                 });
                 while let Some(done) = asks.try_join_next() {
                     report.add(done);
@@ -832,6 +859,7 @@ impl Engine {
             Ok(mut report) => {
                 breaker.success();
                 report.source = Source::Reconcile;
+                alert_unreadable(&p, &report);
                 report
             }
             Err(InquiryError::NotFound(m)) => {
@@ -890,6 +918,14 @@ impl Engine {
     }
 }
 
+/// An answer with fields payrecon could not read is still used; the
+/// fields are recorded with it and a person is told.
+fn alert_unreadable(payment: &Payment, report: &crate::model::Report) {
+    if let Some(why) = report.fields.get(crate::model::UNREADABLE) {
+        tracing::warn!(alert = "provider_field_unreadable", payment_id = %payment.id, provider = %payment.provider, error = %why, "provider answer has a field payrecon cannot read; recorded, the rest of the answer used");
+    }
+}
+
 fn alert_unmapped(payment: &Payment, raw: &str) {
     match raw {
         "error:ORDER_NOT_FOUND" | "error:INVALID_REQUEST" => tracing::warn!(
@@ -908,6 +944,18 @@ fn alert_unmapped(payment: &Payment, raw: &str) {
             payment_id = %payment.id,
             "provider sent a status payrecon does not know; recorded, state left as it is"
         ),
+    }
+}
+
+/// Where a window goes after a poll at `now`: its next tick, or closed
+/// when that tick would fall past its end.
+fn next_window_change(provider: &dyn Provider, window: &PollWindow, now: u64) -> WindowChange {
+    let polling = provider.polling();
+    let next = now + uniform_ms(polling.poll_interval_min, polling.poll_interval_max);
+    if next > window.ends_ms {
+        WindowChange::Close
+    } else {
+        WindowChange::Next(next)
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`scheduler`]: the one task that owns every poll deadline.
 //! - [`engine`]: tracking, polling and callback ingest on top of the store.
 //! - [`action`] and [`outbound`]: status changes sent to providers, exactly once.
+//! - [`guard`]: a panic in one poll, action or delivery is caught there.
 //! - [`http`]: the hyper serve loop and the JSON error shape.
 //! - [`callback`] and [`admin`]: the two listeners.
 //! - [`daemon`]: wires it all together under one cancellation token.
@@ -32,6 +33,7 @@ pub mod daemon;
 pub mod demo;
 pub mod engine;
 pub mod export;
+pub mod guard;
 pub mod http;
 pub mod logging;
 pub mod metrics;

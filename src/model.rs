@@ -97,6 +97,11 @@ impl Source {
 /// names are required, and which are secret, is the adapter's business.
 pub type Keys = BTreeMap<String, String>;
 
+/// The report field that lists provider fields payrecon could not read.
+/// The rest of the answer is still used; the engine raises
+/// `alert=provider_field_unreadable` when it is present.
+pub const UNREADABLE: &str = "unreadable";
+
 /// A tracked payment. Its history lives beside it in the store.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Payment {

@@ -218,7 +218,11 @@ impl Engine {
             let (engine, client, cfg) = (self.clone(), client.clone(), cfg.clone());
             self.tasks().spawn(async move {
                 let pid = n.payment_id.clone();
-                engine.deliver(&client, &cfg, n).await;
+                let seq = n.seq;
+                // A panic leaves the notice queued; the next pass retries it.
+                if let Err(why) = crate::guard::catch(engine.deliver(&client, &cfg, n)).await {
+                    tracing::error!(alert = "notify_panicked", payment_id = %pid, seq, error = %why, "a notification delivery panicked; it is retried");
+                }
                 lock(&engine.notice_outbox().busy).remove(&pid);
                 engine.notice_outbox().wake.notify_one();
             });

@@ -179,9 +179,32 @@ impl Engine {
         self.tasks().spawn(async move {
             let id = a.id.clone();
             let span = tracing::info_span!("action", action_id = %id, payment_id = %a.payment_id, provider = %a.provider);
-            let _ = tracing::Instrument::instrument(e.clone().drive(a, uncertain), span).await;
+            let driven = tracing::Instrument::instrument(e.clone().drive(a, uncertain), span);
+            if let Err(why) = crate::guard::catch(driven).await {
+                e.park_after_panic(&id, &why).await;
+            }
             lock(&e.outbound().busy).remove(&id);
         });
+    }
+
+    /// An action whose worker panicked is parked as `unknown` for an
+    /// operator: it may have been sent, so it is never sent again blindly.
+    async fn park_after_panic(&self, id: &str, why: &str) {
+        let Ok(Some(mut a)) = self.store().get_action(id) else {
+            return;
+        };
+        tracing::error!(alert = "action_panicked", action_id = %id, payment_id = %a.payment_id, provider = %a.provider, error = %why, "an action's worker panicked; the action is parked as unknown");
+        if a.state.is_final() {
+            return;
+        }
+        a.state = ActionState::Unknown;
+        a.updated_ms = now_ms();
+        a.error = Some(format!(
+            "parked after an internal error ({why}); it may have been sent. Check with the provider, then run `payrecon resolve-action {id} --as succeeded|failed`"
+        ));
+        if self.store().update_action(&a, vec![]).is_ok() {
+            let _ = self.store().sync().await;
+        }
     }
 
     /// Takes one action to a final state, `unknown`, or back to the outbox

@@ -3,17 +3,15 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use common::*;
 use payrecon::circuit::CircuitState;
-use payrecon::engine::{EngineError, PollOutcome, TrackRequest};
-use payrecon::model::{Keys, ProviderId, Source};
+use payrecon::engine::{EngineError, PollOutcome};
+use payrecon::model::{ProviderId, Source};
 use payrecon::sim::connpay::{CallbackMode, NewTransfer, Script, Settle};
-use payrecon::sim::myfatoorah::{Faults, MyfatoorahSim};
+use payrecon::sim::myfatoorah::Faults;
 use payrecon::state::State;
-use tokio::net::TcpListener;
 
 /// Short windows: a payment is a sweep candidate a moment after tracking.
 fn short_windows(tail: &str) -> Polling {
@@ -32,45 +30,6 @@ fn silent() -> Script {
         callback: CallbackMode::Never,
         ..Default::default()
     }
-}
-
-/// The ConnPay harness with a MyFatoorah sandbox beside it: `tables` are
-/// extra config tables, `polling` lines of MyFatoorah's polling table
-/// (windows are a minute long).
-async fn with_myfatoorah(tables: &str, polling: &str) -> (Harness, MyfatoorahSim) {
-    let mf = MyfatoorahSim::start(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        "mf-token",
-        tokio_util::sync::CancellationToken::new(),
-    );
-    let tail = format!(
-        "{tables}\n[providers.myfatoorah]\nbase_url = \"{}\"\ntoken_env = \"TEST_MF_TOKEN\"\n\n[providers.myfatoorah.polling]\npoll_window_min = \"60s\"\npoll_window_max = \"60s\"\n{polling}",
-        mf.base_url()
-    );
-    let h = Harness::start_with(
-        Polling {
-            tail,
-            ..Default::default()
-        },
-        "",
-        HashMap::from([("TEST_MF_TOKEN".to_string(), "mf-token".to_string())]),
-    )
-    .await;
-    (h, mf)
-}
-
-/// An invoice in the MyFatoorah sandbox, tracked.
-async fn track_invoice(h: &Harness, mf: &MyfatoorahSim, id: i64) {
-    mf.add_invoice(id, 1000);
-    h.engine
-        .track(TrackRequest {
-            provider: "myfatoorah".into(),
-            keys: Keys::from([("invoice_id".to_string(), id.to_string())]),
-            amount_minor: Some(1000),
-            currency: Some("KWD".into()),
-        })
-        .await
-        .unwrap();
 }
 
 async fn window_closed(h: &Harness, id: &str) {

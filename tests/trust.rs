@@ -61,3 +61,145 @@ async fn a_repeat_is_answered_only_after_a_flush_covers_the_first_copy() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn an_answer_that_once_panicked_is_recorded_and_the_payment_still_polled() {
+    let (h, mf) = with_myfatoorah(
+        "",
+        "poll_interval_min = \"20ms\"\npoll_interval_max = \"30ms\"",
+    )
+    .await;
+    mf.add_invoice(4242, 1000);
+    mf.set_expiry(4242, "January 1, -262143", "00:00:00.000");
+    let id = h
+        .engine
+        .track(payrecon::engine::TrackRequest {
+            provider: "myfatoorah".into(),
+            keys: payrecon::model::Keys::from([("invoice_id".to_string(), "4242".to_string())]),
+            amount_minor: Some(1000),
+            currency: Some("KWD".into()),
+        })
+        .await
+        .unwrap()
+        .payment
+        .id;
+    wait_until("three polls of the invoice", || async {
+        h.get(&id).await.payment.window.unwrap().polls >= 3
+    })
+    .await;
+    let v = h.get(&id).await;
+    assert_eq!(v.payment.state, payrecon::state::State::Authorized);
+    let history = v.history.unwrap();
+    assert!(history[0].fields["unreadable"].contains("-262143"));
+    h.stop().await;
+    mf.shutdown().await;
+}
+
+/// A provider whose first inquiry panics (a bug in an adapter), then
+/// answers PROCESSING-like pending.
+struct PanicsOnce {
+    calls: std::sync::atomic::AtomicU32,
+    polling: payrecon::config::PollingConfig,
+}
+
+impl payrecon::provider::Provider for PanicsOnce {
+    fn id(&self) -> ProviderId {
+        ProviderId::Connpay
+    }
+    fn polling(&self) -> &payrecon::config::PollingConfig {
+        &self.polling
+    }
+    fn track_keys(
+        &self,
+        keys: &payrecon::model::Keys,
+    ) -> Result<payrecon::provider::TrackKeys, String> {
+        let inv = keys.get("invoice_id").ok_or("no invoice_id")?;
+        Ok(payrecon::provider::TrackKeys {
+            idempotency_key: format!("connpay|idem|{inv}"),
+            lookup_keys: vec![format!("connpay|inv|{inv}")],
+        })
+    }
+    fn lookup_by(&self, _: &str, _: &str) -> Option<String> {
+        None
+    }
+    fn inquire<'a>(
+        &'a self,
+        _: &'a payrecon::model::Payment,
+    ) -> payrecon::provider::BoxFuture<
+        'a,
+        Result<payrecon::model::Report, payrecon::provider::InquiryError>,
+    > {
+        Box::pin(async move {
+            let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            if n == 0 {
+                let expiry: Vec<i64> = vec![];
+                panic!("adapter bug: {}", expiry[n as usize]);
+            }
+            Ok(payrecon::model::Report {
+                source: payrecon::model::Source::Poll,
+                raw_status: "PROCESSING".into(),
+                state: Some(payrecon::state::State::Pending),
+                fields: Default::default(),
+                learned_keys: vec![],
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_poll_is_a_failed_poll_and_the_window_goes_on() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let store = payrecon::store::Store::open(dir.path()).unwrap();
+    let provider = Arc::new(PanicsOnce {
+        calls: Default::default(),
+        polling: payrecon::config::PollingConfig {
+            poll_interval_min: std::time::Duration::from_millis(10),
+            poll_interval_max: std::time::Duration::from_millis(20),
+            ..Default::default()
+        },
+    });
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let engine = payrecon::engine::Engine::start(
+        store,
+        vec![provider.clone()],
+        Default::default(),
+        cancel.clone(),
+    );
+    let id = engine
+        .track(payrecon::engine::TrackRequest {
+            provider: "connpay".into(),
+            keys: payrecon::model::Keys::from([("invoice_id".to_string(), "p-1".to_string())]),
+            amount_minor: Some(100),
+            currency: Some("EUR".into()),
+        })
+        .await
+        .unwrap()
+        .payment
+        .id;
+    wait_until("polled again after the panic", || async {
+        provider.calls.load(std::sync::atomic::Ordering::SeqCst) >= 3
+    })
+    .await;
+    use payrecon::engine::PollOutcome;
+    assert!(
+        engine
+            .counters
+            .polls_of(ProviderId::Connpay, PollOutcome::Failed)
+            >= 1
+    );
+    wait_until("the later answers recorded", || async {
+        engine.store().history(&id).unwrap().len() >= 2
+    })
+    .await;
+    let p = engine.store().get(&id).unwrap().unwrap();
+    assert!(p.window.unwrap().open);
+    assert!(
+        p.window.unwrap().polls >= 3,
+        "the panicked poll moved the window too"
+    );
+    cancel.cancel();
+    engine.tasks().close();
+    engine.tasks().wait().await;
+}

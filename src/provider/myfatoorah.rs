@@ -129,20 +129,29 @@ pub struct StatusRequest {
     pub key_type: String,
 }
 
-/// Whether an invoice's expiry (Kuwait time, UTC+3) has passed at `now_ms`.
-pub fn expired(inv: &Invoice, now_ms: u64) -> bool {
+/// An invoice's expiry (`ExpiryDate` + `ExpiryTime`, Kuwait time, UTC+3)
+/// as unix ms; `Ok(None)` when it has none. Every step is checked: a date
+/// at the edge of the calendar is unreadable, never a panic.
+pub fn expiry_ms(inv: &Invoice) -> Result<Option<i64>, String> {
     let (Some(d), Some(t)) = (&inv.expiry_date, &inv.expiry_time) else {
-        return false;
+        return Ok(None);
     };
-    let Ok(date) = chrono::NaiveDate::parse_from_str(d.trim(), "%B %d, %Y") else {
-        return false;
-    };
-    let time = chrono::NaiveTime::parse_from_str(t.trim(), "%H:%M:%S%.f").unwrap_or_default();
-    let kuwait = date.and_time(time);
-    let utc_ms = (kuwait - chrono::Duration::hours(3))
-        .and_utc()
-        .timestamp_millis();
-    utc_ms >= 0 && (utc_ms as u64) < now_ms
+    let unreadable = || format!("expiry `{d} {t}` is not a date and time payrecon can read");
+    let date =
+        chrono::NaiveDate::parse_from_str(d.trim(), "%B %d, %Y").map_err(|_| unreadable())?;
+    let time =
+        chrono::NaiveTime::parse_from_str(t.trim(), "%H:%M:%S%.f").map_err(|_| unreadable())?;
+    let utc = date
+        .and_time(time)
+        .checked_sub_signed(chrono::TimeDelta::hours(3))
+        .ok_or_else(unreadable)?;
+    Ok(Some(utc.and_utc().timestamp_millis()))
+}
+
+/// Whether an invoice's expiry has passed at `now_ms`. An unreadable
+/// expiry never expires an invoice ([`report_from`] records it).
+pub fn expired(inv: &Invoice, now_ms: u64) -> bool {
+    matches!(expiry_ms(inv), Ok(Some(ms)) if ms >= 0 && (ms as u64) < now_ms)
 }
 
 /// Maps an invoice to a normalized state, from its transactions.
@@ -191,6 +200,9 @@ pub fn report_from(inv: &Invoice, source: Source, now_ms: u64) -> Report {
     }
     if let (Some(d), Some(t)) = (&inv.expiry_date, &inv.expiry_time) {
         fields.insert("expiry".into(), format!("{d} {t} (Kuwait)"));
+    }
+    if let Err(why) = expiry_ms(inv) {
+        fields.insert(crate::model::UNREADABLE.into(), why);
     }
     if let Some(t) = inv.invoice_transactions.last() {
         fields.insert("transaction_status".into(), t.transaction_status.clone());
@@ -611,6 +623,26 @@ mod tests {
         let mut canceled = invoice(&[]);
         canceled.invoice_status = "Canceled".into();
         assert_eq!(map_invoice(&canceled, 0).1, Some(State::Failed));
+    }
+
+    #[test]
+    fn an_expiry_at_the_edge_of_the_calendar_is_recorded_not_a_panic() {
+        let mut inv = Invoice {
+            invoice_status: "Pending".into(),
+            expiry_date: Some("January 1, -262143".into()),
+            expiry_time: Some("00:00:00.000".into()),
+            ..Default::default()
+        };
+        let r = report_from(&inv, Source::Poll, 0);
+        assert_eq!(
+            r.state,
+            Some(State::Pending),
+            "the rest of the answer is used"
+        );
+        assert!(r.fields[crate::model::UNREADABLE].contains("-262143"));
+        inv.expiry_time = Some("25:61".into());
+        assert!(expiry_ms(&inv).is_err());
+        assert!(!expired(&inv, u64::MAX));
     }
 
     #[test]

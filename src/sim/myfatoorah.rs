@@ -161,6 +161,15 @@ impl MyfatoorahSim {
         );
     }
 
+    /// Sets an invoice's `ExpiryDate` and `ExpiryTime` as served, however
+    /// odd (a provider's answer payrecon must read without panicking).
+    pub fn set_expiry(&self, id: i64, date: &str, time: &str) {
+        if let Some(sim) = lock(&self.inner.invoices).get_mut(&id) {
+            sim.inv.expiry_date = Some(date.into());
+            sim.inv.expiry_time = Some(time.into());
+        }
+    }
+
     /// Sends webhooks to `url`, signed with `secret`, in `version` 1 or 2.
     pub fn set_webhook(&self, url: &str, secret: &str, version: u8) {
         *lock(&self.inner.webhook) = Some((url.into(), secret.into(), version));

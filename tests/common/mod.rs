@@ -298,3 +298,45 @@ impl Process {
         }
     }
 }
+
+/// The ConnPay harness with a MyFatoorah sandbox beside it: `tables` are
+/// extra config tables, `polling` lines of MyFatoorah's polling table
+/// (windows are a minute long).
+pub async fn with_myfatoorah(
+    tables: &str,
+    polling: &str,
+) -> (Harness, payrecon::sim::myfatoorah::MyfatoorahSim) {
+    let mf = payrecon::sim::myfatoorah::MyfatoorahSim::start(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        "mf-token",
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let tail = format!(
+        "{tables}\n[providers.myfatoorah]\nbase_url = \"{}\"\ntoken_env = \"TEST_MF_TOKEN\"\n\n[providers.myfatoorah.polling]\npoll_window_min = \"60s\"\npoll_window_max = \"60s\"\n{polling}",
+        mf.base_url()
+    );
+    let h = Harness::start_with(
+        Polling {
+            tail,
+            ..Default::default()
+        },
+        "",
+        std::collections::HashMap::from([("TEST_MF_TOKEN".to_string(), "mf-token".to_string())]),
+    )
+    .await;
+    (h, mf)
+}
+
+/// An invoice in the MyFatoorah sandbox, tracked.
+pub async fn track_invoice(h: &Harness, mf: &payrecon::sim::myfatoorah::MyfatoorahSim, id: i64) {
+    mf.add_invoice(id, 1000);
+    h.engine
+        .track(TrackRequest {
+            provider: "myfatoorah".into(),
+            keys: payrecon::model::Keys::from([("invoice_id".to_string(), id.to_string())]),
+            amount_minor: Some(1000),
+            currency: Some("KWD".into()),
+        })
+        .await
+        .unwrap();
+}
