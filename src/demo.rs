@@ -171,7 +171,7 @@ fn scripts() -> Vec<(&'static str, Script)> {
             },
         ),
         (
-            "approved, then reversed",
+            "approved, then a reversal (unsigned: held)",
             Script {
                 settle: Settle::AfterPolls(2),
                 reversal: true,
@@ -195,7 +195,7 @@ fn scripts() -> Vec<(&'static str, Script)> {
             },
         ),
         (
-            "after its window, then reversed",
+            "after its window, then a reversal (held)",
             Script {
                 settle: Settle::AfterMs(6200),
                 reversal: true,

@@ -21,6 +21,7 @@ use crate::notify::NotifySettings;
 use crate::pacer::Pacer;
 use crate::provider::{CallbackError, InquiryError, Provider, RawCallback};
 use crate::scheduler::Scheduler;
+use crate::state::{Decision, State};
 use crate::store::{Change, Ingested, NewPayment, Store, StoreError, Tracked, WindowChange};
 use crate::sync::{read, write};
 
@@ -468,7 +469,7 @@ impl Engine {
     }
 
     /// Starts tracking a payment; idempotent on provider and keys.
-    pub async fn track(&self, req: TrackRequest) -> Result<Tracked, EngineError> {
+    pub async fn track(self: &Arc<Self>, req: TrackRequest) -> Result<Tracked, EngineError> {
         let pid: ProviderId = req
             .provider
             .parse()
@@ -508,6 +509,9 @@ impl Engine {
         for c in &tracked.changes {
             self.log_change(c);
         }
+        for claim in &tracked.claims {
+            self.confirm_claim(&tracked.payment, *claim);
+        }
         if tracked.created {
             tracing::info!(payment_id = %tracked.payment.id, provider = %pid, "payment tracked");
             if let Some(w) = tracked.payment.window.filter(|w| w.open) {
@@ -520,7 +524,7 @@ impl Engine {
 
     /// Verifies and commits a callback; returns once it is durable.
     pub async fn ingest(
-        &self,
+        self: &Arc<Self>,
         pid: ProviderId,
         raw: &RawCallback<'_>,
     ) -> Result<Ingested, EngineError> {
@@ -570,6 +574,10 @@ impl Engine {
             Ingested::Applied(o) => {
                 if let Some(c) = &o.change {
                     self.log_change(c);
+                } else if let (Some(Decision::Unconfirmed), Some(claim)) =
+                    (o.observation.decision, o.observation.state)
+                {
+                    self.confirm_claim(&o.payment, claim);
                 } else {
                     tracing::debug!(payment_id = %o.payment.id, raw_status = %o.observation.raw_status, decision = ?o.observation.decision, "callback recorded, state unchanged");
                 }
@@ -606,6 +614,92 @@ impl Engine {
             Ok(_) => {}
             Err(e) => tracing::error!(payment_id = %id, error = %e, "poll window not moved"),
         }
+    }
+
+    /// A callback claimed `claim` on fields the provider did not sign: the
+    /// claim is held (recorded, state unchanged) and one status inquiry
+    /// decides, the way Hyperswitch syncs on an unverifiable webhook. The
+    /// inquiry's answer is recorded like a poll's and moves the state on
+    /// its own evidence; if it does not bear the claim out, or the provider
+    /// cannot be asked, the claim stays held and a person is told.
+    fn confirm_claim(self: &Arc<Self>, payment: &Payment, claim: State) {
+        let (engine, id, pid) = (self.clone(), payment.id.clone(), payment.provider);
+        self.tasks.spawn(async move {
+            let outcome = crate::guard::catch(engine.inquire_claim(&id, pid, claim))
+                .await
+                .unwrap_or_else(Err);
+            let alert = if claim == State::Reversed {
+                "unconfirmed_reversal"
+            } else {
+                "unconfirmed_callback"
+            };
+            match outcome {
+                Ok(Some(seen)) if seen == claim => tracing::info!(payment_id = %id, provider = %pid, claim = %claim, "a callback's unsigned claim was confirmed by a status inquiry"),
+                Ok(seen) => tracing::warn!(alert, payment_id = %id, provider = %pid, claim = %claim, provider_says = ?seen.map(|s| s.as_str()), "a callback claims a state on unsigned fields that the provider's status inquiry does not confirm; recorded, state left as it is"),
+                Err(why) => tracing::warn!(alert, payment_id = %id, provider = %pid, claim = %claim, error = %why, "a callback claims a state on unsigned fields and the provider could not be asked; recorded, state left as it is"),
+            }
+        });
+    }
+
+    /// The status inquiry behind [`Engine::confirm_claim`]: records the
+    /// answer and returns the state it names. A transient failure is tried
+    /// again a few times.
+    async fn inquire_claim(
+        &self,
+        id: &str,
+        pid: ProviderId,
+        claim: State,
+    ) -> Result<Option<State>, String> {
+        let provider = self.provider(pid).ok_or("provider not configured")?;
+        if !provider.polls() {
+            return Err(format!("{pid} has no status inquiry"));
+        }
+        let payment = self
+            .store
+            .get(id)
+            .map_err(|e| e.to_string())?
+            .ok_or("payment gone")?;
+        let breaker = self.breakers[&pid].clone();
+        let mut last = String::new();
+        for attempt in 0..CONFIRM_TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(CONFIRM_BACKOFF * attempt).await;
+            }
+            if !breaker.allow() {
+                last = "the provider's circuit is open".into();
+                continue;
+            }
+            if !self.pace(pid).await {
+                return Err("shutting down".into());
+            }
+            let report = match provider.inquire(&payment).await {
+                Ok(r) => {
+                    breaker.success();
+                    r
+                }
+                Err(e) => {
+                    if matches!(e, InquiryError::Transient(_)) {
+                        breaker.failure();
+                        last = e.to_string();
+                        continue;
+                    }
+                    breaker.success();
+                    return Err(e.to_string());
+                }
+            };
+            let seen = report.state;
+            let observed = self
+                .store
+                .observe(id, report, WindowChange::Keep, now_ms())
+                .map_err(|e| e.to_string())?;
+            self.store.sync().await.map_err(|e| e.to_string())?;
+            if let Some(c) = &observed.change {
+                self.log_change(c);
+            }
+            tracing::debug!(payment_id = %id, claim = %claim, seen = ?seen, "claim checked by inquiry");
+            return Ok(seen);
+        }
+        Err(last)
     }
 
     /// One poll of one payment, run when its deadline falls due.
@@ -946,6 +1040,12 @@ fn alert_unmapped(payment: &Payment, raw: &str) {
         ),
     }
 }
+
+/// Status inquiries made to confirm one unsigned claim, and the wait
+/// before the n-th retry (n × this): a provider hiccup does not leave a
+/// claim unconfirmed, a provider down for longer raises the alert.
+const CONFIRM_TRIES: u32 = 3;
+const CONFIRM_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Where a window goes after a poll at `now`: its next tick, or closed
 /// when that tick would fall past its end.

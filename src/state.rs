@@ -100,6 +100,14 @@ pub enum Decision {
     /// The payment is final and this is not one of the documented later
     /// transitions. Kept in the history, changes nothing.
     FinalLocked,
+    /// A callback claims a move on fields the provider did not sign
+    /// (ConnPay's `type`). Kept in the history, changes nothing; a status
+    /// inquiry decides. Never returned by [`decide`].
+    Unconfirmed,
+    /// The provider reports an amount or currency other than the tracked
+    /// one for a move that says money was taken. Kept in the history,
+    /// changes nothing, alerted. Never returned by [`decide`].
+    AmountMismatch,
 }
 
 /// Decides whether a payment in `from` may move to the observed `to`.
@@ -155,6 +163,7 @@ mod tests {
             Decision::Same => 'S',
             Decision::Backwards => 'B',
             Decision::FinalLocked => 'F',
+            Decision::Unconfirmed | Decision::AmountMismatch => '?',
         }
     }
 

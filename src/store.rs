@@ -85,6 +85,8 @@ pub struct Tracked {
     pub created: bool,
     /// Changes made by orphan callbacks applied on tracking.
     pub changes: Vec<Change>,
+    /// States claimed by orphan callbacks that were held unconfirmed.
+    pub claims: Vec<State>,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +115,11 @@ pub struct CallbackRecord {
     pub match_key: String,
     pub report: Report,
     pub received_ms: u64,
+    /// The state the report claims rests on fields the provider did not
+    /// sign: recorded as [`Decision::Unconfirmed`], applied only when a
+    /// status inquiry confirms it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unsigned_claim: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -317,6 +324,7 @@ impl Store {
                         payment,
                         created: false,
                         changes: vec![],
+                        claims: vec![],
                     });
                 }
                 let mut payment = Payment {
@@ -335,14 +343,21 @@ impl Store {
                     observations: 0,
                 };
                 keys.insert(new.idempotency_key.as_bytes(), fresh_id.as_bytes())?;
-                let mut changes = vec![];
+                let (mut changes, mut claims) = (vec![], vec![]);
                 for k in &new.lookup_keys {
                     keys.insert(k.as_bytes(), fresh_id.as_bytes())?;
                     if let Some(raw) = orphans.remove(k.as_bytes())? {
                         let waiting: Vec<CallbackRecord> = decode(k, &raw)?;
                         for cb in waiting {
-                            let (obs, change) =
-                                apply(&mut payment, cb.report.clone(), cb.received_ms);
+                            let (obs, change) = apply(
+                                &mut payment,
+                                cb.report.clone(),
+                                cb.received_ms,
+                                cb.unsigned_claim,
+                            );
+                            if obs.decision == Some(Decision::Unconfirmed) {
+                                claims.extend(obs.state);
+                            }
                             put_history(history, &payment.id, &obs)?;
                             if let Some(c) = &change {
                                 self.put_notice(notices, &payment, c, cb.received_ms)?;
@@ -364,6 +379,7 @@ impl Store {
                     payment,
                     created: true,
                     changes,
+                    claims,
                 })
             });
         unwrap_tx(res)
@@ -388,7 +404,7 @@ impl Store {
             .transaction(|(payments, history, keys, windows, notices)| {
                 let mut payment = load(payments, id)?;
                 let learned = report.learned_keys.clone();
-                let (observation, change) = apply(&mut payment, report.clone(), now_ms);
+                let (observation, change) = apply(&mut payment, report.clone(), now_ms, false);
                 if let Some(c) = &change {
                     self.put_notice(notices, &payment, c, now_ms)?;
                 }
@@ -461,8 +477,12 @@ impl Store {
                     };
                     let id = String::from_utf8_lossy(&id).into_owned();
                     let mut payment = load(payments, &id)?;
-                    let (observation, change) =
-                        apply(&mut payment, cb.report.clone(), cb.received_ms);
+                    let (observation, change) = apply(
+                        &mut payment,
+                        cb.report.clone(),
+                        cb.received_ms,
+                        cb.unsigned_claim,
+                    );
                     if let Some(c) = &change {
                         self.put_notice(notices, &payment, c, cb.received_ms)?;
                     }
@@ -693,7 +713,7 @@ impl Store {
                 if !reports.is_empty() {
                     let mut payment = load(payments, &action.payment_id)?;
                     for r in &reports {
-                        let (obs, c) = apply(&mut payment, r.clone(), action.updated_ms);
+                        let (obs, c) = apply(&mut payment, r.clone(), action.updated_ms, false);
                         if let Some(c) = &c {
                             self.put_notice(notices, &payment, c, action.updated_ms)?;
                         }
@@ -888,9 +908,18 @@ impl Store {
 }
 
 /// Applies a report to a payment in memory: numbers it, judges it with the
-/// state machine, and moves the payment if it advances.
-fn apply(payment: &mut Payment, report: Report, at_ms: u64) -> (Observation, Option<Change>) {
-    let decision = report.state.map(|to| decide(payment.state, to));
+/// state machine, and moves the payment if it advances. A move claimed on
+/// unsigned fields is held as [`Decision::Unconfirmed`].
+fn apply(
+    payment: &mut Payment,
+    report: Report,
+    at_ms: u64,
+    unsigned_claim: bool,
+) -> (Observation, Option<Change>) {
+    let mut decision = report.state.map(|to| decide(payment.state, to));
+    if unsigned_claim && decision == Some(Decision::Advance) {
+        decision = Some(Decision::Unconfirmed);
+    }
     let mut change = None;
     if let (Some(Decision::Advance), Some(to)) = (decision, report.state) {
         change = Some(Change {
@@ -1096,6 +1125,7 @@ mod tests {
             match_key: format!("connpay|inv|{inv}"),
             report: report(Source::Callback, status, Some(state)),
             received_ms: 5,
+            unsigned_claim: false,
         }
     }
 

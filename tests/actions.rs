@@ -506,3 +506,35 @@ async fn duplicate_and_stale_webhooks_change_nothing_twice() {
     assert_eq!(mf.sim.operations(800), 1);
     mf.stop().await;
 }
+
+#[tokio::test]
+async fn a_v2_webhook_replayed_with_new_references_is_one_observation() {
+    use payrecon::provider::myfatoorah_webhook::{sign, signed_text};
+    let mf = Mf::start().await;
+    let pay = mf.invoice(910, 10_000).await;
+    let http = reqwest::Client::new();
+    for reference in ["WH-1", "WH-2", "WH-3"] {
+        let body = serde_json::json!({"Event": {"Code": 1, "Name": "PAYMENT_STATUS_CHANGED", "Reference": reference},
+            "Data": {"Invoice": {"Id": 910, "Status": "PAID", "ExternalIdentifier": null}, "Transaction": {"Status": "SUCCESS", "PaymentId": "07079100"}}});
+        let sig = sign(WEBHOOK_SECRET, &signed_text(&body).unwrap().1);
+        let r = http
+            .post(&mf.callback_url)
+            .header("MyFatoorah-Signature", sig)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let v = mf.admin.get(&pay).await.unwrap();
+    let callbacks: Vec<_> = v
+        .history
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.source == Source::Callback)
+        .collect();
+    assert_eq!(callbacks.len(), 1, "the reference is not signed");
+    assert_eq!(callbacks[0].fields["event_reference"], "WH-1");
+    assert_eq!(v.payment.state, State::Succeeded);
+    mf.stop().await;
+}

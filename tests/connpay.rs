@@ -172,8 +172,11 @@ async fn duplicate_and_out_of_order_callbacks_leave_one_transition() {
     h.stop().await;
 }
 
+/// ConnPay's `control` does not sign `type`, and its status inquiry knows
+/// no reversal: a reversal callback is recorded and held, never applied on
+/// its own (docs/providers.md).
 #[tokio::test]
-async fn a_reversal_after_approval_moves_the_payment_to_reversed() {
+async fn a_reversal_after_approval_is_recorded_and_held_unconfirmed() {
     let h = Harness::start(Polling {
         window: ("100ms", "100ms"),
         ..Default::default()
@@ -189,20 +192,36 @@ async fn a_reversal_after_approval_moves_the_payment_to_reversed() {
     );
     let id = h.track(&t).await;
     h.sim.settle("rev-1");
-    wait_until("reversed", || async {
-        h.get(&id).await.payment.state == State::Reversed
+    wait_until("the reversal recorded", || async {
+        h.get(&id)
+            .await
+            .history
+            .unwrap()
+            .iter()
+            .any(|o| o.decision == Some(Decision::Unconfirmed))
     })
     .await;
     let v = h.get(&id).await;
+    assert_eq!(v.payment.state, State::Succeeded);
     assert_eq!(v.payment.final_source, Some(Source::Callback));
     let raws: Vec<_> = v
         .history
         .unwrap()
         .into_iter()
         .filter(|o| o.source == Source::Callback)
-        .map(|o| o.raw_status)
+        .map(|o| (o.raw_status, o.decision))
         .collect();
-    assert_eq!(raws, ["approved", "reversal:approved"]);
+    assert_eq!(
+        raws,
+        [
+            ("approved".to_string(), Some(Decision::Advance)),
+            ("reversal:approved".to_string(), Some(Decision::Unconfirmed))
+        ]
+    );
+    assert_eq!(
+        h.sim.truth("rev-1").unwrap().expected,
+        Some(State::Succeeded)
+    );
     h.stop().await;
 }
 

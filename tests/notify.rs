@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use base64::Engine as _;
 use common::*;
-use payrecon::sim::connpay::{CallbackMode, NewTransfer, Script};
+use payrecon::sim::connpay::{CallbackMode, NewTransfer, Script, Settle};
 use payrecon::sim::platform::PlatformSim;
 use payrecon::state::State;
 use tokio::net::TcpListener;
@@ -48,11 +48,12 @@ async fn setup() -> Setup {
     Setup { h, platform }
 }
 
-/// pending → succeeded → reversed: two changes.
+/// pending → action_required → succeeded (by poll): two changes.
 fn two_changes() -> Script {
     Script {
-        reversal: true,
-        callback: CallbackMode::Normal,
+        redirect: true,
+        settle: Settle::AfterPolls(3),
+        callback: CallbackMode::Never,
         ..Default::default()
     }
 }
@@ -89,11 +90,12 @@ async fn delivered_after_three_failures_with_one_id_in_order_and_signed() {
     assert_eq!(
         steps,
         [
-            ("pending".into(), "succeeded".into()),
-            ("succeeded".into(), "reversed".into()),
+            ("pending".into(), "action_required".into()),
+            ("action_required".into(), "succeeded".into()),
         ]
     );
-    assert!(delivered.iter().all(|r| r.body["type"] == "payment.final"));
+    assert_eq!(delivered[0].body["type"], "payment.state_changed");
+    assert_eq!(delivered[1].body["type"], "payment.final");
     // Ids grow with the order of the changes, and are all distinct.
     let ids: Vec<&str> = delivered.iter().map(|r| r.webhook_id.as_str()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
@@ -108,7 +110,7 @@ async fn delivered_after_three_failures_with_one_id_in_order_and_signed() {
         h.engine.store().notice_backlog() == 0
     })
     .await;
-    assert_eq!(h.get(&id).await.payment.state, State::Reversed);
+    assert_eq!(h.get(&id).await.payment.state, State::Succeeded);
     h.stop().await;
     platform.shutdown().await;
 }

@@ -203,3 +203,60 @@ async fn a_panicking_poll_is_a_failed_poll_and_the_window_goes_on() {
     engine.tasks().close();
     engine.tasks().wait().await;
 }
+
+/// GETs a ConnPay callback URL; returns the status code.
+async fn send_callback(h: &Harness, query: &str) -> u16 {
+    reqwest::get(format!(
+        "http://{}/callback/connpay?{query}",
+        h.callback_addr
+    ))
+    .await
+    .unwrap()
+    .status()
+    .as_u16()
+}
+
+#[tokio::test]
+async fn a_replayed_approval_relabelled_reversal_is_held_until_an_inquiry_confirms_it() {
+    use payrecon::state::{Decision, State};
+    let h = Harness::start(quiet()).await;
+    let t = manual("rev-1");
+    let id = h.track(&t).await;
+    h.sim.settle("rev-1");
+    let approved = callback_query("approved", "sale", "o-rev-1", "rev-1", CONTROL_KEY);
+    assert_eq!(send_callback(&h, &approved).await, 200);
+    assert_eq!(h.get(&id).await.payment.state, State::Succeeded);
+    let polls = h.sim.truth("rev-1").unwrap().polls;
+
+    // The attacker's replay: the signed fields as captured, `type` changed.
+    let replay = approved.replace("type=sale", "type=reversal");
+    assert_eq!(send_callback(&h, &replay).await, 200);
+    wait_until("the claim is checked with the provider", || async {
+        h.sim.truth("rev-1").unwrap().polls > polls
+    })
+    .await;
+    wait_until("the inquiry's answer is recorded", || async {
+        h.get(&id).await.history.unwrap().len() == 3
+    })
+    .await;
+    let v = h.get(&id).await;
+    assert_eq!(
+        v.payment.state,
+        State::Succeeded,
+        "unconfirmed: no reversal"
+    );
+    let history = v.history.unwrap();
+    assert_eq!(history[1].raw_status, "reversal:approved");
+    assert_eq!(history[1].decision, Some(Decision::Unconfirmed));
+    assert_eq!(history[2].raw_status, "APPROVED", "what the provider said");
+
+    // The same replay with other unsigned values is not a new entry.
+    let relabelled = replay
+        .replace("amount=10.00", "amount=99.99")
+        .replace("currency=EUR", "currency=USD");
+    assert_eq!(send_callback(&h, &relabelled).await, 200);
+    assert_eq!(send_callback(&h, &replay).await, 200);
+    assert_eq!(h.get(&id).await.history.unwrap().len(), 3);
+    assert_eq!(h.get(&id).await.payment.state, State::Succeeded);
+    h.stop().await;
+}

@@ -458,6 +458,10 @@ impl Provider for Connpay {
                 learned_keys: vec![],
             },
             received_ms,
+            // `control` signs status, orderid and client_orderid, not
+            // `type`: a reversal claimed by `type` alone waits for an
+            // inquiry (docs/providers.md, "What each provider signs").
+            unsigned_claim: matches!(kind, "reversal" | "chargeback"),
         })
     }
 }

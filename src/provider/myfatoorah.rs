@@ -384,6 +384,10 @@ impl Provider for Myfatoorah {
         if let Some(p) = &w.payment_id {
             fields.insert("payment_id".into(), p.clone());
         }
+        if let Some(r) = &w.reference {
+            // Unsigned: kept as the first copy had it, never a key.
+            fields.insert("event_reference".into(), r.clone());
+        }
         Ok(CallbackRecord {
             dedupe_key: format!("myfatoorah|wh|{}", w.dedupe),
             match_key: lookup_key(ID, "invoice_id", &w.invoice_id),
@@ -395,6 +399,8 @@ impl Provider for Myfatoorah {
                 learned_keys: vec![],
             },
             received_ms,
+            // Both webhook versions sign the fields the state is read from.
+            unsigned_claim: false,
         })
     }
 

@@ -10,7 +10,9 @@
 //!   (unconfirmed: providers.md marks it so; each pair is written with the
 //!   dotted name).
 //!
-//! Both are de-duplicated: v2 on `Event.Reference`, v1 on its signed text.
+//! Both are de-duplicated on their signed text (with the version and, for
+//! v1, the event type), never on unsigned fields: a replay that changes
+//! v2's unsigned `Event.Reference` is still a repeat.
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -25,8 +27,10 @@ pub struct Webhook {
     pub invoice_id: String,
     pub transaction_status: String,
     pub payment_id: Option<String>,
-    /// De-duplication key.
+    /// De-duplication key: signed content only.
     pub dedupe: String,
+    /// v2's `Event.Reference` (unsigned; informational).
+    pub reference: Option<String>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -104,27 +108,22 @@ pub fn verify(secret: &str, signature: Option<&str>, body: &[u8]) -> Result<Webh
     mac.update(text.as_bytes());
     // Constant-time comparison.
     mac.verify_slice(&given).map_err(|_| WebhookError::Forged)?;
-    let (invoice_id, status, payment_id, dedupe) = if version == 1 {
-        let d = &v["Data"];
+    let d = &v["Data"];
+    let (invoice_id, status, payment_id, dedupe, reference) = if version == 1 {
         (
             text_of(&d["InvoiceId"]),
             text_of(&d["TransactionStatus"]),
             d["PaymentId"].as_str().map(String::from),
             format!("v1|{}|{text}", text_of(&v["EventType"])),
+            None,
         )
     } else {
-        let d = &v["Data"];
-        let reference = text_of(&v["Event"]["Reference"]);
-        if reference.is_empty() {
-            return Err(WebhookError::Malformed(
-                "v2 webhook without Event.Reference".into(),
-            ));
-        }
         (
             text_of(&d["Invoice"]["Id"]),
             text_of(&d["Transaction"]["Status"]),
             d["Transaction"]["PaymentId"].as_str().map(String::from),
-            format!("v2|{reference}"),
+            format!("v2|{text}"),
+            Some(text_of(&v["Event"]["Reference"])).filter(|r| !r.is_empty()),
         )
     };
     if invoice_id.is_empty() || status.is_empty() {
@@ -138,6 +137,7 @@ pub fn verify(secret: &str, signature: Option<&str>, body: &[u8]) -> Result<Webh
         transaction_status: status,
         payment_id,
         dedupe,
+        reference,
     })
 }
 
@@ -208,6 +208,17 @@ mod tests {
             &serde_json::to_vec(&b).unwrap(),
         )
         .unwrap();
-        assert_eq!(w.dedupe, "v2|WH-1");
+        assert_eq!(w.reference.as_deref(), Some("WH-1"));
+        // A replay with a new (unsigned) reference is the same event.
+        let mut replay = b.clone();
+        replay["Event"]["Reference"] = "WH-2".into();
+        let again = verify(
+            "k",
+            Some(&sign("k", &text)),
+            &serde_json::to_vec(&replay).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(again.dedupe, w.dedupe);
+        assert!(!w.dedupe.contains("WH-1"));
     }
 }
