@@ -3,7 +3,7 @@
 //!
 //! - `POST /v1/payments`: track a payment (201 new, 200 already tracked).
 //! - `GET /v1/payments/{id}`: the payment, its window and its history.
-//! - `GET /v1/payments?state=&provider=&limit=&after=`: a page of payments.
+//! - `GET /v1/payments?state=&provider=&mismatch=&limit=&after=`: a page of payments.
 //! - `GET /v1/providers/{provider}/payments/{key}/{value}`: a payment found
 //!   by the provider's own identifier (ConnPay: `invoice_id`, `order_id`).
 //! - `POST /v1/reconcile/{provider}`: one reconciliation sweep now.
@@ -363,10 +363,26 @@ impl Admin {
             None => DEFAULT_PAGE,
         };
         let after = http::query_param(query, "after").filter(|s| !s.is_empty());
+        let mismatch = match http::query_param(query, "mismatch").as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => {
+                return http::error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    "mismatch must be true or false",
+                )
+            }
+        };
+        let keep = |p: &Payment| {
+            state.is_none_or(|s| s == p.state)
+                && provider.is_none_or(|pr| pr == p.provider)
+                && (!mismatch || p.mismatch.is_some())
+        };
         match self
             .engine
             .store()
-            .list(state, provider, after.as_deref(), limit)
+            .list_where(after.as_deref(), limit, keep)
         {
             Ok(ps) => {
                 let next_after = if ps.len() == limit {
@@ -418,6 +434,9 @@ fn engine_error(e: EngineError) -> Answer {
         EngineError::Busy(m) => http::error(StatusCode::CONFLICT, "sweep_running", &m),
         EngineError::Callback(c) => {
             http::error(StatusCode::BAD_REQUEST, "invalid_request", &c.to_string())
+        }
+        EngineError::Store(e @ StoreError::AlreadyTracked { .. }) => {
+            http::error(StatusCode::CONFLICT, "conflict", &e.to_string())
         }
         EngineError::Store(StoreError::NotFound(id)) => http::error(
             StatusCode::NOT_FOUND,

@@ -83,6 +83,9 @@ pub enum Command {
         state: Option<String>,
         #[arg(long)]
         provider: Option<String>,
+        /// Only payments whose provider reported other money than tracked.
+        #[arg(long)]
+        mismatch: bool,
         #[arg(long)]
         limit: Option<usize>,
         #[arg(long)]
@@ -328,13 +331,15 @@ async fn dispatch(cli: Cli) -> ExitCode {
             admin,
             state,
             provider,
+            mismatch,
             limit,
             after,
         } => print_json(
             client(&admin)
-                .list(
+                .list_filtered(
                     state.as_deref(),
                     provider.as_deref(),
+                    mismatch,
                     limit,
                     after.as_deref(),
                 )

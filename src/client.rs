@@ -79,7 +79,24 @@ impl AdminClient {
         limit: Option<usize>,
         after: Option<&str>,
     ) -> Result<Page, ClientError> {
+        self.list_filtered(state, provider, false, limit, after)
+            .await
+    }
+
+    /// [`AdminClient::list`], optionally only payments whose provider
+    /// reported other money than tracked.
+    pub async fn list_filtered(
+        &self,
+        state: Option<&str>,
+        provider: Option<&str>,
+        mismatch: bool,
+        limit: Option<usize>,
+        after: Option<&str>,
+    ) -> Result<Page, ClientError> {
         let mut q: Vec<(&str, String)> = vec![];
+        if mismatch {
+            q.push(("mismatch", "true".into()));
+        }
         if let Some(s) = state {
             q.push(("state", s.into()));
         }

@@ -480,6 +480,9 @@ impl Engine {
         let tk = provider
             .track_keys(&req.keys)
             .map_err(EngineError::BadRequest)?;
+        if let Some(a) = req.amount_minor {
+            crate::money::check_tracked(a).map_err(EngineError::BadRequest)?;
+        }
         if let Some(c) = &req.currency {
             if c.len() != 3 || !c.chars().all(|c| c.is_ascii_uppercase()) {
                 return Err(EngineError::BadRequest(format!(
@@ -514,6 +517,9 @@ impl Engine {
         }
         if tracked.created {
             tracing::info!(payment_id = %tracked.payment.id, provider = %pid, "payment tracked");
+            if let Some(m) = &tracked.payment.mismatch {
+                tracing::warn!(alert = "amount_mismatch", payment_id = %tracked.payment.id, provider = %pid, reported = %m.reported, tracked_minor = ?tracked.payment.amount_minor, tracked_currency = ?tracked.payment.currency, "a callback that came before tracking reports other money than tracked");
+            }
             if let Some(w) = tracked.payment.window.filter(|w| w.open) {
                 self.scheduler()
                     .schedule(tracked.payment.id.clone(), pid, instant_at(w.next_ms));
@@ -572,6 +578,7 @@ impl Engine {
         }
         match &ingested {
             Ingested::Applied(o) => {
+                alert_mismatch(o);
                 if let Some(c) = &o.change {
                     self.log_change(c);
                 } else if let (Some(Decision::Unconfirmed), Some(claim)) =
@@ -693,6 +700,7 @@ impl Engine {
                 .observe(id, report, WindowChange::Keep, now_ms())
                 .map_err(|e| e.to_string())?;
             self.store.sync().await.map_err(|e| e.to_string())?;
+            alert_mismatch(&observed);
             if let Some(c) = &observed.change {
                 self.log_change(c);
             }
@@ -762,6 +770,7 @@ impl Engine {
                 alert_unreadable(&payment, &report);
                 match self.store.observe(&id, report, change, now) {
                     Ok(o) => {
+                        alert_mismatch(&o);
                         if let Some(c) = &o.change {
                             if self.store.sync().await.is_ok() {
                                 self.log_change(c);
@@ -974,6 +983,9 @@ impl Engine {
         let observed = self
             .store
             .observe(&p.id, report, WindowChange::Keep, now_ms());
+        if let Ok(o) = &observed {
+            alert_mismatch(o);
+        }
         match observed {
             Ok(o) => match &o.change {
                 Some(c) => {
@@ -1008,6 +1020,30 @@ impl Engine {
             source = c.source.as_str(),
             latency_ms = c.latency_ms,
             "payment state changed"
+        );
+    }
+}
+
+/// Tells a person when an observation reported money other than tracked:
+/// once per distinct mismatch, and always when it held a move back.
+fn alert_mismatch(o: &crate::store::Observed) {
+    let held = o.observation.decision == Some(Decision::AmountMismatch);
+    let new = o
+        .payment
+        .mismatch
+        .as_ref()
+        .filter(|m| m.at_ms == o.observation.at_ms);
+    if let Some(m) = new.or(o.payment.mismatch.as_ref().filter(|_| held)) {
+        tracing::warn!(
+            alert = "amount_mismatch",
+            payment_id = %o.payment.id,
+            provider = %o.payment.provider,
+            reported = %m.reported,
+            tracked_minor = ?o.payment.amount_minor,
+            tracked_currency = ?o.payment.currency,
+            claim = ?o.observation.state.map(|s| s.as_str()),
+            held,
+            "the provider reports other money than tracked; recorded, and never taken as evidence that money was taken"
         );
     }
 }

@@ -79,6 +79,9 @@ struct Row<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     currency: Option<&'a str>,
     references: std::collections::BTreeMap<&'a str, &'a str>,
+    /// What the provider reported when it named other money than tracked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reported_amount: Option<&'a str>,
 }
 
 fn row(p: &Payment) -> Option<Row<'_>> {
@@ -100,6 +103,7 @@ fn row(p: &Payment) -> Option<Row<'_>> {
             .filter(|(k, _)| !secret.contains(&k.as_str()))
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect(),
+        reported_amount: p.mismatch.as_ref().map(|m| m.reported.as_str()),
     })
 }
 
@@ -113,7 +117,7 @@ fn csv_field(s: &str) -> String {
 }
 
 pub const CSV_HEADER: &str =
-    "payment_id,provider,state,final_at,final_source,amount_minor,currency,references";
+    "payment_id,provider,state,final_at,final_source,amount_minor,currency,references,reported_amount";
 
 /// Writes every payment final since `since_ms`, in creation order; returns
 /// the number of rows.
@@ -156,6 +160,7 @@ pub fn write(
                         r.amount_minor.map(|a| a.to_string()).unwrap_or_default(),
                         r.currency.unwrap_or("").to_string(),
                         refs.join(";"),
+                        r.reported_amount.unwrap_or("").to_string(),
                     ];
                     let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
                     writeln!(out, "{}", line.join(","))?;

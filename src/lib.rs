@@ -6,6 +6,7 @@
 //!
 //! - [`state`]: the normalized states and the transition rule (pure).
 //! - [`model`]: payments, poll windows and observations.
+//! - [`money`]: reported amounts read and compared with tracked ones.
 //! - [`config`]: the config file, validation, secrets from the environment.
 //! - [`store`]: sled trees, one transaction per change, group commit.
 //! - [`provider`]: the provider trait and one module per provider.
@@ -38,6 +39,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod money;
 pub mod notify;
 pub mod outbound;
 pub mod pacer;

@@ -132,6 +132,9 @@ pub struct Payment {
     pub window: Option<PollWindow>,
     /// Number of observations in the history (the next one's `seq`).
     pub observations: u32,
+    /// The last time a provider reported other money than tracked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mismatch: Option<crate::money::Mismatch>,
 }
 
 /// A payment's polling window. Persisted with the payment so a restart

@@ -43,6 +43,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("store is shutting down")]
     Closed,
+    /// A lookup key of a payment to track already names another payment.
+    #[error("the provider's {key} is already tracked as payment `{existing}`")]
+    AlreadyTracked { key: String, existing: String },
 }
 
 /// sled's page cache. Its own default (1 GiB) would let a daemon's RSS grow
@@ -341,7 +344,20 @@ impl Store {
                     final_source: None,
                     window: new.window,
                     observations: 0,
+                    mismatch: None,
                 };
+                // One provider payment, one payrecon payment: tracking it
+                // again under other keys must not take its callbacks over.
+                for k in &new.lookup_keys {
+                    if let Some(id) = keys.get(k.as_bytes())? {
+                        return Err(ConflictableTransactionError::Abort(
+                            StoreError::AlreadyTracked {
+                                key: k.clone(),
+                                existing: String::from_utf8_lossy(&id).into_owned(),
+                            },
+                        ));
+                    }
+                }
                 keys.insert(new.idempotency_key.as_bytes(), fresh_id.as_bytes())?;
                 let (mut changes, mut claims) = (vec![], vec![]);
                 for k in &new.lookup_keys {
@@ -539,6 +555,18 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Payment>, StoreError> {
+        self.list_where(after, limit, |p| {
+            state.is_none_or(|s| s == p.state) && provider.is_none_or(|pr| pr == p.provider)
+        })
+    }
+
+    /// Payments in id (creation) order after `after` that `keep` accepts.
+    pub fn list_where(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&Payment) -> bool,
+    ) -> Result<Vec<Payment>, StoreError> {
         let range = match after {
             Some(a) => self.payments.range::<&[u8], _>((
                 std::ops::Bound::Excluded(a.as_bytes()),
@@ -550,7 +578,7 @@ impl Store {
         for kv in range {
             let (k, v) = kv?;
             let p: Payment = decode(&String::from_utf8_lossy(&k), &v)?;
-            if state.is_some_and(|s| s != p.state) || provider.is_some_and(|pr| pr != p.provider) {
+            if !keep(&p) {
                 continue;
             }
             out.push(p);
@@ -917,8 +945,25 @@ fn apply(
     unsigned_claim: bool,
 ) -> (Observation, Option<Change>) {
     let mut decision = report.state.map(|to| decide(payment.state, to));
-    if unsigned_claim && decision == Some(Decision::Advance) {
-        decision = Some(Decision::Unconfirmed);
+    // An action's answer names the money the platform asked to move (a
+    // partial capture), so only what providers report of themselves is
+    // compared with the tracked amount.
+    let mismatch = (report.source != Source::Action)
+        .then(|| crate::money::mismatch(payment, &report, at_ms))
+        .flatten();
+    if decision == Some(Decision::Advance) {
+        if unsigned_claim {
+            decision = Some(Decision::Unconfirmed);
+        } else if mismatch.is_some() && report.state.is_some_and(crate::money::takes_money) {
+            decision = Some(Decision::AmountMismatch);
+        }
+    }
+    // A poll that repeats the same mismatch keeps the first one's time, so
+    // the engine alerts once per distinct mismatch.
+    if let Some(m) = mismatch {
+        if payment.mismatch.as_ref().map(|old| &old.reported) != Some(&m.reported) {
+            payment.mismatch = Some(m);
+        }
     }
     let mut change = None;
     if let (Some(Decision::Advance), Some(to)) = (decision, report.state) {

@@ -251,12 +251,160 @@ async fn a_replayed_approval_relabelled_reversal_is_held_until_an_inquiry_confir
     assert_eq!(history[2].raw_status, "APPROVED", "what the provider said");
 
     // The same replay with other unsigned values is not a new entry.
-    let relabelled = replay
-        .replace("amount=10.00", "amount=99.99")
-        .replace("currency=EUR", "currency=USD");
+    let relabelled = with_amount(&replay, "99.99", "USD");
     assert_eq!(send_callback(&h, &relabelled).await, 200);
     assert_eq!(send_callback(&h, &replay).await, 200);
     assert_eq!(h.get(&id).await.history.unwrap().len(), 3);
     assert_eq!(h.get(&id).await.payment.state, State::Succeeded);
+    h.stop().await;
+}
+
+/// POSTs a track request to the admin API; returns status and JSON body.
+async fn post_track(h: &Harness, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/payments", h.admin_addr))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn one_invoice_tracked_under_a_second_endpoint_is_a_conflict() {
+    let h = Harness::start(quiet()).await;
+    let t = manual("dup-inv-1");
+    let id = h.track(&t).await;
+    let mut other = serde_json::to_value(track_request(&t)).unwrap();
+    other["keys"]["endpoint_id"] = "9999".into();
+    let (status, body) = post_track(&h, &other).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "conflict");
+    assert!(body["error"]["message"].as_str().unwrap().contains(&id));
+    // The first tracking still gets the invoice's callbacks.
+    h.sim.settle("dup-inv-1");
+    let q = callback_query("approved", "sale", "o-d1", "dup-inv-1", CONTROL_KEY);
+    assert_eq!(send_callback(&h, &q).await, 200);
+    assert_eq!(
+        h.get(&id).await.payment.state,
+        payrecon::state::State::Succeeded
+    );
+    // The same request again is still idempotent.
+    let (status, body) = post_track(&h, &serde_json::to_value(track_request(&t)).unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn non_positive_or_absurd_amounts_are_refused_on_track() {
+    let h = Harness::start(quiet()).await;
+    for (i, bad) in [0i64, -1250, 10_i64.pow(16), i64::MAX]
+        .into_iter()
+        .enumerate()
+    {
+        let t = manual(&format!("amt-bad-{i}"));
+        let mut req = serde_json::to_value(track_request(&t)).unwrap();
+        req["amount_minor"] = bad.into();
+        let (status, body) = post_track(&h, &req).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_request");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("amount_minor"));
+    }
+    assert_eq!(h.engine.store().payment_count(), 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_callback_naming_other_money_is_recorded_alerted_and_never_success() {
+    use payrecon::state::{Decision, State};
+    let h = Harness::start(quiet()).await;
+    let mut held = vec![];
+    for (i, (amount, currency)) in [
+        ("-100", "EUR"),
+        ("1e308", "EUR"),
+        ("abc", "EUR"),
+        ("0.01", "EUR"),
+        ("12.50", "USD"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut t = manual(&format!("amt-{i}"));
+        t.amount_centis = 1250;
+        let id = h.track(&t).await;
+        let q = callback_query(
+            "approved",
+            "sale",
+            &format!("o-amt-{i}"),
+            &t.invoice_id,
+            CONTROL_KEY,
+        );
+        assert_eq!(
+            send_callback(&h, &with_amount(&q, amount, currency)).await,
+            200
+        );
+        let v = h.get(&id).await;
+        assert_eq!(v.payment.state, State::Pending, "{amount} {currency}");
+        let m = v.payment.mismatch.expect("mismatch recorded");
+        assert_eq!(m.reported, format!("{amount} {currency}"));
+        let history = v.history.unwrap();
+        assert_eq!(
+            history.last().unwrap().decision,
+            Some(Decision::AmountMismatch)
+        );
+        assert_eq!(
+            history.last().unwrap().fields["amount"],
+            amount,
+            "the evidence is kept"
+        );
+        held.push(id);
+    }
+    // The right money is success; a decline with other money is still a
+    // decline, and the mismatch is shown with it.
+    let mut right = manual("amt-right");
+    right.amount_centis = 1250;
+    let right_id = h.track(&right).await;
+    let q = callback_query("approved", "sale", "o-amt-right", "amt-right", CONTROL_KEY);
+    assert_eq!(
+        send_callback(&h, &with_amount(&q, "12.50", "EUR")).await,
+        200
+    );
+    assert_eq!(h.get(&right_id).await.payment.state, State::Succeeded);
+    assert!(h.get(&right_id).await.payment.mismatch.is_none());
+    let mut declined = manual("amt-declined");
+    declined.amount_centis = 1250;
+    let declined_id = h.track(&declined).await;
+    let q = callback_query("declined", "sale", "o-amt-d", "amt-declined", CONTROL_KEY);
+    assert_eq!(
+        send_callback(&h, &with_amount(&q, "99.00", "EUR")).await,
+        200
+    );
+    assert_eq!(h.get(&declined_id).await.payment.state, State::Failed);
+
+    // `list --mismatch` shows exactly those, and export shows the money.
+    let page = h
+        .admin
+        .list_filtered(None, None, true, None, None)
+        .await
+        .unwrap();
+    let mut listed: Vec<String> = page.payments.into_iter().map(|v| v.payment.id).collect();
+    listed.sort();
+    held.push(declined_id.clone());
+    held.sort();
+    assert_eq!(listed, held);
+    let csv = reqwest::get(format!(
+        "http://{}/v1/export?since=2000-01-01&format=csv",
+        h.admin_addr
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let row = csv.lines().find(|l| l.starts_with(&declined_id)).unwrap();
+    assert!(row.ends_with(",99.00 EUR"), "{row}");
     h.stop().await;
 }

@@ -404,6 +404,7 @@ fn typical(id: String, i: usize, now: u64) -> (Payment, Vec<Observation>, Vec<St
             open: false,
         }),
         observations: 5,
+        mismatch: None,
     };
     let keys = vec![
         lookup_key(ProviderId::Connpay, "inv", &inv),

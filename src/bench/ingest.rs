@@ -89,6 +89,7 @@ fn payments(store: &Store, prefix: &str, n: usize) -> Result<(), String> {
             final_source: None,
             window: None,
             observations: 0,
+            mismatch: None,
         };
         let keys = vec![
             lookup_key(ProviderId::Connpay, "inv", &inv),

@@ -78,6 +78,7 @@ pub fn run(opts: &Opts) -> Result<(), String> {
                     open: true,
                 }),
                 observations: 0,
+                mismatch: None,
             };
             (
                 p,

@@ -206,7 +206,8 @@ where
     }
 }
 
-/// A signed ConnPay callback query string.
+/// A signed ConnPay callback query string, without amount or currency
+/// (both optional and unsigned); see [`with_amount`].
 pub fn callback_query(
     status: &str,
     kind: &str,
@@ -215,7 +216,7 @@ pub fn callback_query(
     key: &str,
 ) -> String {
     let control = payrecon::provider::connpay::control(status, orderid, client_orderid, key);
-    format!("status={status}&type={kind}&orderid={orderid}&client_orderid={client_orderid}&merchant_order={client_orderid}&amount=10.00&currency=EUR&control={control}")
+    format!("status={status}&type={kind}&orderid={orderid}&client_orderid={client_orderid}&merchant_order={client_orderid}&control={control}")
 }
 
 /// The real `payrecon` binary running `run --config`; killed when dropped
@@ -339,4 +340,10 @@ pub async fn track_invoice(h: &Harness, mf: &payrecon::sim::myfatoorah::Myfatoor
         })
         .await
         .unwrap();
+}
+
+/// A callback query with an (unsigned) amount and currency added.
+pub fn with_amount(query: &str, amount: &str, currency: &str) -> String {
+    let amount: String = form_urlencoded::byte_serialize(amount.as_bytes()).collect();
+    format!("{query}&amount={amount}&currency={currency}")
 }
