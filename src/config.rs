@@ -606,26 +606,23 @@ fn d3m() -> Duration {
     Duration::from_secs(180)
 }
 
-/// Parses `250ms`, `3s`, `2m`, `1h`, `30d`.
+/// The longest duration a setting may name: ten years. Anything longer is
+/// a typo (or an overflow in waiting) rather than a schedule.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// Parses `250ms`, `3s`, `2m`, `1h`, `30d` (and humantime's `1h 30m`),
+/// refusing a number too large for its unit instead of wrapping around.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{s}` has no unit (use ms, s, m or h)"))?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 250ms, 3s, 2m or 1h"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        "d" => Ok(Duration::from_secs(n * 86_400)),
-        _ => Err(format!(
-            "`{s}` has unknown unit `{unit}` (use ms, s, m, h or d)"
-        )),
+    if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
+        return Err(format!("`{s}` has no unit (use ms, s, m, h or d)"));
     }
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 250ms, 3s, 2m, 1h or 30d ({e})"))?;
+    if d > MAX_DURATION {
+        return Err(format!("`{s}` is out of range (at most 10 years)"));
+    }
+    Ok(d)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -1201,6 +1198,13 @@ poll_interval_min = "3s"
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("5").is_err());
         assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
-        assert!(parse_duration("5w").is_err());
+        assert!(parse_duration("5x").is_err());
+        // Once wrapped around to 44 s and passed check-config.
+        let err = parse_duration("307445734561825861m").unwrap_err();
+        assert!(err.contains("307445734561825861m"), "{err}");
+        assert!(parse_duration("11000d")
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(parse_duration("18446744073709551615s").is_err());
     }
 }

@@ -68,6 +68,12 @@ fn a_broken_config_names_the_file_line_and_key() {
             "providers.connpay.polling.max_in_flight",
             "at least 1",
         ),
+        (
+            "poll_interval_min = \"3s\"",
+            "poll_interval_min = \"307445734561825861m\"",
+            "providers.connpay.polling.poll_interval_min",
+            "307445734561825861m",
+        ),
     ];
     for (from, to, key, what) in cases {
         assert!(example.contains(from), "example lost `{from}`");
