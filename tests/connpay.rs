@@ -638,3 +638,29 @@ async fn the_callback_listener_bounds_body_size_and_header_time() {
     assert_eq!(h.engine.store().inbox_len(), 0);
     h.stop().await;
 }
+
+/// Seed 002: `session.accessToken` comes only with "Optional consumer
+/// authentication"; without it the field is left out of the inquiry.
+#[tokio::test]
+async fn a_transfer_without_an_access_token_is_tracked_and_polled() {
+    let h = Harness::start(Polling::default()).await;
+    let mut t = NewTransfer::new(
+        "no-access-1",
+        Script {
+            settle: Settle::AfterPolls(2),
+            callback: CallbackMode::Never,
+            ..Default::default()
+        },
+    );
+    t.access_token = None;
+    let id = h.track(&t).await;
+    wait_until("payment final", || async {
+        h.get(&id).await.payment.state.is_final()
+    })
+    .await;
+    let p = h.get(&id).await.payment;
+    assert_eq!(p.state, State::Succeeded);
+    assert!(!p.keys.contains_key("access_token"));
+    assert_eq!(h.sim.truth("no-access-1").unwrap().polls, 2);
+    h.stop().await;
+}

@@ -49,7 +49,7 @@ async fn sigkill_mid_window_then_restart_loses_nothing() {
                 ..script.clone()
             },
         );
-        secrets.push(t.access_token.clone());
+        secrets.extend(t.access_token.clone());
         secrets.push(t.session_token.clone());
         sim.add(t.clone());
         let id = d.admin.track(&track_request(&t)).await.unwrap().payment.id;

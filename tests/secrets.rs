@@ -99,7 +99,7 @@ max_delay = "50ms"
     for i in 0..5 {
         let t = NewTransfer::new(&format!("inv-secret-{i}"), Script::default());
         secrets.push(t.session_token.clone());
-        secrets.push(t.access_token.clone());
+        secrets.extend(t.access_token.clone());
         sim.add(t.clone());
         ids.push(admin.track(&track_request(&t)).await.unwrap().payment.id);
     }

@@ -83,7 +83,7 @@ pub fn serve_sim(args: &[String]) -> ExitCode {
                 endpoint_id: keys["endpoint_id"].clone(),
                 invoice_id: keys["invoice_id"].clone(),
                 session_token: keys["session_token"].clone(),
-                access_token: keys["access_token"].clone(),
+                access_token: Some(keys["access_token"].clone()),
                 amount_centis: 1000,
                 currency: "EUR".into(),
                 script: Script {

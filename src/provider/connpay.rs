@@ -47,7 +47,10 @@ pub struct StatusRequest {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestSession {
-    pub access_token: String,
+    /// Only with "Optional consumer authentication" (seed 002); left out
+    /// of the request when the payment was tracked without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
     pub token: String,
 }
 
@@ -339,7 +342,9 @@ impl Provider for Connpay {
         check_id(keys, ENDPOINT_ID, 1..=64)?;
         check_id(keys, INVOICE_ID, 1..=128)?;
         check_id(keys, SESSION_TOKEN, 16..=36)?;
-        check_id(keys, ACCESS_TOKEN, 32..=128)?;
+        if keys.contains_key(ACCESS_TOKEN) {
+            check_id(keys, ACCESS_TOKEN, 32..=128)?;
+        }
         let invoice = &keys[INVOICE_ID];
         Ok(TrackKeys {
             idempotency_key: lookup_key(ID, "idem", &format!("{}/{invoice}", keys[ENDPOINT_ID])),
@@ -370,7 +375,7 @@ impl Provider for Connpay {
             );
             let body = StatusRequest {
                 session: RequestSession {
-                    access_token: k(ACCESS_TOKEN),
+                    access_token: payment.keys.get(ACCESS_TOKEN).cloned(),
                     token: k(SESSION_TOKEN),
                 },
             };
@@ -646,6 +651,22 @@ mod tests {
         ]);
         let tk = a.track_keys(&keys).unwrap();
         assert_eq!(tk.idempotency_key, "connpay|idem|1234/inv-1");
+        keys.remove(ACCESS_TOKEN);
+        assert!(a.track_keys(&keys).is_ok(), "access_token is optional");
+        let body = serde_json::to_value(StatusRequest {
+            session: RequestSession {
+                access_token: None,
+                token: "s".repeat(20),
+            },
+        })
+        .unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"session": {"token": "s".repeat(20)}})
+        );
+        keys.insert(ACCESS_TOKEN.into(), "a".repeat(31));
+        assert!(a.track_keys(&keys).unwrap_err().contains("access_token"));
+        keys.insert(ACCESS_TOKEN.into(), "a".repeat(40));
         keys.insert(SESSION_TOKEN.into(), "short".into());
         assert!(a.track_keys(&keys).unwrap_err().contains("session_token"));
         keys.insert("extra".into(), "x".into());

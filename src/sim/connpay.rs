@@ -113,7 +113,8 @@ pub struct NewTransfer {
     pub endpoint_id: String,
     pub invoice_id: String,
     pub session_token: String,
-    pub access_token: String,
+    /// `None`: the transfer was made without consumer authentication.
+    pub access_token: Option<String>,
     pub amount_centis: i64,
     pub currency: String,
     pub script: Script,
@@ -126,7 +127,7 @@ impl NewTransfer {
             endpoint_id: "4211".into(),
             invoice_id: invoice_id.into(),
             session_token: format!("sess{:016x}", fastrand::u64(..)),
-            access_token: format!("acc{:032x}", fastrand::u128(..)),
+            access_token: Some(format!("acc{:032x}", fastrand::u128(..))),
             amount_centis: fastrand::i64(100..100_000),
             currency: "EUR".into(),
             script,
@@ -136,12 +137,15 @@ impl NewTransfer {
     /// The keys payrecon tracks it by.
     pub fn keys(&self) -> crate::model::Keys {
         use crate::provider::connpay::*;
-        crate::model::Keys::from([
+        let mut keys = crate::model::Keys::from([
             (ENDPOINT_ID.to_string(), self.endpoint_id.clone()),
             (INVOICE_ID.to_string(), self.invoice_id.clone()),
             (SESSION_TOKEN.to_string(), self.session_token.clone()),
-            (ACCESS_TOKEN.to_string(), self.access_token.clone()),
-        ])
+        ]);
+        if let Some(a) = &self.access_token {
+            keys.insert(ACCESS_TOKEN.to_string(), a.clone());
+        }
+        keys
     }
 }
 
@@ -526,7 +530,11 @@ fn status_answer(inner: &Arc<Inner>, endpoint: &str, invoice: &str, body: &Bytes
             invoice,
         );
     };
-    if !(16..=36).contains(&token.len()) || !(32..=128).contains(&access_token.len()) {
+    if !(16..=36).contains(&token.len())
+        || access_token
+            .as_ref()
+            .is_some_and(|a| !(32..=128).contains(&a.len()))
+    {
         return fail(
             StatusCode::BAD_REQUEST,
             "INVALID_REQUEST",
