@@ -77,6 +77,9 @@ async fn route(engine: Arc<Engine>, max_body: usize, req: Request<Incoming>) -> 
             http::error(StatusCode::BAD_REQUEST, "malformed_callback", &m)
         }
         Err(EngineError::UnknownProvider(_)) => not_found(),
+        Err(EngineError::Store(crate::store::StoreError::OrphanLimit(m))) => {
+            http::error(StatusCode::SERVICE_UNAVAILABLE, "orphan_limit", &m)
+        }
         Err(e) => {
             tracing::error!(error = %e, "callback not committed");
             http::error(

@@ -304,6 +304,25 @@ pub struct CallbackConfig {
     pub max_body_bytes: usize,
     #[serde(default = "default_header_timeout", deserialize_with = "duration")]
     pub header_read_timeout: Duration,
+    /// Callbacks for payments not tracked yet, kept at most per lookup key
+    /// and in all; beyond, a callback is answered 503 and nothing stored
+    /// (the provider sends it again later).
+    #[serde(default = "default_orphans_per_key")]
+    pub orphan_max_per_key: u64,
+    #[serde(default = "default_orphans_total")]
+    pub orphan_max_total: u64,
+    /// How long an orphan callback waits for its payment before it is
+    /// forgotten. Paynet re-sends for 14 days; 30 covers that twice.
+    #[serde(default = "d30d", deserialize_with = "duration")]
+    pub orphan_ttl: Duration,
+}
+
+fn default_orphans_per_key() -> u64 {
+    crate::store::DEFAULT_ORPHANS_PER_KEY
+}
+
+fn default_orphans_total() -> u64 {
+    crate::store::DEFAULT_ORPHANS_TOTAL
 }
 
 impl Default for CallbackConfig {
@@ -312,6 +331,9 @@ impl Default for CallbackConfig {
             listen: default_callback_listen(),
             max_body_bytes: default_max_body(),
             header_read_timeout: default_header_timeout(),
+            orphan_max_per_key: default_orphans_per_key(),
+            orphan_max_total: default_orphans_total(),
+            orphan_ttl: d30d(),
         }
     }
 }
@@ -950,6 +972,7 @@ impl Config {
             circuit: self.file.circuit.clone(),
             reconcile,
             notify: self.notify.clone(),
+            orphan_ttl: Some(self.file.callback.orphan_ttl),
         }
     }
 }

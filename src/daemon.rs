@@ -131,6 +131,10 @@ pub async fn start(
         path: path.display().to_string(),
         source,
     })?;
+    store.set_orphan_limits(
+        config.file.callback.orphan_max_per_key,
+        config.file.callback.orphan_max_total,
+    );
     let engine = Engine::start(
         store.clone(),
         providers(config),

@@ -55,6 +55,8 @@ pub struct Settings {
     pub reconcile: HashMap<ProviderId, ReconcileConfig>,
     /// Where state changes are notified; `None`: not at all.
     pub notify: Option<NotifySettings>,
+    /// Orphan callbacks older than this are forgotten; `None`: never.
+    pub orphan_ttl: Option<Duration>,
 }
 
 /// A request to track a payment (the body of `POST /v1/payments`).
@@ -130,6 +132,9 @@ pub struct Counters {
     pub callbacks_rejected: AtomicU64,
     pub callbacks_duplicate: AtomicU64,
     pub callbacks_orphaned: AtomicU64,
+    /// Callbacks refused because too many orphans wait (503).
+    pub orphans_refused: AtomicU64,
+    pub orphans_expired: AtomicU64,
     /// Polls per provider (indexed by [`ProviderId::code`]) and outcome
     /// (indexed by [`PollOutcome`]); [`Counters::polls`] sums providers.
     pub polls_by_provider: [[AtomicU64; 3]; 8],
@@ -312,6 +317,7 @@ impl Engine {
             .map(|p| (p.id(), tokio::sync::Mutex::new(())))
             .collect();
         let action_deadline = settings.action_deadline;
+        let orphan_ttl = settings.orphan_ttl;
         // Before any task can commit a change: each change from now on
         // queues its notice.
         store.enable_notices(settings.notify.is_some());
@@ -345,7 +351,34 @@ impl Engine {
         let _ = engine.scheduler.set(scheduler);
         engine.tasks.spawn(engine.clone().run_outbound());
         engine.tasks.spawn(engine.clone().run_notifier());
+        if let Some(ttl) = orphan_ttl {
+            engine.tasks.spawn(engine.clone().expire_orphans(ttl));
+        }
         engine
+    }
+
+    /// Forgets orphan callbacks older than `ttl`, at start and then every
+    /// [`ORPHAN_EXPIRY_EVERY`].
+    async fn expire_orphans(self: Arc<Self>, ttl: Duration) {
+        loop {
+            let before = now_ms().saturating_sub(ttl.as_millis() as u64);
+            let store = self.store.clone();
+            match tokio::task::spawn_blocking(move || store.expire_orphans(before)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => {
+                    self.counters
+                        .orphans_expired
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    tracing::info!(expired = n, "orphan callbacks past their time forgotten");
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "orphan expiry failed"),
+                Err(e) => tracing::error!(error = %e, "orphan expiry task failed"),
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(ORPHAN_EXPIRY_EVERY) => {}
+            }
+        }
     }
 
     pub(crate) fn outbound(&self) -> &crate::outbound::Outbound {
@@ -558,7 +591,14 @@ impl Engine {
         let match_key = record.match_key.clone();
         let ingested = tokio::task::spawn_blocking(move || store.ingest_callback(&record))
             .await
-            .map_err(|_| StoreError::Closed)??;
+            .map_err(|_| StoreError::Closed)?;
+        if let Err(StoreError::OrphanLimit(why)) = &ingested {
+            self.counters
+                .orphans_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(alert = "orphan_limit", provider = %pid, error = %why, "callback for an unknown payment refused (503): too many wait already");
+        }
+        let ingested = ingested?;
         // Every answer waits for a flush, a repeat's too: the first copy
         // may be committed but not yet on disk, and the repeat's 200 is
         // the provider's last delivery of it.
@@ -1076,6 +1116,10 @@ fn alert_unmapped(payment: &Payment, raw: &str) {
         ),
     }
 }
+
+/// How often orphan callbacks are checked for expiry: their time is
+/// counted in days, so an hour late is nothing.
+const ORPHAN_EXPIRY_EVERY: Duration = Duration::from_secs(3600);
 
 /// Status inquiries made to confirm one unsigned claim, and the wait
 /// before the n-th retry (n × this): a provider hiccup does not leave a

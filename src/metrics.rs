@@ -41,6 +41,24 @@ pub fn render(engine: &Engine) -> String {
         "Callbacks kept until their payment is tracked.",
         &one(load(&c.callbacks_orphaned)),
     );
+    metric(
+        "payrecon_orphans",
+        "gauge",
+        "Orphan callbacks waiting for their payment.",
+        &one(store.orphan_count().unwrap_or(0) as u64),
+    );
+    metric(
+        "payrecon_orphans_refused_total",
+        "counter",
+        "Callbacks refused (503) because too many orphans wait.",
+        &one(load(&c.orphans_refused)),
+    );
+    metric(
+        "payrecon_orphans_expired_total",
+        "counter",
+        "Orphan callbacks forgotten after callback.orphan_ttl.",
+        &one(load(&c.orphans_expired)),
+    );
 
     let ids = engine.provider_ids();
     let mut polls = vec![];

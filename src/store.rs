@@ -11,7 +11,10 @@
 //! - `history`: payment id, 0x00, seq (u32 BE) → Observation (JSON)
 //! - `keys`: provider lookup key (`connpay|inv|…`) → payment id
 //! - `inbox`: callback de-duplication key → InboxEntry (JSON)
-//! - `orphans`: lookup key → callbacks that came before their payment
+//! - `orphans`: callbacks that came before their payment, one record
+//!   each: `o|` + id (u64 BE) → CallbackRecord (JSON); `i|` + lookup key →
+//!   the ids waiting under it (u64 BE each, at most `max_per_key`); `n` →
+//!   how many there are (u64 BE), checked against `max_total`
 //! - `windows`: payment id → next poll, unix ms (u64 BE), and the
 //!   provider's one-byte code; open windows only
 //! - `actions`: action id → Action (JSON)
@@ -43,6 +46,10 @@ pub enum StoreError {
     NotFound(String),
     #[error("store is shutting down")]
     Closed,
+    /// Too many orphan callbacks wait, under this key or in all; nothing
+    /// was stored and the provider is asked to send it again later.
+    #[error("{0}")]
+    OrphanLimit(String),
     /// A lookup key of a payment to track already names another payment.
     #[error("the provider's {key} is already tracked as payment `{existing}`")]
     AlreadyTracked { key: String, existing: String },
@@ -169,6 +176,8 @@ pub struct Store {
     meta: sled::Tree,
     /// Whether state changes queue notifications (a URL is configured).
     notify: Arc<std::sync::atomic::AtomicBool>,
+    /// Orphan callbacks kept at most per lookup key, and in all.
+    orphan_limits: Arc<[AtomicU64; 2]>,
     gc: Arc<GroupCommit>,
 }
 
@@ -258,9 +267,14 @@ impl Store {
             dead_notices: db.open_tree("dead_notices")?,
             meta: db.open_tree("meta")?,
             notify: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            orphan_limits: Arc::new([
+                AtomicU64::new(DEFAULT_ORPHANS_PER_KEY),
+                AtomicU64::new(DEFAULT_ORPHANS_TOTAL),
+            ]),
             db,
             gc,
         };
+        migrate_orphans(&store.orphans)?;
         let weak = Arc::downgrade(&store.gc);
         let db = store.db.clone();
         tokio::spawn(flusher(weak, db));
@@ -362,24 +376,21 @@ impl Store {
                 let (mut changes, mut claims) = (vec![], vec![]);
                 for k in &new.lookup_keys {
                     keys.insert(k.as_bytes(), fresh_id.as_bytes())?;
-                    if let Some(raw) = orphans.remove(k.as_bytes())? {
-                        let waiting: Vec<CallbackRecord> = decode(k, &raw)?;
-                        for cb in waiting {
-                            let (obs, change) = apply(
-                                &mut payment,
-                                cb.report.clone(),
-                                cb.received_ms,
-                                cb.unsigned_claim,
-                            );
-                            if obs.decision == Some(Decision::Unconfirmed) {
-                                claims.extend(obs.state);
-                            }
-                            put_history(history, &payment.id, &obs)?;
-                            if let Some(c) = &change {
-                                self.put_notice(notices, &payment, c, cb.received_ms)?;
-                            }
-                            changes.extend(change);
+                    for cb in take_orphans(orphans, k)? {
+                        let (obs, change) = apply(
+                            &mut payment,
+                            cb.report.clone(),
+                            cb.received_ms,
+                            cb.unsigned_claim,
+                        );
+                        if obs.decision == Some(Decision::Unconfirmed) {
+                            claims.extend(obs.state);
                         }
+                        put_history(history, &payment.id, &obs)?;
+                        if let Some(c) = &change {
+                            self.put_notice(notices, &payment, c, cb.received_ms)?;
+                        }
+                        changes.extend(change);
                     }
                 }
                 if let Some(w) = payment
@@ -477,13 +488,7 @@ impl Store {
                         return Ok(Ingested::Duplicate);
                     }
                     let Some(id) = keys.get(cb.match_key.as_bytes())? else {
-                        let mut waiting: Vec<CallbackRecord> =
-                            match orphans.get(cb.match_key.as_bytes())? {
-                                Some(raw) => decode(&cb.match_key, &raw)?,
-                                None => vec![],
-                            };
-                        waiting.push(cb.clone());
-                        orphans.insert(cb.match_key.as_bytes(), encode(&waiting))?;
+                        put_orphan(orphans, cb, self.orphan_limits())?;
                         let entry = InboxEntry {
                             payment_id: None,
                             received_ms: cb.received_ms,
@@ -920,11 +925,54 @@ impl Store {
 
     /// Orphan callbacks still waiting for their payment.
     pub fn orphan_count(&self) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for kv in self.orphans.iter() {
+        Ok(read_u64(self.orphans.get(ORPHAN_COUNT)?.as_deref()) as usize)
+    }
+
+    /// Sets how many orphan callbacks are kept per lookup key and in all.
+    pub fn set_orphan_limits(&self, per_key: u64, total: u64) {
+        self.orphan_limits[0].store(per_key, Ordering::Relaxed);
+        self.orphan_limits[1].store(total, Ordering::Relaxed);
+    }
+
+    fn orphan_limits(&self) -> (u64, u64) {
+        (
+            self.orphan_limits[0].load(Ordering::Relaxed),
+            self.orphan_limits[1].load(Ordering::Relaxed),
+        )
+    }
+
+    /// Forgets orphan callbacks received before `before_ms`: the record,
+    /// its place under its key, and its inbox entry (so a provider that
+    /// sends it again is heard). Returns how many were forgotten.
+    pub fn expire_orphans(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let mut expired = vec![];
+        for kv in self.orphans.scan_prefix(b"o|") {
             let (k, v) = kv?;
-            let list: Vec<CallbackRecord> = decode(&String::from_utf8_lossy(&k), &v)?;
-            n += list.len();
+            let cb: CallbackRecord = decode("orphan", &v)?;
+            if cb.received_ms < before_ms {
+                expired.push((k, cb));
+            }
+        }
+        let mut n = 0;
+        for (k, cb) in expired {
+            let res = (&self.orphans, &self.inbox).transaction(|(orphans, inbox)| {
+                if orphans.remove(&k)?.is_none() {
+                    return Ok(false);
+                }
+                let idx = orphan_index_key(&cb.match_key);
+                let mut ids = read_ids(orphans.get(&idx)?.as_deref());
+                ids.retain(|id| k[2..] != id.to_be_bytes());
+                if ids.is_empty() {
+                    orphans.remove(idx)?;
+                } else {
+                    orphans.insert(idx, write_ids(&ids))?;
+                }
+                let count = read_u64(orphans.get(ORPHAN_COUNT)?.as_deref());
+                orphans.insert(ORPHAN_COUNT, &count.saturating_sub(1).to_be_bytes())?;
+                inbox.remove(cb.dedupe_key.as_bytes())?;
+                Ok(true)
+            });
+            n += unwrap_tx(res)? as usize;
         }
         Ok(n)
     }
@@ -933,6 +981,111 @@ impl Store {
     pub fn inbox_len(&self) -> usize {
         self.inbox.len()
     }
+}
+
+/// Orphan callbacks kept per lookup key by default: a provider re-sends
+/// one callback at most a few dozen times (Paynet: 30), each with its own
+/// status, so a key with more is being replayed at.
+pub const DEFAULT_ORPHANS_PER_KEY: u64 = 32;
+/// Orphan callbacks kept in all by default: about 100 MB of records at the
+/// most, far above what a healthy platform leaves unmatched.
+pub const DEFAULT_ORPHANS_TOTAL: u64 = 100_000;
+const ORPHAN_COUNT: &[u8] = b"n";
+
+fn orphan_index_key(match_key: &str) -> Vec<u8> {
+    [b"i|", match_key.as_bytes()].concat()
+}
+
+fn read_u64(v: Option<&[u8]>) -> u64 {
+    v.and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+fn read_ids(v: Option<&[u8]>) -> Vec<u64> {
+    v.unwrap_or_default()
+        .chunks_exact(8)
+        .map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()))
+        .collect()
+}
+
+fn write_ids(ids: &[u64]) -> Vec<u8> {
+    ids.iter().flat_map(|id| id.to_be_bytes()).collect()
+}
+
+/// Keeps one orphan callback as its own record, within the limits.
+fn put_orphan(
+    orphans: &TransactionalTree,
+    cb: &CallbackRecord,
+    limits: (u64, u64),
+) -> TxResult<()> {
+    let (per_key, total) = limits;
+    let idx = orphan_index_key(&cb.match_key);
+    let mut ids = read_ids(orphans.get(&idx)?.as_deref());
+    if ids.len() as u64 >= per_key {
+        return Err(StoreError::OrphanLimit(format!(
+            "{per_key} callbacks already wait for an unknown payment under this key"
+        ))
+        .into());
+    }
+    let count = read_u64(orphans.get(ORPHAN_COUNT)?.as_deref());
+    if count >= total {
+        return Err(StoreError::OrphanLimit(format!(
+            "{total} callbacks already wait for unknown payments"
+        ))
+        .into());
+    }
+    let id = orphans.generate_id()?;
+    orphans.insert([b"o|".as_slice(), &id.to_be_bytes()].concat(), encode(cb))?;
+    ids.push(id);
+    orphans.insert(idx, write_ids(&ids))?;
+    orphans.insert(ORPHAN_COUNT, &(count + 1).to_be_bytes())?;
+    Ok(())
+}
+
+/// Removes and returns the orphan callbacks waiting under a lookup key, in
+/// the order they came.
+fn take_orphans(orphans: &TransactionalTree, match_key: &str) -> TxResult<Vec<CallbackRecord>> {
+    let Some(raw) = orphans.remove(orphan_index_key(match_key))? else {
+        return Ok(vec![]);
+    };
+    let ids = read_ids(Some(&raw));
+    let mut out = Vec::with_capacity(ids.len());
+    for id in &ids {
+        if let Some(v) = orphans.remove([b"o|".as_slice(), &id.to_be_bytes()].concat())? {
+            out.push(decode(match_key, &v)?);
+        }
+    }
+    let count = read_u64(orphans.get(ORPHAN_COUNT)?.as_deref());
+    orphans.insert(
+        ORPHAN_COUNT,
+        &count.saturating_sub(out.len() as u64).to_be_bytes(),
+    )?;
+    Ok(out)
+}
+
+/// Rewrites orphans kept by releases before one record each (a JSON list
+/// per lookup key) into today's layout, once, at open.
+fn migrate_orphans(orphans: &sled::Tree) -> Result<(), StoreError> {
+    let mut old = vec![];
+    for kv in orphans.iter() {
+        let (k, v) = kv?;
+        if !(k.starts_with(b"o|") || k.starts_with(b"i|") || &*k == ORPHAN_COUNT) {
+            let list: Vec<CallbackRecord> = decode(&String::from_utf8_lossy(&k), &v)?;
+            old.push((k, list));
+        }
+    }
+    for (k, list) in old {
+        let res = orphans.transaction(|t| {
+            for cb in &list {
+                put_orphan(t, cb, (u64::MAX, u64::MAX))?;
+            }
+            t.remove(&k)?;
+            Ok(())
+        });
+        unwrap_tx(res)?;
+    }
+    Ok(())
 }
 
 /// Applies a report to a payment in memory: numbers it, judges it with the
@@ -1264,6 +1417,113 @@ mod tests {
             store.ingest_callback(&cb).unwrap(),
             Ingested::Duplicate
         ));
+    }
+
+    fn orphan(inv: &str, kind: &str) -> CallbackRecord {
+        let mut cb = callback(inv, "approved", State::Succeeded);
+        cb.dedupe_key = format!("connpay|cb|approved|{kind}|o-{inv}|{inv}");
+        cb
+    }
+
+    #[tokio::test]
+    async fn orphans_are_one_record_each_within_their_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.set_orphan_limits(3, 5);
+        for kind in ["a", "b", "c"] {
+            assert!(matches!(
+                store.ingest_callback(&orphan("inv-o1", kind)).unwrap(),
+                Ingested::Orphaned
+            ));
+        }
+        // A fourth under the same key is refused, and nothing of it stored.
+        let inbox = store.inbox_len();
+        assert!(matches!(
+            store.ingest_callback(&orphan("inv-o1", "d")),
+            Err(StoreError::OrphanLimit(_))
+        ));
+        assert_eq!(store.inbox_len(), inbox);
+        for inv in ["inv-o2", "inv-o3"] {
+            store.ingest_callback(&orphan(inv, "a")).unwrap();
+        }
+        assert!(matches!(
+            store.ingest_callback(&orphan("inv-o4", "a")),
+            Err(StoreError::OrphanLimit(_))
+        ));
+        assert_eq!(store.orphan_count().unwrap(), 5);
+        // Each is its own record; the key's index holds three ids.
+        assert_eq!(store.orphans.scan_prefix(b"o|").count(), 5);
+        let idx = store
+            .orphans
+            .get(orphan_index_key("connpay|inv|inv-o1"))
+            .unwrap();
+        assert_eq!(idx.unwrap().len(), 3 * 8);
+        // Tracking applies and removes them, in the order they came.
+        let t = store.track(new_payment("inv-o1")).unwrap();
+        assert_eq!(t.payment.observations, 3);
+        assert_eq!(store.orphan_count().unwrap(), 2);
+        assert_eq!(store.orphans.scan_prefix(b"o|").count(), 2);
+    }
+
+    #[tokio::test]
+    async fn replayed_orphans_grow_the_store_linearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.set_orphan_limits(2_000, 10_000);
+        for i in 0..2_000 {
+            store
+                .ingest_callback(&orphan("inv-flood", &format!("t{i}")))
+                .unwrap();
+        }
+        store.flush_blocking().unwrap();
+        // One list rewritten per orphan reached 590 MB for this.
+        let size = store.size_on_disk();
+        assert!(size < 64 << 20, "{size} bytes for 2,000 orphans");
+        assert_eq!(store.orphan_count().unwrap(), 2_000);
+    }
+
+    #[tokio::test]
+    async fn expired_orphans_are_forgotten_with_their_inbox_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut old = orphan("inv-e1", "a");
+        old.received_ms = 1_000;
+        let mut young = orphan("inv-e1", "b");
+        young.received_ms = 9_000;
+        store.ingest_callback(&old).unwrap();
+        store.ingest_callback(&young).unwrap();
+        assert_eq!(store.expire_orphans(5_000).unwrap(), 1);
+        assert_eq!(store.orphan_count().unwrap(), 1);
+        // The provider sending it again is heard, not taken as a repeat.
+        assert!(matches!(
+            store.ingest_callback(&old).unwrap(),
+            Ingested::Orphaned
+        ));
+        assert_eq!(store.expire_orphans(5_000).unwrap(), 1);
+        assert_eq!(store.expire_orphans(5_000).unwrap(), 0);
+        let t = store.track(new_payment("inv-e1")).unwrap();
+        assert_eq!(t.payment.observations, 1, "only the young one is left");
+    }
+
+    #[tokio::test]
+    async fn orphan_lists_of_the_previous_release_are_migrated_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let list = vec![orphan("inv-m1", "a"), orphan("inv-m1", "b")];
+            store
+                .orphans
+                .insert("connpay|inv|inv-m1", encode(&list))
+                .unwrap();
+            store.flush_blocking().unwrap();
+        }
+        tokio::task::yield_now().await;
+        let store = reopen(dir.path()).await;
+        assert_eq!(store.orphan_count().unwrap(), 2);
+        assert!(store.orphans.get("connpay|inv|inv-m1").unwrap().is_none());
+        let t = store.track(new_payment("inv-m1")).unwrap();
+        assert_eq!(t.payment.observations, 2);
+        assert_eq!(store.orphan_count().unwrap(), 0);
     }
 
     #[tokio::test]

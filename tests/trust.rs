@@ -408,3 +408,41 @@ async fn a_callback_naming_other_money_is_recorded_alerted_and_never_success() {
     assert!(row.ends_with(",99.00 EUR"), "{row}");
     h.stop().await;
 }
+
+#[tokio::test]
+async fn replays_for_an_unknown_payment_stop_at_the_per_key_limit_with_a_503() {
+    let h = Harness::start(quiet()).await;
+    let limit = payrecon::store::DEFAULT_ORPHANS_PER_KEY;
+    for i in 0..=limit {
+        let q = callback_query(
+            "approved",
+            &format!("t{i}"),
+            "o-x",
+            "never-tracked",
+            CONTROL_KEY,
+        );
+        let r = reqwest::get(format!("http://{}/callback/connpay?{q}", h.callback_addr))
+            .await
+            .unwrap();
+        if i < limit {
+            assert_eq!(r.status(), 200);
+        } else {
+            assert_eq!(r.status(), 503);
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "orphan_limit");
+        }
+    }
+    assert_eq!(h.engine.store().orphan_count().unwrap(), limit as usize);
+    let metrics = reqwest::get(format!("http://{}/metrics", h.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("payrecon_orphans {limit}")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("payrecon_orphans_refused_total 1"));
+    h.stop().await;
+}
