@@ -97,6 +97,7 @@ impl Admin {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         let segs = http::segments(&path);
+        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
         match (method.as_str(), segs.as_slice()) {
             ("GET", ["healthz"]) => {
                 return http::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))

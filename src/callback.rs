@@ -33,6 +33,7 @@ pub async fn handle(
 async fn route(engine: Arc<Engine>, max_body: usize, req: Request<Incoming>) -> Answer {
     let path = req.uri().path().to_string();
     let segs = http::segments(&path);
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let pid = match segs.as_slice() {
         ["callback", name] => match name.parse::<ProviderId>() {
             Ok(p) => p,

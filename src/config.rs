@@ -304,6 +304,16 @@ pub struct CallbackConfig {
     pub max_body_bytes: usize,
     #[serde(default = "default_header_timeout", deserialize_with = "duration")]
     pub header_read_timeout: Duration,
+    /// A client must send a whole request body within this time, on both
+    /// listeners (408 otherwise): a slow or never-ending body cannot hold
+    /// a connection.
+    #[serde(default = "d10s", deserialize_with = "duration")]
+    pub body_read_timeout: Duration,
+    /// Open connections on the callback listener; more are answered 503 at
+    /// once. Far below the unit's LimitNOFILE, so the process keeps file
+    /// descriptors for its store and provider calls.
+    #[serde(default = "default_callback_connections")]
+    pub max_connections: usize,
     /// Callbacks for payments not tracked yet, kept at most per lookup key
     /// and in all; beyond, a callback is answered 503 and nothing stored
     /// (the provider sends it again later).
@@ -315,6 +325,14 @@ pub struct CallbackConfig {
     /// forgotten. Paynet re-sends for 14 days; 30 covers that twice.
     #[serde(default = "d30d", deserialize_with = "duration")]
     pub orphan_ttl: Duration,
+}
+
+fn default_callback_connections() -> usize {
+    512
+}
+
+fn default_admin_connections() -> usize {
+    64
 }
 
 fn default_orphans_per_key() -> u64 {
@@ -331,6 +349,8 @@ impl Default for CallbackConfig {
             listen: default_callback_listen(),
             max_body_bytes: default_max_body(),
             header_read_timeout: default_header_timeout(),
+            body_read_timeout: d10s(),
+            max_connections: default_callback_connections(),
             orphan_max_per_key: default_orphans_per_key(),
             orphan_max_total: default_orphans_total(),
             orphan_ttl: d30d(),
@@ -347,6 +367,9 @@ pub struct AdminConfig {
     /// Environment variable holding the bearer token. Unset: no token.
     #[serde(default)]
     pub token_env: Option<String>,
+    /// Open connections on the admin listener; more are answered 503.
+    #[serde(default = "default_admin_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
@@ -354,6 +377,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: default_admin_listen(),
             token_env: None,
+            max_connections: default_admin_connections(),
         }
     }
 }

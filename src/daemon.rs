@@ -165,9 +165,14 @@ pub async fn start(
         })?;
     let cb = &config.file.callback;
     let (e, max_body) = (engine.clone(), cb.max_body_bytes);
+    let limits = |max_connections| crate::http::Limits {
+        header_read_timeout: cb.header_read_timeout,
+        body_read_timeout: cb.body_read_timeout,
+        max_connections,
+    };
     http_tasks.spawn(crate::http::serve(
         listeners.callback,
-        cb.header_read_timeout,
+        limits(cb.max_connections),
         cancel.clone(),
         http_tasks.clone(),
         move |req| crate::callback::handle(e.clone(), max_body, req),
@@ -179,7 +184,7 @@ pub async fn start(
     let admin_handle = admin.clone();
     http_tasks.spawn(crate::http::serve(
         listeners.admin,
-        cb.header_read_timeout,
+        limits(config.file.admin.max_connections),
         cancel.clone(),
         http_tasks.clone(),
         move |req| admin.clone().handle(req),

@@ -42,6 +42,8 @@ pub struct LoopbackConfig {
     pub log_format: String,
     /// Extra lines for the `[admin]` table.
     pub admin_extra: String,
+    /// Extra lines for the `[callback]` table.
+    pub callback_extra: String,
     /// Extra tables appended at the end (`[circuit]`, ...).
     pub tail: String,
     /// Environment variable that holds the control key.
@@ -58,6 +60,7 @@ impl Default for LoopbackConfig {
             request_timeout: "2s".into(),
             log_format: "text".into(),
             admin_extra: String::new(),
+            callback_extra: String::new(),
             tail: String::new(),
             key_env: KEY_ENV.into(),
         }
@@ -75,6 +78,7 @@ path = "{store}"
 listen = "127.0.0.1:0"
 max_body_bytes = 4096
 header_read_timeout = "300ms"
+{callback_extra}
 
 [admin]
 listen = "127.0.0.1:0"
@@ -100,6 +104,7 @@ request_timeout = "{request_timeout}"
             tail = self.tail,
             store = store.display(),
             admin_extra = self.admin_extra,
+            callback_extra = self.callback_extra,
             log_format = self.log_format,
             key_env = self.key_env,
             i0 = self.interval.0,

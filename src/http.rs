@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,11 +37,43 @@ impl std::fmt::Display for CloseConnection {
 }
 impl std::error::Error for CloseConnection {}
 
+/// What one listener allows a client: time to send headers, time to
+/// send the whole body, and connections open at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    /// From the handler's first read of the body to its last byte
+    /// ([`read_body`]); a slower body is answered 408.
+    pub body_read_timeout: Duration,
+    /// Connections beyond this are answered 503 at once and closed, so a
+    /// flood of idle or slow clients cannot take every file descriptor.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// The provider sandboxes' limits: generous, they serve only tests.
+    pub fn sandbox() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(5),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// The body-read limit of a request, put in its extensions by [`serve`].
+#[derive(Debug, Clone, Copy)]
+struct BodyReadTimeout(Duration);
+
+/// What a connection over the limit is told before it is closed. Written
+/// with one non-blocking write: a client that does not read it loses it.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 86\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many open connections; retry\"}}";
+
 /// Serves HTTP/1 on `listener` until `cancel` fires, then lets each open
 /// connection finish its request. Connection tasks are tracked in `tasks`.
 pub async fn serve<H, F>(
     listener: TcpListener,
-    header_read_timeout: Duration,
+    limits: Limits,
     cancel: CancellationToken,
     tasks: TaskTracker,
     handler: H,
@@ -47,6 +81,8 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Answer, CloseConnection>> + Send + 'static,
 {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut last_warned: Option<tokio::time::Instant> = None;
     loop {
         let (stream, _peer) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -60,15 +96,34 @@ pub async fn serve<H, F>(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let _ = stream.try_write(OVER_CAPACITY);
+            drop(stream);
+            // One line a second at most: a flood must not flood the log.
+            if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                last_warned = Some(tokio::time::Instant::now());
+                tracing::warn!(
+                    alert = "connection_limit",
+                    max_connections = limits.max_connections,
+                    "connection refused: too many open connections"
+                );
+            }
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let h = handler.clone();
         let cancel = cancel.clone();
+        let body_timeout = BodyReadTimeout(limits.body_read_timeout);
         tasks.spawn(async move {
-            let svc = service_fn(h);
+            let _slot = slot;
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(body_timeout);
+                h(req)
+            });
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout);
+                .header_read_timeout(limits.header_read_timeout);
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
@@ -82,9 +137,22 @@ pub async fn serve<H, F>(
     }
 }
 
-/// The body of a request, at most `limit` bytes.
+/// The body of a request, at most `limit` bytes, read within the
+/// listener's body-read timeout (413 and 408 otherwise).
 pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Answer> {
-    match Limited::new(req.into_body(), limit).collect().await {
+    let timeout = req
+        .extensions()
+        .get::<BodyReadTimeout>()
+        .map_or(Limits::sandbox().body_read_timeout, |t| t.0);
+    let read = tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect());
+    let Ok(read) = read.await else {
+        return Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            &format!("request body not received within {timeout:?}"),
+        ));
+    };
+    match read {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -145,9 +213,18 @@ pub fn text_owned(status: StatusCode, content_type: &str, body: String) -> Answe
         .unwrap_or_default()
 }
 
-/// Splits a path into its segments: `/v1/payments/x` → `["v1","payments","x"]`.
-pub fn segments(path: &str) -> Vec<&str> {
-    path.split('/').filter(|s| !s.is_empty()).collect()
+/// Splits a path into its segments, each percent-decoded:
+/// `/v1/payments/inv%207%2F%C3%A4` → `["v1", "payments", "inv 7/ä"]`.
+/// Bytes that do not decode to UTF-8 become U+FFFD (and then match nothing).
+pub fn segments(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect()
 }
 
 /// Reads one query parameter.

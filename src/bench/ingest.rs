@@ -319,7 +319,7 @@ pub fn run(opts: &Opts) -> Result<(), String> {
         let a = l.local_addr().map_err(|e| e.to_string())?;
         tokio::spawn(crate::http::serve(
             l,
-            Duration::from_secs(5),
+            crate::http::Limits::sandbox(),
             bare_cancel.clone(),
             TaskTracker::new(),
             |_req| async { Ok(crate::http::text(hyper::StatusCode::OK, "OK")) },

@@ -91,7 +91,7 @@ impl ConnectfiSim {
         let i = inner.clone();
         tasks.spawn(http::serve(
             listener,
-            Duration::from_secs(5),
+            http::Limits::sandbox(),
             cancel.clone(),
             tasks.clone(),
             move |req| handle(i.clone(), req),

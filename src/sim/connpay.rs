@@ -230,7 +230,7 @@ impl ConnpaySim {
         let i = inner.clone();
         inner.tasks.spawn(http::serve(
             listener,
-            Duration::from_secs(5),
+            http::Limits::sandbox(),
             cancel,
             inner.tasks.clone(),
             move |req| handle(i.clone(), req),
@@ -460,6 +460,7 @@ async fn send_callback(
 async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Answer, CloseConnection> {
     let path = req.uri().path().to_string();
     let segs = http::segments(&path);
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let (endpoint, invoice) = match (req.method().as_str(), segs.as_slice()) {
         ("POST", ["paynet", "dapi", "v1", "transfer", e, i, "status"]) => {
             (e.to_string(), i.to_string())

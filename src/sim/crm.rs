@@ -86,7 +86,7 @@ impl CrmSim {
         let i = inner.clone();
         tasks.spawn(http::serve(
             listener,
-            Duration::from_secs(5),
+            http::Limits::sandbox(),
             cancel.clone(),
             tasks.clone(),
             move |req| handle(i.clone(), req),

@@ -117,7 +117,7 @@ impl MyfatoorahSim {
         let i = inner.clone();
         tasks.spawn(http::serve(
             listener,
-            Duration::from_secs(5),
+            http::Limits::sandbox(),
             cancel,
             tasks.clone(),
             move |req| handle(i.clone(), req),

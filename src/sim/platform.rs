@@ -5,7 +5,6 @@
 use crate::sync::lock;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
@@ -53,7 +52,7 @@ impl PlatformSim {
         let (s, key) = (state.clone(), Arc::new(key));
         tasks.spawn(http::serve(
             listener,
-            Duration::from_secs(5),
+            http::Limits::sandbox(),
             cancel.clone(),
             tasks.clone(),
             move |req| handle(s.clone(), key.clone(), req),

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
@@ -63,7 +62,7 @@ impl RestStatusSim {
         let i = inner.clone();
         tasks.spawn(http::serve(
             listener,
-            Duration::from_secs(5),
+            http::Limits::sandbox(),
             cancel.clone(),
             tasks.clone(),
             move |req| handle(i.clone(), req),
@@ -130,6 +129,7 @@ fn problem(status: StatusCode, title: &str, errors: Option<serde_json::Value>) -
 async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Answer, CloseConnection> {
     let path = req.uri().path().to_string();
     let segs = http::segments(&path);
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let id = match (req.method().as_str(), segs.as_slice()) {
         ("POST", ["api", "v1", "status", id]) => id.to_string(),
         _ => {

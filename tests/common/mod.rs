@@ -38,6 +38,8 @@ pub struct Polling {
     pub request_timeout: &'static str,
     /// TOML tables appended to the config.
     pub tail: String,
+    /// Lines for the `[callback]` table.
+    pub callback: String,
 }
 
 impl Default for Polling {
@@ -48,6 +50,7 @@ impl Default for Polling {
             max_in_flight: 16,
             request_timeout: "2s",
             tail: String::new(),
+            callback: String::new(),
         }
     }
 }
@@ -65,6 +68,7 @@ pub fn config_text(
         request_timeout: p.request_timeout.into(),
         log_format: "json".into(),
         admin_extra: admin_extra.into(),
+        callback_extra: p.callback.clone(),
         tail: p.tail.clone(),
         key_env: KEY_ENV.into(),
     }
