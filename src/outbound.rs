@@ -79,6 +79,18 @@ impl Engine {
                 return Ok((a, false));
             }
         }
+        // One rule for a second exclusive action: 409 while another one
+        // that has not failed holds the key (queued, in flight, unknown or
+        // succeeded), before the request is judged on its own.
+        if let Some(k) = provider.exclusive_key(&payment, &action.request) {
+            if let Some(holder) = self.store().find(&k)? {
+                if let Some(h) = self.store().get_action(&holder)? {
+                    if h.state != ActionState::Failed {
+                        return Err(conflict(&h));
+                    }
+                }
+            }
+        }
         let check = provider
             .check_action(&payment, &action.request)
             .map_err(EngineError::ActionRefused)?;
@@ -93,12 +105,7 @@ impl Engine {
                 Ok((a, true))
             }
             Enqueued::Existing(a) => Ok((a, false)),
-            Enqueued::Refused(holder) => Err(EngineError::ActionConflict(format!(
-                "{} allows one capture or release per invoice; action {} ({}) already holds it",
-                holder.provider,
-                holder.id,
-                holder.request.name()
-            ))),
+            Enqueued::Refused(holder) => Err(conflict(&holder)),
         }
     }
 
@@ -422,6 +429,19 @@ impl Engine {
         self.store().sync().await?;
         Ok(())
     }
+}
+
+fn conflict(holder: &Action) -> EngineError {
+    EngineError::ActionConflict(format!(
+        "{} allows one capture or release per invoice; action {} ({}, {}) already holds it",
+        holder.provider,
+        holder.id,
+        holder.request.name(),
+        serde_json::to_value(holder.state)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default()
+    ))
 }
 
 fn alert_unknown(a: &Action) {

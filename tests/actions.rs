@@ -245,10 +245,12 @@ async fn invalid_actions_are_refused_locally_and_nothing_is_sent() {
     );
     assert!(m.contains(&a.id), "{m}");
     mf.settled(&a.id).await;
-    refuse(
+    // After it succeeded, the same rule: a conflict naming the holder.
+    let m = refuse(
         mf.admin.action(&pay, &capture("1"), None).await,
-        "invalid_action",
+        "action_conflict",
     );
+    assert!(m.contains(&a.id) && m.contains("succeeded"), "{m}");
     assert_eq!(mf.sim.update_requests(), 1);
     assert_eq!(mf.sim.operations(200), 1);
     mf.stop().await;

@@ -217,6 +217,15 @@ pub trait Provider: Send + Sync + 'static {
         ))
     }
 
+    /// The key only one live action of this kind may hold on this payment
+    /// (MyFatoorah: one capture or release per invoice), known before the
+    /// request is checked, so a second one is a conflict whatever state
+    /// the first left the payment in. `None` by default.
+    fn exclusive_key(&self, payment: &Payment, req: &ActionRequest) -> Option<String> {
+        let _ = (payment, req);
+        None
+    }
+
     /// Sends one attempt of an action. On success: the provider's answer
     /// and, when it says something about the payment, a report of it.
     fn send_action<'a>(

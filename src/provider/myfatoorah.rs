@@ -444,10 +444,13 @@ impl Provider for Myfatoorah {
                 ))
             }
         }
-        let (key, _) = Self::key(payment);
         Ok(ActionCheck {
-            exclusive_key: Some(lookup_key(ID, "op", &key)),
+            exclusive_key: self.exclusive_key(payment, req),
         })
+    }
+
+    fn exclusive_key(&self, payment: &Payment, _: &ActionRequest) -> Option<String> {
+        Some(lookup_key(ID, "op", &Self::key(payment).0))
     }
 
     fn send_action<'a>(
