@@ -206,6 +206,80 @@ impl Connectfi {
     }
 }
 
+/// Reads a set-status answer: the envelope, every `statusChangeHistory`
+/// entry as an observation, and the status now. Pure, so it can be fuzzed.
+pub fn read_answer(
+    code: reqwest::StatusCode,
+    bytes: &[u8],
+    status: &str,
+    manual_status: bool,
+) -> Sent {
+    let env: Envelope = serde_json::from_slice(bytes).map_err(|e| SendError::Final {
+        message: format!("HTTP {code}: unreadable answer: {e}"),
+        details: None,
+    })?;
+    if env.code != "0" {
+        return Err(SendError::Final {
+            message: format!(
+                "HTTP {code}: connectFi code {}: {}",
+                env.code,
+                env.message.clone().unwrap_or_default()
+            ),
+            details: env.data.clone(),
+        });
+    }
+    let data = env.data.clone().unwrap_or_default();
+    // Every entry of statusChangeHistory is an observation; the
+    // ones payrecon already holds are the same news and change
+    // nothing.
+    let history: Vec<StatusChange> =
+        serde_json::from_value(data["statusChangeHistory"].clone()).unwrap_or_default();
+    let mut reports: Vec<Report> = history
+        .iter()
+        .map(|h| {
+            let mut fields = BTreeMap::new();
+            for (k, v) in [
+                ("initiator_type", &h.initiator_type),
+                ("login", &h.login),
+                ("description", &h.description),
+                ("at", &h.dts_created_at),
+            ] {
+                if let Some(v) = v {
+                    fields.insert(k.to_string(), v.clone());
+                }
+            }
+            Report {
+                source: Source::Action,
+                raw_status: h.status.clone(),
+                state: map_status(&h.status),
+                fields,
+                learned_keys: vec![],
+            }
+        })
+        .collect();
+    let now = data["status"].as_str().unwrap_or(status).to_string();
+    let mut fields = BTreeMap::new();
+    fields.insert(
+        "manual_status".to_string(),
+        data["manualStatus"]
+            .as_bool()
+            .unwrap_or(manual_status)
+            .to_string(),
+    );
+    if let Some(r) = &env.request_id {
+        fields.insert("request_id".into(), r.clone());
+    }
+    reports.push(Report {
+        source: Source::Action,
+        raw_status: now.clone(),
+        state: map_status(&now),
+        fields,
+        learned_keys: vec![],
+    });
+    let answer = serde_json::json!({"status": now, "manualStatus": data["manualStatus"], "requestId": env.request_id});
+    Ok((answer, reports))
+}
+
 impl Provider for Connectfi {
     fn id(&self) -> ProviderId {
         ID
@@ -329,70 +403,7 @@ impl Provider for Connectfi {
                 .bytes()
                 .await
                 .map_err(|e| SendError::Ambiguous(e.without_url().to_string()))?;
-            let env: Envelope = serde_json::from_slice(&bytes).map_err(|e| SendError::Final {
-                message: format!("HTTP {code}: unreadable answer: {e}"),
-                details: None,
-            })?;
-            if env.code != "0" {
-                return Err(SendError::Final {
-                    message: format!(
-                        "HTTP {code}: connectFi code {}: {}",
-                        env.code,
-                        env.message.clone().unwrap_or_default()
-                    ),
-                    details: env.data.clone(),
-                });
-            }
-            let data = env.data.clone().unwrap_or_default();
-            // Every entry of statusChangeHistory is an observation; the
-            // ones payrecon already holds are the same news and change
-            // nothing.
-            let history: Vec<StatusChange> =
-                serde_json::from_value(data["statusChangeHistory"].clone()).unwrap_or_default();
-            let mut reports: Vec<Report> = history
-                .iter()
-                .map(|h| {
-                    let mut fields = BTreeMap::new();
-                    for (k, v) in [
-                        ("initiator_type", &h.initiator_type),
-                        ("login", &h.login),
-                        ("description", &h.description),
-                        ("at", &h.dts_created_at),
-                    ] {
-                        if let Some(v) = v {
-                            fields.insert(k.to_string(), v.clone());
-                        }
-                    }
-                    Report {
-                        source: Source::Action,
-                        raw_status: h.status.clone(),
-                        state: map_status(&h.status),
-                        fields,
-                        learned_keys: vec![],
-                    }
-                })
-                .collect();
-            let now = data["status"].as_str().unwrap_or(status).to_string();
-            let mut fields = BTreeMap::new();
-            fields.insert(
-                "manual_status".to_string(),
-                data["manualStatus"]
-                    .as_bool()
-                    .unwrap_or(body.manual_status)
-                    .to_string(),
-            );
-            if let Some(r) = &env.request_id {
-                fields.insert("request_id".into(), r.clone());
-            }
-            reports.push(Report {
-                source: Source::Action,
-                raw_status: now.clone(),
-                state: map_status(&now),
-                fields,
-                learned_keys: vec![],
-            });
-            let answer = serde_json::json!({"status": now, "manualStatus": data["manualStatus"], "requestId": env.request_id});
-            Ok((answer, reports))
+            read_answer(code, &bytes, status, body.manual_status)
         })
     }
 }

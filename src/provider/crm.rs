@@ -161,12 +161,67 @@ impl Crm {
             .bytes()
             .await
             .map_err(|e| SendError::Ambiguous(e.without_url().to_string()))?;
-        let env: Envelope = serde_json::from_slice(&bytes).map_err(|e| SendError::Final {
-            message: format!("HTTP {code}: unreadable answer: {e}"),
-            details: None,
-        })?;
-        Ok((code, env))
+        Ok((code, read_envelope(code, &bytes)?))
     }
+}
+
+/// Reads the answer envelope of a CRM.COM call.
+pub fn read_envelope(code: reqwest::StatusCode, bytes: &[u8]) -> Result<Envelope, SendError> {
+    serde_json::from_slice(bytes).map_err(|e| SendError::Final {
+        message: format!("HTTP {code}: unreadable answer: {e}"),
+        details: None,
+    })
+}
+
+/// Reads a reject's answer: a refusal, or the payment's life-cycle state
+/// now. Pure, so it can be fuzzed.
+pub fn read_reject(code: reqwest::StatusCode, env: &Envelope) -> Sent {
+    if env.status.code != "OK" {
+        let m = env
+            .status
+            .message
+            .clone()
+            .or(env.status.description.clone())
+            .unwrap_or_default();
+        return Err(SendError::Final {
+            message: format!("HTTP {code}: CRM.COM {}: {m}", env.status.code),
+            details: env.data.clone(),
+        });
+    }
+    let data = env.data.clone().unwrap_or_default();
+    let state = data["life_cycle_state"]
+        .as_str()
+        .unwrap_or("REJECTED")
+        .to_string();
+    let mut fields = BTreeMap::new();
+    for k in [
+        "id",
+        "number",
+        "reference_number",
+        "payment_amount",
+        "issued_on",
+        "posted_on",
+    ] {
+        if let Some(v) = data.get(k).filter(|v| !v.is_null()) {
+            fields.insert(
+                k.to_string(),
+                v.as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| v.to_string()),
+            );
+        }
+    }
+    let report = Report {
+        source: Source::Action,
+        raw_status: state.clone(),
+        state: map_state(&state),
+        fields,
+        learned_keys: vec![],
+    };
+    Ok((
+        serde_json::json!({"life_cycle_state": state, "id": data["id"]}),
+        vec![report],
+    ))
 }
 
 impl Provider for Crm {
@@ -270,52 +325,7 @@ impl Provider for Crm {
                 let token = self.token(true).await?;
                 (code, env) = self.reject(&body_with(&token)).await?;
             }
-            if env.status.code != "OK" {
-                let m = env
-                    .status
-                    .message
-                    .clone()
-                    .or(env.status.description.clone())
-                    .unwrap_or_default();
-                return Err(SendError::Final {
-                    message: format!("HTTP {code}: CRM.COM {}: {m}", env.status.code),
-                    details: env.data.clone(),
-                });
-            }
-            let data = env.data.clone().unwrap_or_default();
-            let state = data["life_cycle_state"]
-                .as_str()
-                .unwrap_or("REJECTED")
-                .to_string();
-            let mut fields = BTreeMap::new();
-            for k in [
-                "id",
-                "number",
-                "reference_number",
-                "payment_amount",
-                "issued_on",
-                "posted_on",
-            ] {
-                if let Some(v) = data.get(k).filter(|v| !v.is_null()) {
-                    fields.insert(
-                        k.to_string(),
-                        v.as_str()
-                            .map(String::from)
-                            .unwrap_or_else(|| v.to_string()),
-                    );
-                }
-            }
-            let report = Report {
-                source: Source::Action,
-                raw_status: state.clone(),
-                state: map_state(&state),
-                fields,
-                learned_keys: vec![],
-            };
-            Ok((
-                serde_json::json!({"life_cycle_state": state, "id": data["id"]}),
-                vec![report],
-            ))
+            read_reject(code, &env)
         })
     }
 }

@@ -120,6 +120,40 @@ fn check_payment_id(v: &str) -> Result<(), String> {
     }
 }
 
+/// Reads an update's answer (not 5xx): `{"success": true}` confirms it,
+/// anything else is a refusal with its RFC 7807 problem. Pure, so it can
+/// be fuzzed.
+pub fn read_answer(code: reqwest::StatusCode, bytes: &[u8], status: &str) -> Sent {
+    if code.is_success() {
+        let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+        if v["success"] == true {
+            let report = Report {
+                source: Source::Action,
+                raw_status: format!("status:{status}"),
+                state: map_status(status),
+                fields: BTreeMap::from([("confirmation".to_string(), "success: true".to_string())]),
+                learned_keys: vec![],
+            };
+            return Ok((v, vec![report]));
+        }
+        return Err(SendError::Final {
+            message: format!("HTTP {code}: the API did not confirm the update"),
+            details: Some(v),
+        });
+    }
+    let problem: Problem = serde_json::from_slice(bytes).unwrap_or_default();
+    Err(SendError::Final {
+        message: format!(
+            "HTTP {code}: {}",
+            problem.title.clone().unwrap_or_else(|| "refused".into())
+        ),
+        details: problem
+            .errors
+            .as_ref()
+            .and_then(|e| serde_json::to_value(e).ok()),
+    })
+}
+
 impl Provider for RestStatus {
     fn id(&self) -> ProviderId {
         ID
@@ -222,37 +256,7 @@ impl Provider for RestStatus {
                 .bytes()
                 .await
                 .map_err(|e| SendError::Ambiguous(e.without_url().to_string()))?;
-            if code.is_success() {
-                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-                if v["success"] == true {
-                    let report = Report {
-                        source: Source::Action,
-                        raw_status: format!("status:{status}"),
-                        state: map_status(status),
-                        fields: BTreeMap::from([(
-                            "confirmation".to_string(),
-                            "success: true".to_string(),
-                        )]),
-                        learned_keys: vec![],
-                    };
-                    return Ok((v, vec![report]));
-                }
-                return Err(SendError::Final {
-                    message: format!("HTTP {code}: the API did not confirm the update"),
-                    details: Some(v),
-                });
-            }
-            let problem: Problem = serde_json::from_slice(&bytes).unwrap_or_default();
-            Err(SendError::Final {
-                message: format!(
-                    "HTTP {code}: {}",
-                    problem.title.clone().unwrap_or_else(|| "refused".into())
-                ),
-                details: problem
-                    .errors
-                    .as_ref()
-                    .and_then(|e| serde_json::to_value(e).ok()),
-            })
+            read_answer(code, &bytes, status)
         })
     }
     // No confirm_action: there is nothing to ask.
