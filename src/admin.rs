@@ -246,12 +246,7 @@ impl Admin {
                     Err(e) => engine_error(e),
                 }
             }
-            (_, ["v1", ..]) | (_, ["healthz" | "readyz" | "metrics"]) => http::error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                &format!("{method} is not allowed on {path}"),
-            ),
-            _ => http::error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+            _ => http::method_not_allowed(ROUTES, &segs, method.as_str(), &path),
         }
     }
 
@@ -312,10 +307,12 @@ impl Admin {
                 &format!("provider `{provider}` is not configured"),
             );
         };
+        // A name the provider is not indexed by names no payment: 404,
+        // like a value no payment has.
         let Some(key) = p.lookup_by(name, value) else {
             return http::error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
+                StatusCode::NOT_FOUND,
+                "not_found",
                 &format!("{provider} payments are not found by `{name}`"),
             );
         };
@@ -336,14 +333,16 @@ impl Admin {
     }
 
     fn list(&self, query: Option<&str>) -> Answer {
-        let state = match http::query_param(query, "state").filter(|s| !s.is_empty()) {
+        // An empty value is not a filter left out: it is refused like any
+        // other value that is not a state or a provider.
+        let state = match http::query_param(query, "state") {
             Some(s) => match s.parse::<State>() {
                 Ok(s) => Some(s),
                 Err(e) => return http::error(StatusCode::BAD_REQUEST, "invalid_query", &e),
             },
             None => None,
         };
-        let provider = match http::query_param(query, "provider").filter(|s| !s.is_empty()) {
+        let provider = match http::query_param(query, "provider") {
             Some(p) => match p.parse::<ProviderId>() {
                 Ok(p) => Some(p),
                 Err(e) => return http::error(StatusCode::BAD_REQUEST, "invalid_query", &e),
@@ -430,7 +429,10 @@ fn engine_error(e: EngineError) -> Answer {
             &format!("provider `{p}` is not configured"),
         ),
         EngineError::BadRequest(m) => http::error(StatusCode::BAD_REQUEST, "invalid_request", &m),
-        EngineError::ActionRefused(m) => http::error(StatusCode::BAD_REQUEST, "invalid_action", &m),
+        // The request is well formed; the payment's provider or state
+        // refuses it (another provider's action, not authorized, an
+        // amount the invoice does not allow): a conflict with the payment.
+        EngineError::ActionRefused(m) => http::error(StatusCode::CONFLICT, "action_refused", &m),
         EngineError::ActionConflict(m) => http::error(StatusCode::CONFLICT, "action_conflict", &m),
         EngineError::Busy(m) => http::error(StatusCode::CONFLICT, "sweep_running", &m),
         EngineError::Callback(c) => {

@@ -1,10 +1,12 @@
 //! The callback listener: the only port providers reach. It verifies each
 //! callback, commits it durably, and only then answers 200.
 //!
-//! Routes: `GET|POST /callback/{provider}`. Answers: 200 `OK` once durable
-//! (also for duplicates and orphans, so the gateway stops re-sending), 400
-//! malformed, 403 signature invalid (nothing stored), 404 unknown route,
-//! 503 store unavailable (the gateway will re-send).
+//! Routes: `GET|POST /callback/connpay` (query string or form) and `POST
+//! /callback/myfatoorah` (webhooks). Answers: 200 `OK` once durable (also
+//! for duplicates and orphans, so the gateway stops re-sending), 400
+//! malformed, 403 signature invalid (nothing stored), 404 unknown route or
+//! provider not configured, 405 with `Allow`, 503 orphan limit or store
+//! unavailable (the gateway will re-send).
 
 use std::sync::Arc;
 
@@ -18,8 +20,9 @@ use crate::provider::{CallbackError, RawCallback};
 
 /// The routes this listener serves (docs/openapi.yaml lists them too).
 pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/callback/{provider}"),
-    ("POST", "/callback/{provider}"),
+    ("GET", "/callback/connpay"),
+    ("POST", "/callback/connpay"),
+    ("POST", "/callback/myfatoorah"),
 ];
 
 pub async fn handle(
@@ -34,21 +37,13 @@ async fn route(engine: Arc<Engine>, max_body: usize, req: Request<Incoming>) -> 
     let path = req.uri().path().to_string();
     let segs = http::segments(&path);
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-    let pid = match segs.as_slice() {
-        ["callback", name] => match name.parse::<ProviderId>() {
-            Ok(p) => p,
-            Err(_) => return not_found(),
-        },
-        _ => return not_found(),
-    };
     let method = req.method().as_str().to_string();
-    if method != "GET" && method != "POST" {
-        return http::error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "use GET or POST",
-        );
+    if !http::allowed_methods(ROUTES, &segs).contains(&method.as_str()) {
+        return http::method_not_allowed(ROUTES, &segs, &method, &path);
     }
+    let Some(pid) = segs.get(1).and_then(|name| name.parse::<ProviderId>().ok()) else {
+        return not_found();
+    };
     let query = req.uri().query().unwrap_or("").to_string();
     let headers = req.headers().clone();
     let header = move |name: &str| {
@@ -77,7 +72,11 @@ async fn route(engine: Arc<Engine>, max_body: usize, req: Request<Incoming>) -> 
         Err(EngineError::Callback(CallbackError::Malformed(m))) => {
             http::error(StatusCode::BAD_REQUEST, "malformed_callback", &m)
         }
-        Err(EngineError::UnknownProvider(_)) => not_found(),
+        Err(EngineError::UnknownProvider(p)) => http::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("provider `{p}` is not configured here"),
+        ),
         Err(EngineError::Store(crate::store::StoreError::OrphanLimit(m))) => {
             http::error(StatusCode::SERVICE_UNAVAILABLE, "orphan_limit", &m)
         }

@@ -51,12 +51,13 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The provider sandboxes' limits: generous, they serve only tests.
+    /// The provider sandboxes' limits: no connection cap (a sandbox that
+    /// holds slow answers open must not start refusing healthy ones).
     pub fn sandbox() -> Limits {
         Limits {
             header_read_timeout: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(30),
-            max_connections: 4096,
+            max_connections: Semaphore::MAX_PERMITS,
         }
     }
 }
@@ -225,6 +226,50 @@ pub fn segments(path: &str) -> Vec<String> {
                 .into_owned()
         })
         .collect()
+}
+
+/// The methods `routes` serve on a path (`{name}` in a route matches any
+/// one segment).
+pub fn allowed_methods<'r>(routes: &[(&'r str, &str)], segs: &[&str]) -> Vec<&'r str> {
+    let mut out: Vec<&str> = routes
+        .iter()
+        .filter(|(_, template)| {
+            let t: Vec<&str> = template.split('/').filter(|s| !s.is_empty()).collect();
+            t.len() == segs.len()
+                && t.iter()
+                    .zip(segs)
+                    .all(|(t, s)| (t.starts_with('{') && t.ends_with('}')) || t == s)
+        })
+        .map(|(m, _)| *m)
+        .collect();
+    out.dedup();
+    out
+}
+
+/// The answer to a method a path does not take: 405 with `Allow` (RFC
+/// 9110 asks for it), or 404 when no route has this path at all.
+pub fn method_not_allowed(
+    routes: &[(&str, &str)],
+    segs: &[&str],
+    method: &str,
+    path: &str,
+) -> Answer {
+    let allowed = allowed_methods(routes, segs);
+    if allowed.is_empty() {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such route");
+    }
+    let mut a = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!(
+            "{method} is not allowed on {path}; use {}",
+            allowed.join(", ")
+        ),
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&allowed.join(", ")) {
+        a.headers_mut().insert(hyper::header::ALLOW, v);
+    }
+    a
 }
 
 /// Reads one query parameter.

@@ -213,7 +213,7 @@ async fn invalid_actions_are_refused_locally_and_nothing_is_sent() {
     };
     let m = refuse(
         mf.admin.action(&pay, &capture("10.001"), None).await,
-        "invalid_action",
+        "action_refused",
     );
     assert!(m.contains("more than the invoice value"), "{m}");
     let m = refuse(
@@ -226,12 +226,12 @@ async fn invalid_actions_are_refused_locally_and_nothing_is_sent() {
                 None,
             )
             .await,
-        "invalid_action",
+        "action_refused",
     );
     assert!(m.contains("must equal the invoice value"), "{m}");
     refuse(
         mf.admin.action(&pay, &capture("ten"), None).await,
-        "invalid_action",
+        "action_refused",
     );
     assert_eq!(mf.sim.update_requests(), 0);
 

@@ -606,8 +606,10 @@ async fn payments_are_found_by_the_providers_own_identifiers() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
+    // A name ConnPay payments are not indexed by names no payment either.
     let err = h.admin.find("connpay", "colour", "blue").await.unwrap_err();
-    assert!(err.to_string().contains("invalid_request"), "{err}");
+    assert!(err.to_string().contains("404"), "{err}");
+    assert!(err.to_string().contains("not found by `colour`"), "{err}");
     h.stop().await;
 }
 
