@@ -182,10 +182,24 @@ impl AdminClient {
         if let Some(t) = &self.token {
             rb = rb.bearer_auth(t);
         }
-        let resp = rb.send().await.map_err(|e| ClientError::Transport {
+        let transport = |e: reqwest::Error| ClientError::Transport {
             url: self.base.clone(),
             reason: e.without_url().to_string(),
-        })?;
+        };
+        let req = rb.build().map_err(transport)?;
+        // A GET changes nothing, so one failed to send (a keep-alive
+        // connection the daemon closed as the request went out) is sent
+        // once more on a fresh connection.
+        let again = (req.method() == reqwest::Method::GET)
+            .then(|| req.try_clone())
+            .flatten();
+        let resp = match (self.http.execute(req).await, again) {
+            (Ok(r), _) => r,
+            (Err(e), Some(again)) if !e.is_timeout() => {
+                self.http.execute(again).await.map_err(transport)?
+            }
+            (Err(e), _) => return Err(transport(e)),
+        };
         let status = resp.status();
         let bytes = resp
             .bytes()

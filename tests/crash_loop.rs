@@ -27,6 +27,39 @@ struct Acked {
     state: State,
 }
 
+/// What the store shows of acknowledged callbacks after a restart.
+#[derive(Default)]
+struct Tally {
+    /// Acknowledged, then not in the history.
+    lost: usize,
+    /// In the history more than once.
+    doubled: usize,
+    /// The payment is behind the state its callback named.
+    regressed: usize,
+}
+
+impl Tally {
+    async fn add(&mut self, admin: &payrecon::client::AdminClient, acked: &[Acked]) {
+        for a in acked {
+            let v = admin.get(&a.payment_id).await.unwrap();
+            let seen = v
+                .history
+                .unwrap()
+                .iter()
+                .filter(|o| o.source == Source::Callback && o.raw_status == a.raw_status)
+                .count();
+            match seen {
+                0 => self.lost += 1,
+                1 => {}
+                _ => self.doubled += 1,
+            }
+            if v.payment.state.rank() < a.state.rank() {
+                self.regressed += 1;
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_callback_load_loses_and_doubles_nothing() {
     let cycles = std::env::var("PAYRECON_CRASH_CYCLES")
@@ -45,29 +78,18 @@ async fn sigkill_under_callback_load_loses_and_doubles_nothing() {
     let logs = Arc::new(Mutex::new(vec![]));
     let http = reqwest::Client::new();
     let mut acked: Vec<Acked> = vec![];
-    let (mut lost, mut doubled, mut regressed, mut raced) = (0, 0, 0, 0);
+    let mut checked = 0;
+    let mut tally = Tally::default();
+    let mut raced = 0;
 
     for cycle in 0..cycles {
         let mut d = Process::spawn(&config, &[], logs.clone());
-        // Everything acknowledged before earlier kills is there, once, in
-        // the state its callback named (or further on).
-        for a in &acked {
-            let v = d.admin.get(&a.payment_id).await.unwrap();
-            let seen = v
-                .history
-                .unwrap()
-                .iter()
-                .filter(|o| o.source == Source::Callback && o.raw_status == a.raw_status)
-                .count();
-            match seen {
-                0 => lost += 1,
-                1 => {}
-                _ => doubled += 1,
-            }
-            if v.payment.state.rank() < a.state.rank() {
-                regressed += 1;
-            }
-        }
+        // Everything acknowledged before the last kill is there, once, in
+        // the state its callback named (or further on). Earlier cycles'
+        // were checked after their own kill, and all are checked again at
+        // the end.
+        tally.add(&d.admin, &acked[checked..]).await;
+        checked = acked.len();
         // This cycle's payments, tracked while the daemon is up.
         let mut batch = vec![];
         for i in 0..PER_CYCLE {
@@ -147,30 +169,23 @@ async fn sigkill_under_callback_load_loses_and_doubles_nothing() {
     }
     // The last cycle's acknowledgements, checked after one more restart.
     let d = Process::spawn(&config, &[], logs.clone());
-    for a in &acked {
-        let v = d.admin.get(&a.payment_id).await.unwrap();
-        let seen = v
-            .history
-            .unwrap()
-            .iter()
-            .filter(|o| o.source == Source::Callback && o.raw_status == a.raw_status)
-            .count();
-        match seen {
-            0 => lost += 1,
-            1 => {}
-            _ => doubled += 1,
-        }
-        if v.payment.state.rank() < a.state.rank() {
-            regressed += 1;
-        }
-    }
+    let mut last = Tally::default();
+    last.add(&d.admin, &acked).await;
     drop(d);
     println!(
-        "crash loop: {cycles} cycles, {} acknowledged callbacks, {raced} kills cut callbacks off; lost {lost}, doubled {doubled}, regressed {regressed}",
-        acked.len()
+        "crash loop: {cycles} cycles, {} acknowledged callbacks, {raced} kills cut callbacks off; after each restart: lost {}, doubled {}, regressed {}; at the end: lost {}, doubled {}, regressed {}",
+        acked.len(),
+        tally.lost,
+        tally.doubled,
+        tally.regressed,
+        last.lost,
+        last.doubled,
+        last.regressed,
     );
     assert!(!acked.is_empty());
-    assert_eq!((lost, doubled, regressed), (0, 0, 0));
+    for t in [&tally, &last] {
+        assert_eq!((t.lost, t.doubled, t.regressed), (0, 0, 0));
+    }
     cancel.cancel();
     sim.shutdown().await;
 }
