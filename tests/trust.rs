@@ -99,6 +99,7 @@ async fn an_answer_that_once_panicked_is_recorded_and_the_payment_still_polled()
 /// answers PROCESSING-like pending.
 struct PanicsOnce {
     calls: std::sync::atomic::AtomicU32,
+    sends: std::sync::atomic::AtomicU32,
     polling: payrecon::config::PollingConfig,
 }
 
@@ -121,6 +122,29 @@ impl payrecon::provider::Provider for PanicsOnce {
     }
     fn lookup_by(&self, _: &str, _: &str) -> Option<String> {
         None
+    }
+    fn check_action(
+        &self,
+        _: &payrecon::model::Payment,
+        _: &payrecon::action::ActionRequest,
+    ) -> Result<payrecon::action::ActionCheck, String> {
+        Ok(payrecon::action::ActionCheck {
+            exclusive_key: None,
+        })
+    }
+    fn send_action<'a>(
+        &'a self,
+        _: &'a payrecon::model::Payment,
+        _: &'a payrecon::action::ActionRequest,
+    ) -> payrecon::provider::BoxFuture<'a, payrecon::provider::Sent> {
+        Box::pin(async move {
+            let n = self.sends.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            if n == 0 {
+                panic!("adapter bug while sending");
+            }
+            Ok((serde_json::json!({"ok": true}), vec![]))
+        })
     }
     fn inquire<'a>(
         &'a self,
@@ -148,12 +172,13 @@ impl payrecon::provider::Provider for PanicsOnce {
 }
 
 #[tokio::test]
-async fn a_panicking_poll_is_a_failed_poll_and_the_window_goes_on() {
+async fn a_panicking_poll_or_action_is_contained_and_the_loops_go_on() {
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let store = payrecon::store::Store::open(dir.path()).unwrap();
     let provider = Arc::new(PanicsOnce {
         calls: Default::default(),
+        sends: Default::default(),
         polling: payrecon::config::PollingConfig {
             poll_interval_min: std::time::Duration::from_millis(10),
             poll_interval_max: std::time::Duration::from_millis(20),
@@ -164,7 +189,10 @@ async fn a_panicking_poll_is_a_failed_poll_and_the_window_goes_on() {
     let engine = payrecon::engine::Engine::start(
         store,
         vec![provider.clone()],
-        Default::default(),
+        payrecon::engine::Settings {
+            action_deadline: std::time::Duration::from_secs(60),
+            ..Default::default()
+        },
         cancel.clone(),
     );
     let id = engine
@@ -199,6 +227,35 @@ async fn a_panicking_poll_is_a_failed_poll_and_the_window_goes_on() {
         p.window.unwrap().polls >= 3,
         "the panicked poll moved the window too"
     );
+
+    // An action whose send panics is parked, never resent blindly; the
+    // outbound loop goes on with the next one.
+    use payrecon::action::{ActionRequest, ActionState};
+    let update = || ActionRequest::SetStatus {
+        status: "Completed".into(),
+        description: None,
+        manual_status: None,
+    };
+    let (first, _) = engine.request_action(&id, update(), None).await.unwrap();
+    let (second, _) = engine.request_action(&id, update(), None).await.unwrap();
+    let state_of = |a: &str| engine.store().get_action(a).unwrap().unwrap();
+    // They run side by side: whichever is sent first meets the panic.
+    let states = || {
+        let mut s = [state_of(&first.id), state_of(&second.id)];
+        s.sort_by_key(|a| a.state == ActionState::Succeeded);
+        s
+    };
+    wait_until("both actions settled", || async {
+        let [parked, sent] = states();
+        parked.state == ActionState::Unknown && sent.state == ActionState::Succeeded
+    })
+    .await;
+    let [parked, _] = states();
+    assert!(parked
+        .error
+        .unwrap()
+        .contains("parked after an internal error"));
+    assert_eq!(provider.sends.load(std::sync::atomic::Ordering::SeqCst), 2);
     cancel.cancel();
     engine.tasks().close();
     engine.tasks().wait().await;
