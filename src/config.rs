@@ -55,6 +55,13 @@ impl fmt::Debug for Secret {
     }
 }
 
+impl FileConfig {
+    /// The default connection limits of the callback and admin listeners.
+    pub fn default_limits() -> (usize, usize) {
+        (default_callback_connections(), default_admin_connections())
+    }
+}
+
 /// The whole file, as written (before secrets are resolved).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

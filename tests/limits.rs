@@ -121,3 +121,27 @@ async fn path_values_are_percent_decoded() {
     assert_eq!(found.payment.id, id);
     h.stop().await;
 }
+
+/// The unit gives the process far more file descriptors than both
+/// listeners may hold open, so the listeners' own limits are what refuse
+/// a flood, never a failing accept().
+#[test]
+fn the_unit_leaves_room_above_the_connection_limits() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/payrecon.service"
+    ))
+    .unwrap();
+    let nofile: usize = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitNOFILE="))
+        .expect("LimitNOFILE= in the unit")
+        .trim()
+        .parse()
+        .unwrap();
+    let defaults = payrecon::config::FileConfig::default_limits();
+    assert!(
+        nofile >= 4 * (defaults.0 + defaults.1),
+        "LimitNOFILE={nofile} for {defaults:?} connections"
+    );
+}
