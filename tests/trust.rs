@@ -71,18 +71,7 @@ async fn an_answer_that_once_panicked_is_recorded_and_the_payment_still_polled()
     .await;
     mf.add_invoice(4242, 1000);
     mf.set_expiry(4242, "January 1, -262143", "00:00:00.000");
-    let id = h
-        .engine
-        .track(payrecon::engine::TrackRequest {
-            provider: "myfatoorah".into(),
-            keys: payrecon::model::Keys::from([("invoice_id".to_string(), "4242".to_string())]),
-            amount_minor: Some(1000),
-            currency: Some("KWD".into()),
-        })
-        .await
-        .unwrap()
-        .payment
-        .id;
+    let id = track_added_invoice(&h, 4242).await;
     wait_until("three polls of the invoice", || async {
         h.get(&id).await.payment.window.unwrap().polls >= 3
     })

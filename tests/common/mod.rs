@@ -335,6 +335,11 @@ pub async fn with_myfatoorah(
 /// An invoice in the MyFatoorah sandbox, tracked.
 pub async fn track_invoice(h: &Harness, mf: &payrecon::sim::myfatoorah::MyfatoorahSim, id: i64) {
     mf.add_invoice(id, 1000);
+    track_added_invoice(h, id).await;
+}
+
+/// Tracks an invoice already in the sandbox (1.000 KWD); its payment id.
+pub async fn track_added_invoice(h: &Harness, id: i64) -> String {
     h.engine
         .track(TrackRequest {
             provider: "myfatoorah".into(),
@@ -343,7 +348,9 @@ pub async fn track_invoice(h: &Harness, mf: &payrecon::sim::myfatoorah::Myfatoor
             currency: Some("KWD".into()),
         })
         .await
-        .unwrap();
+        .unwrap()
+        .payment
+        .id
 }
 
 /// A callback query with an (unsigned) amount and currency added.
