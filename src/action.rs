@@ -87,6 +87,17 @@ impl ActionState {
     pub fn is_final(self) -> bool {
         matches!(self, ActionState::Succeeded | ActionState::Failed)
     }
+
+    /// The name the API and metrics use (its serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionState::Queued => "queued",
+            ActionState::Sending => "sending",
+            ActionState::Succeeded => "succeeded",
+            ActionState::Failed => "failed",
+            ActionState::Unknown => "unknown",
+        }
+    }
 }
 
 /// An action and what became of it.
@@ -188,6 +199,14 @@ pub fn currency_scale(currency: Option<&str>) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn action_state_names_are_their_serde_names() {
+        use ActionState::*;
+        for s in [Queued, Sending, Succeeded, Failed, Unknown] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
 
     #[test]
     fn amounts_parse_exactly() {

@@ -374,15 +374,15 @@ impl Admin {
                 )
             }
         };
-        let keep = |p: &Payment| {
-            state.is_none_or(|s| s == p.state)
-                && provider.is_none_or(|pr| pr == p.provider)
-                && (!mismatch || p.mismatch.is_some())
+        let filter = crate::store::Filter {
+            state,
+            provider,
+            mismatch,
         };
         match self
             .engine
             .store()
-            .list_where(after.as_deref(), limit, keep)
+            .list_filtered(&filter, after.as_deref(), limit)
         {
             Ok(ps) => {
                 let next_after = if ps.len() == limit {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -551,7 +552,7 @@ impl Engine {
         if tracked.created {
             tracing::info!(payment_id = %tracked.payment.id, provider = %pid, "payment tracked");
             if let Some(m) = &tracked.payment.mismatch {
-                tracing::warn!(alert = "amount_mismatch", payment_id = %tracked.payment.id, provider = %pid, reported = %m.reported, tracked_minor = ?tracked.payment.amount_minor, tracked_currency = ?tracked.payment.currency, "a callback that came before tracking reports other money than tracked");
+                warn_mismatch(&tracked.payment, m, None, false);
             }
             if let Some(w) = tracked.payment.window.filter(|w| w.open) {
                 self.scheduler()
@@ -604,21 +605,8 @@ impl Engine {
         // the provider's last delivery of it.
         self.store.sync().await?;
         match &ingested {
-            Ingested::Duplicate => {
-                self.counters
-                    .callbacks_duplicate
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            Ingested::Orphaned => {
-                self.counters
-                    .callbacks_orphaned
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            Ingested::Applied(_) => {}
-        }
-        match &ingested {
             Ingested::Applied(o) => {
-                alert_mismatch(o);
+                alert_observed(o);
                 if let Some(c) = &o.change {
                     self.log_change(c);
                 } else if let (Some(Decision::Unconfirmed), Some(claim)) =
@@ -630,9 +618,16 @@ impl Engine {
                 }
             }
             Ingested::Orphaned => {
+                self.counters
+                    .callbacks_orphaned
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(provider = %pid, match_key = %match_key, "callback for an unknown payment kept as orphan");
             }
-            Ingested::Duplicate => {}
+            Ingested::Duplicate => {
+                self.counters
+                    .callbacks_duplicate
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
         Ok(ingested)
     }
@@ -656,10 +651,27 @@ impl Engine {
             return;
         };
         let change = next_window_change(&*provider, &window, now_ms());
-        match self.store.advance_window(&id, change) {
-            Ok(Some(w)) if w.open => self.scheduler().schedule(id, pid, instant_at(w.next_ms)),
-            Ok(_) => {}
-            Err(e) => tracing::error!(payment_id = %id, error = %e, "poll window not moved"),
+        let moved = self.advance_window(&id, change);
+        self.follow_window(id, pid, moved);
+    }
+
+    /// Moves a window without an observation; an error is logged.
+    fn advance_window(&self, id: &str, change: WindowChange) -> Option<PollWindow> {
+        self.store.advance_window(id, change).unwrap_or_else(|e| {
+            tracing::error!(payment_id = %id, error = %e, "poll window not moved");
+            None
+        })
+    }
+
+    /// Schedules a window's next poll, or says that it ended.
+    fn follow_window(&self, id: String, pid: ProviderId, moved: Option<PollWindow>) {
+        match moved {
+            Some(w) if w.open => self.scheduler().schedule(id, pid, instant_at(w.next_ms)),
+            Some(w) => tracing::info!(
+                polls = w.polls,
+                "poll window ended; waiting for the callback"
+            ),
+            None => {}
         }
     }
 
@@ -707,47 +719,50 @@ impl Engine {
             .map_err(|e| e.to_string())?
             .ok_or("payment gone")?;
         let breaker = self.breakers[&pid].clone();
-        let mut last = String::new();
-        for attempt in 0..CONFIRM_TRIES {
-            if attempt > 0 {
-                tokio::time::sleep(CONFIRM_BACKOFF * attempt).await;
-            }
+        // Err((transient, why)): only transient failures are tried again.
+        let ask = || async {
             if !breaker.allow() {
-                last = "the provider's circuit is open".into();
-                continue;
+                return Err((true, "the provider's circuit is open".to_string()));
             }
             if !self.pace(pid).await {
-                return Err("shutting down".into());
+                return Err((false, "shutting down".to_string()));
             }
-            let report = match provider.inquire(&payment).await {
+            match provider.inquire(&payment).await {
                 Ok(r) => {
                     breaker.success();
-                    r
+                    Ok(r)
+                }
+                Err(e @ InquiryError::Transient(_)) => {
+                    breaker.failure();
+                    Err((true, e.to_string()))
                 }
                 Err(e) => {
-                    if matches!(e, InquiryError::Transient(_)) {
-                        breaker.failure();
-                        last = e.to_string();
-                        continue;
-                    }
                     breaker.success();
-                    return Err(e.to_string());
+                    Err((false, e.to_string()))
                 }
-            };
-            let seen = report.state;
-            let observed = self
-                .store
-                .observe(id, report, WindowChange::Keep, now_ms())
-                .map_err(|e| e.to_string())?;
-            self.store.sync().await.map_err(|e| e.to_string())?;
-            alert_mismatch(&observed);
-            if let Some(c) = &observed.change {
-                self.log_change(c);
             }
-            tracing::debug!(payment_id = %id, claim = %claim, seen = ?seen, "claim checked by inquiry");
-            return Ok(seen);
+        };
+        let report = ask
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(CONFIRM_BACKOFF)
+                    .with_max_times(CONFIRM_TRIES - 1),
+            )
+            .when(|(transient, _)| *transient)
+            .await
+            .map_err(|(_, why)| why)?;
+        let seen = report.state;
+        let observed = self
+            .store
+            .observe(id, report, WindowChange::Keep, now_ms())
+            .map_err(|e| e.to_string())?;
+        self.store.sync().await.map_err(|e| e.to_string())?;
+        alert_observed(&observed);
+        if let Some(c) = &observed.change {
+            self.log_change(c);
         }
-        Err(last)
+        tracing::debug!(payment_id = %id, claim = %claim, seen = ?seen, "claim checked by inquiry");
+        Ok(seen)
     }
 
     /// One poll of one payment, run when its deadline falls due.
@@ -798,19 +813,15 @@ impl Engine {
         let change = next_window_change(&*provider, &window, now);
         let moved = match result {
             // Circuit open: the window moves on without asking.
-            None => self.store.advance_window(&id, change).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "poll window not moved");
-                None
-            }),
+            None => self.advance_window(&id, change),
             Some(Ok(report)) => {
                 self.counters.count_poll(pid, PollOutcome::Ok);
                 if report.state.is_none() {
                     alert_unmapped(&payment, &report.raw_status);
                 }
-                alert_unreadable(&payment, &report);
                 match self.store.observe(&id, report, change, now) {
                     Ok(o) => {
-                        alert_mismatch(&o);
+                        alert_observed(&o);
                         if let Some(c) = &o.change {
                             if self.store.sync().await.is_ok() {
                                 self.log_change(c);
@@ -837,20 +848,10 @@ impl Engine {
                         tracing::warn!(alert = "provider_inquiry_rejected", error = %m, "provider does not know this payment; state left as it is")
                     }
                 }
-                self.store.advance_window(&id, change).unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "poll window not moved");
-                    None
-                })
+                self.advance_window(&id, change)
             }
         };
-        match moved {
-            Some(w) if w.open => self.scheduler().schedule(id, pid, instant_at(w.next_ms)),
-            Some(w) => tracing::info!(
-                polls = w.polls,
-                "poll window ended; waiting for the callback"
-            ),
-            None => {}
-        }
+        self.follow_window(id, pid, moved);
     }
 
     /// One reconciliation sweep of a provider: asks about every unfinished
@@ -1002,7 +1003,6 @@ impl Engine {
             Ok(mut report) => {
                 breaker.success();
                 report.source = Source::Reconcile;
-                alert_unreadable(&p, &report);
                 report
             }
             Err(InquiryError::NotFound(m)) => {
@@ -1024,7 +1024,7 @@ impl Engine {
             .store
             .observe(&p.id, report, WindowChange::Keep, now_ms());
         if let Ok(o) = &observed {
-            alert_mismatch(o);
+            alert_observed(o);
         }
         match observed {
             Ok(o) => match &o.change {
@@ -1064,36 +1064,33 @@ impl Engine {
     }
 }
 
-/// Tells a person when an observation reported money other than tracked:
-/// once per distinct mismatch, and always when it held a move back.
-fn alert_mismatch(o: &crate::store::Observed) {
-    let held = o.observation.decision == Some(Decision::AmountMismatch);
-    let new = o
-        .payment
-        .mismatch
-        .as_ref()
-        .filter(|m| m.at_ms == o.observation.at_ms);
-    if let Some(m) = new.or(o.payment.mismatch.as_ref().filter(|_| held)) {
-        tracing::warn!(
-            alert = "amount_mismatch",
-            payment_id = %o.payment.id,
-            provider = %o.payment.provider,
-            reported = %m.reported,
-            tracked_minor = ?o.payment.amount_minor,
-            tracked_currency = ?o.payment.currency,
-            claim = ?o.observation.state.map(|s| s.as_str()),
-            held,
-            "the provider reports other money than tracked; recorded, and never taken as evidence that money was taken"
-        );
+/// What a person must hear about a recorded observation, whatever brought
+/// it (poll, sweep, callback, confirmation): fields payrecon could not read
+/// (the rest of the answer was used), and money other than tracked (once
+/// per distinct mismatch, and always when it held a move back).
+fn alert_observed(o: &crate::store::Observed) {
+    let (p, obs) = (&o.payment, &o.observation);
+    if let Some(why) = obs.fields.get(crate::model::UNREADABLE) {
+        tracing::warn!(alert = "provider_field_unreadable", payment_id = %p.id, provider = %p.provider, error = %why, "provider answer has a field payrecon cannot read; recorded, the rest of the answer used");
+    }
+    let held = obs.decision == Some(Decision::AmountMismatch);
+    if let Some(m) = p.mismatch.as_ref().filter(|m| held || m.at_ms == obs.at_ms) {
+        warn_mismatch(p, m, obs.state, held);
     }
 }
 
-/// An answer with fields payrecon could not read is still used; the
-/// fields are recorded with it and a person is told.
-fn alert_unreadable(payment: &Payment, report: &crate::model::Report) {
-    if let Some(why) = report.fields.get(crate::model::UNREADABLE) {
-        tracing::warn!(alert = "provider_field_unreadable", payment_id = %payment.id, provider = %payment.provider, error = %why, "provider answer has a field payrecon cannot read; recorded, the rest of the answer used");
-    }
+fn warn_mismatch(p: &Payment, m: &crate::money::Mismatch, claim: Option<State>, held: bool) {
+    tracing::warn!(
+        alert = "amount_mismatch",
+        payment_id = %p.id,
+        provider = %p.provider,
+        reported = %m.reported,
+        tracked_minor = ?p.amount_minor,
+        tracked_currency = ?p.currency,
+        claim = ?claim.map(|s| s.as_str()),
+        held,
+        "the provider reports other money than tracked; recorded, and never taken as evidence that money was taken"
+    );
 }
 
 fn alert_unmapped(payment: &Payment, raw: &str) {
@@ -1122,9 +1119,9 @@ fn alert_unmapped(payment: &Payment, raw: &str) {
 const ORPHAN_EXPIRY_EVERY: Duration = Duration::from_secs(3600);
 
 /// Status inquiries made to confirm one unsigned claim, and the wait
-/// before the n-th retry (n × this): a provider hiccup does not leave a
+/// before the first retry (doubling after): a provider hiccup does not leave a
 /// claim unconfirmed, a provider down for longer raises the alert.
-const CONFIRM_TRIES: u32 = 3;
+const CONFIRM_TRIES: usize = 3;
 const CONFIRM_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Where a window goes after a poll at `now`: its next tick, or closed

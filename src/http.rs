@@ -66,9 +66,23 @@ impl Limits {
 #[derive(Debug, Clone, Copy)]
 struct BodyReadTimeout(Duration);
 
-/// What a connection over the limit is told before it is closed. Written
-/// with one non-blocking write: a client that does not read it loses it.
-const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 86\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many open connections; retry\"}}";
+/// What a connection over the limit is told before it is closed: the one
+/// error shape, with its length counted. Written with one non-blocking
+/// write: a client that does not read it loses it.
+static OVER_CAPACITY: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let body = serde_json::to_vec(&ErrorBody {
+        error: ErrorDetail {
+            code: "too_many_connections",
+            message: "too many open connections; retry",
+        },
+    })
+    .unwrap_or_default();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    [head.into_bytes(), body].concat()
+});
 
 /// Serves HTTP/1 on `listener` until `cancel` fires, then lets each open
 /// connection finish its request. Connection tasks are tracked in `tasks`.
@@ -98,7 +112,7 @@ pub async fn serve<H, F>(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            let _ = stream.try_write(OVER_CAPACITY);
+            let _ = stream.try_write(&OVER_CAPACITY);
             drop(stream);
             // One line a second at most: a flood must not flood the log.
             if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {

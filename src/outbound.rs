@@ -83,12 +83,8 @@ impl Engine {
         // that has not failed holds the key (queued, in flight, unknown or
         // succeeded), before the request is judged on its own.
         if let Some(k) = provider.exclusive_key(&payment, &action.request) {
-            if let Some(holder) = self.store().find(&k)? {
-                if let Some(h) = self.store().get_action(&holder)? {
-                    if h.state != ActionState::Failed {
-                        return Err(conflict(&h));
-                    }
-                }
+            if let Some(holder) = self.store().live_holder(&k)? {
+                return Err(conflict(&holder));
             }
         }
         let check = provider
@@ -437,10 +433,7 @@ fn conflict(holder: &Action) -> EngineError {
         holder.provider,
         holder.id,
         holder.request.name(),
-        serde_json::to_value(holder.state)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default()
+        holder.state.as_str()
     ))
 }
 

@@ -76,6 +76,23 @@ pub struct NewPayment {
     pub now_ms: u64,
 }
 
+/// Which payments a listing keeps; every field left empty keeps all.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub state: Option<State>,
+    pub provider: Option<ProviderId>,
+    /// Only payments whose provider reported other money than tracked.
+    pub mismatch: bool,
+}
+
+impl Filter {
+    pub fn keeps(&self, p: &Payment) -> bool {
+        self.state.is_none_or(|s| s == p.state)
+            && self.provider.is_none_or(|pr| pr == p.provider)
+            && (!self.mismatch || p.mismatch.is_some())
+    }
+}
+
 /// A state change that a commit made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
@@ -560,17 +577,20 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Payment>, StoreError> {
-        self.list_where(after, limit, |p| {
-            state.is_none_or(|s| s == p.state) && provider.is_none_or(|pr| pr == p.provider)
-        })
+        let filter = Filter {
+            state,
+            provider,
+            mismatch: false,
+        };
+        self.list_filtered(&filter, after, limit)
     }
 
-    /// Payments in id (creation) order after `after` that `keep` accepts.
-    pub fn list_where(
+    /// Payments in id (creation) order after `after` that `filter` keeps.
+    pub fn list_filtered(
         &self,
+        filter: &Filter,
         after: Option<&str>,
         limit: usize,
-        keep: impl Fn(&Payment) -> bool,
     ) -> Result<Vec<Payment>, StoreError> {
         let range = match after {
             Some(a) => self.payments.range::<&[u8], _>((
@@ -583,7 +603,7 @@ impl Store {
         for kv in range {
             let (k, v) = kv?;
             let p: Payment = decode(&String::from_utf8_lossy(&k), &v)?;
-            if !keep(&p) {
+            if !filter.keeps(&p) {
                 continue;
             }
             out.push(p);
@@ -761,6 +781,18 @@ impl Store {
         unwrap_tx(res)
     }
 
+    /// The action holding an exclusive key, unless it failed (a failed
+    /// action lets go). [`Store::enqueue_action`] checks the same inside
+    /// its transaction; this answers before a request is judged.
+    pub fn live_holder(&self, exclusive_key: &str) -> Result<Option<Action>, StoreError> {
+        let Some(id) = self.find(exclusive_key)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .get_action(&id)?
+            .filter(|a| a.state != ActionState::Failed))
+    }
+
     pub fn get_action(&self, id: &str) -> Result<Option<Action>, StoreError> {
         match self.actions.get(id.as_bytes())? {
             Some(raw) => Ok(Some(decode(id, &raw)?)),
@@ -787,11 +819,7 @@ impl Store {
         for kv in self.actions.iter() {
             let (k, v) = kv?;
             let a: Action = decode(&String::from_utf8_lossy(&k), &v)?;
-            let state = serde_json::to_value(a.state)
-                .ok()
-                .and_then(|s| s.as_str().map(String::from))
-                .unwrap_or_default();
-            *out.entry(state).or_insert(0) += 1;
+            *out.entry(a.state.as_str().to_string()).or_insert(0) += 1;
         }
         Ok(out)
     }
@@ -949,26 +977,26 @@ impl Store {
         for kv in self.orphans.scan_prefix(b"o|") {
             let (k, v) = kv?;
             let cb: CallbackRecord = decode("orphan", &v)?;
+            let id = k[2..].try_into().map(u64::from_be_bytes).unwrap_or(0);
             if cb.received_ms < before_ms {
-                expired.push((k, cb));
+                expired.push((id, cb));
             }
         }
         let mut n = 0;
-        for (k, cb) in expired {
+        for (id, cb) in expired {
             let res = (&self.orphans, &self.inbox).transaction(|(orphans, inbox)| {
-                if orphans.remove(&k)?.is_none() {
+                if orphans.remove(orphan_record_key(id))?.is_none() {
                     return Ok(false);
                 }
                 let idx = orphan_index_key(&cb.match_key);
                 let mut ids = read_ids(orphans.get(&idx)?.as_deref());
-                ids.retain(|id| k[2..] != id.to_be_bytes());
+                ids.retain(|i| *i != id);
                 if ids.is_empty() {
                     orphans.remove(idx)?;
                 } else {
                     orphans.insert(idx, write_ids(&ids))?;
                 }
-                let count = read_u64(orphans.get(ORPHAN_COUNT)?.as_deref());
-                orphans.insert(ORPHAN_COUNT, &count.saturating_sub(1).to_be_bytes())?;
+                forget_orphans(orphans, 1)?;
                 inbox.remove(cb.dedupe_key.as_bytes())?;
                 Ok(true)
             });
@@ -994,6 +1022,17 @@ const ORPHAN_COUNT: &[u8] = b"n";
 
 fn orphan_index_key(match_key: &str) -> Vec<u8> {
     [b"i|", match_key.as_bytes()].concat()
+}
+
+fn orphan_record_key(id: u64) -> Vec<u8> {
+    [b"o|".as_slice(), &id.to_be_bytes()].concat()
+}
+
+/// Lowers the orphan count by `n` (inside the caller's transaction).
+fn forget_orphans(orphans: &TransactionalTree, n: u64) -> TxResult<()> {
+    let count = read_u64(orphans.get(ORPHAN_COUNT)?.as_deref());
+    orphans.insert(ORPHAN_COUNT, &count.saturating_sub(n).to_be_bytes())?;
+    Ok(())
 }
 
 fn read_u64(v: Option<&[u8]>) -> u64 {
@@ -1036,7 +1075,7 @@ fn put_orphan(
         .into());
     }
     let id = orphans.generate_id()?;
-    orphans.insert([b"o|".as_slice(), &id.to_be_bytes()].concat(), encode(cb))?;
+    orphans.insert(orphan_record_key(id), encode(cb))?;
     ids.push(id);
     orphans.insert(idx, write_ids(&ids))?;
     orphans.insert(ORPHAN_COUNT, &(count + 1).to_be_bytes())?;
@@ -1052,15 +1091,11 @@ fn take_orphans(orphans: &TransactionalTree, match_key: &str) -> TxResult<Vec<Ca
     let ids = read_ids(Some(&raw));
     let mut out = Vec::with_capacity(ids.len());
     for id in &ids {
-        if let Some(v) = orphans.remove([b"o|".as_slice(), &id.to_be_bytes()].concat())? {
+        if let Some(v) = orphans.remove(orphan_record_key(*id))? {
             out.push(decode(match_key, &v)?);
         }
     }
-    let count = read_u64(orphans.get(ORPHAN_COUNT)?.as_deref());
-    orphans.insert(
-        ORPHAN_COUNT,
-        &count.saturating_sub(out.len() as u64).to_be_bytes(),
-    )?;
+    forget_orphans(orphans, out.len() as u64)?;
     Ok(out)
 }
 

@@ -22,6 +22,13 @@ fn manual(invoice: &str) -> NewTransfer {
     )
 }
 
+/// A silent transfer tracked at 12.50 EUR; its payment id.
+async fn track_1250(h: &Harness, invoice: &str) -> String {
+    let mut t = manual(invoice);
+    t.amount_centis = 1250;
+    h.track(&t).await
+}
+
 /// Polls far apart, so no poll's flush can cover for a missing one.
 fn quiet() -> Polling {
     Polling {
@@ -378,14 +385,13 @@ async fn a_callback_naming_other_money_is_recorded_alerted_and_never_success() {
     .into_iter()
     .enumerate()
     {
-        let mut t = manual(&format!("amt-{i}"));
-        t.amount_centis = 1250;
-        let id = h.track(&t).await;
+        let invoice = format!("amt-{i}");
+        let id = track_1250(&h, &invoice).await;
         let q = callback_query(
             "approved",
             "sale",
             &format!("o-amt-{i}"),
-            &t.invoice_id,
+            &invoice,
             CONTROL_KEY,
         );
         assert_eq!(
@@ -410,9 +416,7 @@ async fn a_callback_naming_other_money_is_recorded_alerted_and_never_success() {
     }
     // The right money is success; a decline with other money is still a
     // decline, and the mismatch is shown with it.
-    let mut right = manual("amt-right");
-    right.amount_centis = 1250;
-    let right_id = h.track(&right).await;
+    let right_id = track_1250(&h, "amt-right").await;
     let q = callback_query("approved", "sale", "o-amt-right", "amt-right", CONTROL_KEY);
     assert_eq!(
         send_callback(&h, &with_amount(&q, "12.50", "EUR")).await,
@@ -420,9 +424,7 @@ async fn a_callback_naming_other_money_is_recorded_alerted_and_never_success() {
     );
     assert_eq!(h.get(&right_id).await.payment.state, State::Succeeded);
     assert!(h.get(&right_id).await.payment.mismatch.is_none());
-    let mut declined = manual("amt-declined");
-    declined.amount_centis = 1250;
-    let declined_id = h.track(&declined).await;
+    let declined_id = track_1250(&h, "amt-declined").await;
     let q = callback_query("declined", "sale", "o-amt-d", "amt-declined", CONTROL_KEY);
     assert_eq!(
         send_callback(&h, &with_amount(&q, "99.00", "EUR")).await,
