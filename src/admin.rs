@@ -108,7 +108,7 @@ impl Admin {
                 return http::text_owned(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",
-                    crate::metrics::render(&self.engine),
+                    crate::metrics::render(&self.engine).await,
                 )
             }
             ("GET", ["readyz"]) => {
@@ -186,7 +186,7 @@ impl Admin {
                     Err(e) => engine_error(e),
                 }
             }
-            ("GET", ["v1", "actions", id]) => match self.engine.store().get_action(id) {
+            ("GET", ["v1", "actions", id]) => match self.engine.store().get_action(id).await {
                 Ok(Some(a)) => http::json(StatusCode::OK, &a),
                 Ok(None) => http::error(
                     StatusCode::NOT_FOUND,
@@ -214,10 +214,10 @@ impl Admin {
             }
             ("GET", ["v1", "payments", id]) => {
                 let store = self.engine.store();
-                match (store.get(id), store.history(id)) {
+                match (store.get(id).await, store.history(id).await) {
                     (Ok(Some(p)), Ok(h)) => {
                         let mut v = self.view(p, Some(h));
-                        v.actions = store.actions_of(id).ok();
+                        v.actions = store.actions_of(id).await.ok();
                         http::json(StatusCode::OK, &v)
                     }
                     (Ok(None), _) => http::error(
@@ -228,10 +228,10 @@ impl Admin {
                     (Err(e), _) | (_, Err(e)) => engine_error(e.into()),
                 }
             }
-            ("GET", ["v1", "payments"]) => self.list(req.uri().query()),
+            ("GET", ["v1", "payments"]) => self.list(req.uri().query()).await,
             ("GET", ["v1", "export"]) => self.export(req.uri().query()).await,
             ("GET", ["v1", "providers", provider, "payments", name, value]) => {
-                self.by_key(provider, name, value)
+                self.by_key(provider, name, value).await
             }
             ("POST", ["v1", "reconcile", provider]) => {
                 let Ok(pid) = provider.parse::<ProviderId>() else {
@@ -270,22 +270,15 @@ impl Admin {
             Ok(f) => f,
             Err(m) => return http::error(StatusCode::BAD_REQUEST, "invalid_request", &m),
         };
-        let store = self.engine.store().clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let mut out = vec![];
-            crate::export::write(&store, since, format, &mut out).map(|_| out)
-        })
-        .await;
+        let mut out = vec![];
+        let written = crate::export::write(self.engine.store(), since, format, &mut out)
+            .await
+            .map(|_| out);
         match written {
-            Ok(Ok(body)) => http::text_owned(
+            Ok(body) => http::text_owned(
                 StatusCode::OK,
                 format.content_type(),
                 String::from_utf8_lossy(&body).into_owned(),
-            ),
-            Ok(Err(e)) => http::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "export_failed",
-                &e.to_string(),
             ),
             Err(e) => http::error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -295,7 +288,7 @@ impl Admin {
         }
     }
 
-    fn by_key(&self, provider: &str, name: &str, value: &str) -> Answer {
+    async fn by_key(&self, provider: &str, name: &str, value: &str) -> Answer {
         let Some(p) = provider
             .parse::<ProviderId>()
             .ok()
@@ -317,10 +310,15 @@ impl Admin {
             );
         };
         let store = self.engine.store();
-        let found = store.find(&key).and_then(|id| match id {
-            Some(id) => Ok(store.get(&id)?.map(|p| (p, store.history(&id)))),
-            None => Ok(None),
-        });
+        let found = match store.find(&key).await {
+            Ok(Some(id)) => match store.get(&id).await {
+                Ok(Some(p)) => Ok(Some((p, store.history(&id).await))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            },
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
         match found {
             Ok(Some((p, Ok(h)))) => http::json(StatusCode::OK, &self.view(p, Some(h))),
             Ok(None) => http::error(
@@ -332,7 +330,7 @@ impl Admin {
         }
     }
 
-    fn list(&self, query: Option<&str>) -> Answer {
+    async fn list(&self, query: Option<&str>) -> Answer {
         // An empty value is not a filter left out: it is refused like any
         // other value that is not a state or a provider.
         let state = match http::query_param(query, "state") {
@@ -383,6 +381,7 @@ impl Admin {
             .engine
             .store()
             .list_filtered(&filter, after.as_deref(), limit)
+            .await
         {
             Ok(ps) => {
                 let next_after = if ps.len() == limit {

@@ -519,10 +519,12 @@ async fn export(
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    match crate::export::write(&store, since_ms, fmt, &mut out).and_then(|n| {
-        out.flush()?;
-        Ok(n)
-    }) {
+    match crate::export::write(&store, since_ms, fmt, &mut out)
+        .await
+        .and_then(|n| {
+            out.flush()?;
+            Ok(n)
+        }) {
         Ok(n) => {
             eprintln!("payrecon: exported {n} payments");
             ExitCode::SUCCESS

@@ -141,7 +141,7 @@ pub async fn start(
         config.engine_settings(),
         cancel.clone(),
     );
-    let resumed = engine.resume().map_err(|source| DaemonError::Store {
+    let resumed = engine.resume().await.map_err(|source| DaemonError::Store {
         path: path.display().to_string(),
         source,
     })?;
@@ -348,7 +348,7 @@ impl Daemon {
             settings.action_deadline,
         );
         for pid in self.engine.provider_ids() {
-            match self.engine.pull_in_polls(pid) {
+            match self.engine.pull_in_polls(pid).await {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::info!(provider = %pid, windows = n, "polls moved in to the new interval")
@@ -356,7 +356,7 @@ impl Daemon {
                 Err(e) => tracing::error!(provider = %pid, error = %e, "polls not rescheduled"),
             }
         }
-        self.engine.reenable_notifications();
+        self.engine.reenable_notifications().await;
         *crate::sync::write(&self.admin.token) = new.admin_token.clone();
         if let Some(mut c) = self.cron.take() {
             let _ = c.shutdown().await;
@@ -393,10 +393,8 @@ impl Daemon {
         if drained.is_err() {
             tracing::warn!("grace period over; unfinished polls resume after restart");
         }
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.flush_blocking()).await {
-            Ok(Ok(())) => tracing::info!("store flushed; bye"),
-            Ok(Err(e)) => tracing::error!(error = %e, "final store flush failed"),
+        match self.store.close().await {
+            Ok(()) => tracing::info!("store flushed; bye"),
             Err(e) => tracing::error!(error = %e, "final store flush failed"),
         }
     }

@@ -363,17 +363,15 @@ impl Engine {
     async fn expire_orphans(self: Arc<Self>, ttl: Duration) {
         loop {
             let before = now_ms().saturating_sub(ttl.as_millis() as u64);
-            let store = self.store.clone();
-            match tokio::task::spawn_blocking(move || store.expire_orphans(before)).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => {
+            match self.store.expire_orphans(before).await {
+                Ok(0) => {}
+                Ok(n) => {
                     self.counters
                         .orphans_expired
                         .fetch_add(n as u64, Ordering::Relaxed);
                     tracing::info!(expired = n, "orphan callbacks past their time forgotten");
                 }
-                Ok(Err(e)) => tracing::error!(error = %e, "orphan expiry failed"),
-                Err(e) => tracing::error!(error = %e, "orphan expiry task failed"),
+                Err(e) => tracing::error!(error = %e, "orphan expiry failed"),
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -456,7 +454,7 @@ impl Engine {
     /// After a reload: open windows of `pid` whose next poll lies further
     /// out than the new longest interval are moved in, so a shorter
     /// interval takes effect at once rather than after the old one.
-    pub fn pull_in_polls(&self, pid: ProviderId) -> Result<usize, StoreError> {
+    pub async fn pull_in_polls(&self, pid: ProviderId) -> Result<usize, StoreError> {
         let Some(provider) = self.provider(pid) else {
             return Ok(0);
         };
@@ -464,8 +462,15 @@ impl Engine {
         let now = now_ms();
         let latest = now + polling.poll_interval_max.as_millis() as u64;
         let mut moved = 0;
-        for (id, p, next_ms) in self.store.open_windows()? {
-            if p == pid && next_ms > latest {
+        for (id, p, _) in self.store.open_windows().await? {
+            if p != pid {
+                continue;
+            }
+            // The deadline as the store knows it now (it lives in memory).
+            let Some(w) = self.store.get(&id).await?.and_then(|p| p.window) else {
+                continue;
+            };
+            if w.next_ms > latest {
                 let next = now + uniform_ms(polling.poll_interval_min, polling.poll_interval_max);
                 self.scheduler().schedule(id, pid, instant_at(next));
                 moved += 1;
@@ -490,14 +495,25 @@ impl Engine {
         read(&self.reconcile).get(&id).cloned().unwrap_or_default()
     }
 
-    /// Schedules every open window found in the store: a restart resumes
-    /// each window where it stood. A window whose end passed while payrecon
-    /// was down gets one catch-up poll, then closes.
-    pub fn resume(&self) -> Result<usize, StoreError> {
-        let windows = self.store.open_windows()?;
-        for (id, provider, next_ms) in &windows {
+    /// Schedules every open window found in the store. A window's next
+    /// deadline lives in memory, so after a restart each is polled at a
+    /// random point of its provider's longest interval: a million windows
+    /// do not fire together, and none waits longer than it would have. A
+    /// window whose end passed while payrecon was down gets one catch-up
+    /// poll, then closes.
+    pub async fn resume(&self) -> Result<usize, StoreError> {
+        let windows = self.store.open_windows().await?;
+        let now = now_ms();
+        let spread: HashMap<ProviderId, Duration> = self
+            .provider_ids()
+            .into_iter()
+            .filter_map(|id| Some((id, self.provider(id)?.polling().poll_interval_max)))
+            .collect();
+        for (id, provider, _) in &windows {
+            let max = spread.get(provider).copied().unwrap_or_default();
+            let at = now + uniform_ms(Duration::ZERO, max);
             self.scheduler()
-                .schedule(id.clone(), *provider, instant_at(*next_ms));
+                .schedule(id.clone(), *provider, instant_at(at));
         }
         Ok(windows.len())
     }
@@ -532,17 +548,19 @@ impl Engine {
             polls: 0,
             open: true,
         };
-        let tracked = self.store.track(NewPayment {
-            provider: pid,
-            keys: req.keys,
-            idempotency_key: tk.idempotency_key,
-            lookup_keys: tk.lookup_keys,
-            amount_minor: req.amount_minor,
-            currency: req.currency,
-            window: provider.polls().then_some(window),
-            now_ms: now,
-        })?;
-        self.store.sync().await?;
+        let tracked = self
+            .store
+            .track(NewPayment {
+                provider: pid,
+                keys: req.keys,
+                idempotency_key: tk.idempotency_key,
+                lookup_keys: tk.lookup_keys,
+                amount_minor: req.amount_minor,
+                currency: req.currency,
+                window: provider.polls().then_some(window),
+                now_ms: now,
+            })
+            .await?;
         for c in &tracked.changes {
             self.log_change(c);
         }
@@ -588,22 +606,17 @@ impl Engine {
                 return Err(e.into());
             }
         };
-        let store = self.store.clone();
         let match_key = record.match_key.clone();
-        let ingested = tokio::task::spawn_blocking(move || store.ingest_callback(&record))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let ingested = self.store.ingest_callback(&record).await;
         if let Err(StoreError::OrphanLimit(why)) = &ingested {
             self.counters
                 .orphans_refused
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(alert = "orphan_limit", provider = %pid, error = %why, "callback for an unknown payment refused (503): too many wait already");
         }
+        // Durable when it returns, a repeat's answer too: the store's
+        // writer answers a group only after the flush that covers it.
         let ingested = ingested?;
-        // Every answer waits for a flush, a repeat's too: the first copy
-        // may be committed but not yet on disk, and the repeat's 200 is
-        // the provider's last delivery of it.
-        self.store.sync().await?;
         match &ingested {
             Ingested::Applied(o) => {
                 alert_observed(o);
@@ -644,23 +657,26 @@ impl Engine {
         let Some(provider) = self.provider(pid) else {
             return;
         };
-        let Ok(Some(payment)) = self.store.get(&id) else {
+        let Ok(Some(payment)) = self.store.get(&id).await else {
             return;
         };
         let Some(window) = payment.window.filter(|w| w.open) else {
             return;
         };
         let change = next_window_change(&*provider, &window, now_ms());
-        let moved = self.advance_window(&id, change);
+        let moved = self.advance_window(&id, change).await;
         self.follow_window(id, pid, moved);
     }
 
     /// Moves a window without an observation; an error is logged.
-    fn advance_window(&self, id: &str, change: WindowChange) -> Option<PollWindow> {
-        self.store.advance_window(id, change).unwrap_or_else(|e| {
-            tracing::error!(payment_id = %id, error = %e, "poll window not moved");
-            None
-        })
+    async fn advance_window(&self, id: &str, change: WindowChange) -> Option<PollWindow> {
+        self.store
+            .advance_window(id, change)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(payment_id = %id, error = %e, "poll window not moved");
+                None
+            })
     }
 
     /// Schedules a window's next poll, or says that it ended.
@@ -716,6 +732,7 @@ impl Engine {
         let payment = self
             .store
             .get(id)
+            .await
             .map_err(|e| e.to_string())?
             .ok_or("payment gone")?;
         let breaker = self.breakers[&pid].clone();
@@ -755,8 +772,8 @@ impl Engine {
         let observed = self
             .store
             .observe(id, report, WindowChange::Keep, now_ms())
+            .await
             .map_err(|e| e.to_string())?;
-        self.store.sync().await.map_err(|e| e.to_string())?;
         alert_observed(&observed);
         if let Some(c) = &observed.change {
             self.log_change(c);
@@ -779,7 +796,7 @@ impl Engine {
         let lag = Instant::now().saturating_duration_since(due).as_micros() as u64;
         self.counters.poll_lag.record(lag);
         // A callback may have settled it while the poll waited its turn.
-        let Ok(Some(payment)) = self.store.get(&id) else {
+        let Ok(Some(payment)) = self.store.get(&id).await else {
             return;
         };
         let Some(window) = payment
@@ -813,19 +830,17 @@ impl Engine {
         let change = next_window_change(&*provider, &window, now);
         let moved = match result {
             // Circuit open: the window moves on without asking.
-            None => self.advance_window(&id, change),
+            None => self.advance_window(&id, change).await,
             Some(Ok(report)) => {
                 self.counters.count_poll(pid, PollOutcome::Ok);
                 if report.state.is_none() {
                     alert_unmapped(&payment, &report.raw_status);
                 }
-                match self.store.observe(&id, report, change, now) {
+                match self.store.observe(&id, report, change, now).await {
                     Ok(o) => {
                         alert_observed(&o);
                         if let Some(c) = &o.change {
-                            if self.store.sync().await.is_ok() {
-                                self.log_change(c);
-                            }
+                            self.log_change(c);
                         }
                         o.payment.window.filter(|_| !o.payment.state.is_final())
                     }
@@ -848,7 +863,7 @@ impl Engine {
                         tracing::warn!(alert = "provider_inquiry_rejected", error = %m, "provider does not know this payment; state left as it is")
                     }
                 }
-                self.advance_window(&id, change)
+                self.advance_window(&id, change).await
             }
         };
         self.follow_window(id, pid, moved);
@@ -884,7 +899,10 @@ impl Engine {
         let mut asks = tokio::task::JoinSet::new();
         let mut after: Option<String> = None;
         'pages: loop {
-            let page = self.store.list(None, Some(pid), after.as_deref(), 500)?;
+            let page = self
+                .store
+                .list(None, Some(pid), after.as_deref(), 500)
+                .await?;
             let Some(last) = page.last() else { break };
             after = Some(last.id.clone());
             for p in page {
@@ -893,9 +911,9 @@ impl Engine {
                 }
                 report.candidates += 1;
                 let now = now_ms();
-                let mut mark = self.store.sweep_mark(&p.id)?;
+                let mut mark = self.store.sweep_mark(&p.id).await?;
                 if !self.due_for_sweep(&p, &mut mark, &settings, now, &mut report) {
-                    self.store.set_sweep_mark(&p.id, &mark)?;
+                    self.store.set_sweep_mark(&p.id, &mark).await?;
                     continue;
                 }
                 if self.cancel.is_cancelled() {
@@ -909,7 +927,7 @@ impl Engine {
                 pace.wait().await;
                 let permit = limit.clone().acquire_owned().await.expect("never closed");
                 mark.last_ms = now;
-                self.store.set_sweep_mark(&p.id, &mark)?;
+                self.store.set_sweep_mark(&p.id, &mark).await?;
                 let (engine, provider, breaker) = (self.clone(), provider.clone(), breaker.clone());
                 asks.spawn(async move {
                     let _permit = permit;
@@ -1022,16 +1040,14 @@ impl Engine {
         let unknown = report.raw_status == "error:ORDER_NOT_FOUND";
         let observed = self
             .store
-            .observe(&p.id, report, WindowChange::Keep, now_ms());
+            .observe(&p.id, report, WindowChange::Keep, now_ms())
+            .await;
         if let Ok(o) = &observed {
             alert_observed(o);
         }
         match observed {
             Ok(o) => match &o.change {
                 Some(c) => {
-                    if self.store.sync().await.is_err() {
-                        return Swept::Failed;
-                    }
                     self.counters.drift.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(alert = "drift", kind = "missed_change", payment_id = %p.id, provider = %c.provider, from = %c.from, to = %c.to, "drift: the provider reports a state that no poll or callback brought");
                     self.log_change(c);
@@ -1067,8 +1083,13 @@ impl Engine {
 /// What a person must hear about a recorded observation, whatever brought
 /// it (poll, sweep, callback, confirmation): fields payrecon could not read
 /// (the rest of the answer was used), and money other than tracked (once
-/// per distinct mismatch, and always when it held a move back).
+/// per distinct mismatch, and always when it held a move back). A repeat
+/// of the payment's last answer says nothing new.
 fn alert_observed(o: &crate::store::Observed) {
+    // A repeat of the last observation was alerted on when it first came.
+    if o.repeat {
+        return;
+    }
     let (p, obs) = (&o.payment, &o.observation);
     if let Some(why) = obs.fields.get(crate::model::UNREADABLE) {
         tracing::warn!(alert = "provider_field_unreadable", payment_id = %p.id, provider = %p.provider, error = %why, "provider answer has a field payrecon cannot read; recorded, the rest of the answer used");

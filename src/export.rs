@@ -121,11 +121,11 @@ pub const CSV_HEADER: &str =
 
 /// Writes every payment final since `since_ms`, in creation order; returns
 /// the number of rows.
-pub fn write(
+pub async fn write<W: Write>(
     store: &Store,
     since_ms: u64,
     format: Format,
-    out: &mut dyn Write,
+    out: &mut W,
 ) -> Result<usize, ExportError> {
     if format == Format::Csv {
         writeln!(out, "{CSV_HEADER}")?;
@@ -133,7 +133,7 @@ pub fn write(
     let mut after: Option<String> = None;
     let mut rows = 0;
     loop {
-        let page = store.list(None, None, after.as_deref(), 1000)?;
+        let page = store.list(None, None, after.as_deref(), 1000).await?;
         let Some(last) = page.last() else { break };
         after = Some(last.id.clone());
         for p in &page {

@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use crate::engine::{Engine, PollOutcome};
 
 /// Renders every metric. Names are stable; docs/operations.md lists them.
-pub fn render(engine: &Engine) -> String {
+pub async fn render(engine: &Engine) -> String {
+    let orphans = engine.store().orphan_count().await.unwrap_or(0) as u64;
+    let counts = engine.store().action_counts().await.unwrap_or_default();
     let c = &engine.counters;
     let store = engine.store();
     let mut out = String::with_capacity(4096);
@@ -45,7 +47,7 @@ pub fn render(engine: &Engine) -> String {
         "payrecon_orphans",
         "gauge",
         "Orphan callbacks waiting for their payment.",
-        &one(store.orphan_count().unwrap_or(0) as u64),
+        &one(orphans),
     );
     metric(
         "payrecon_orphans_refused_total",
@@ -121,7 +123,6 @@ pub fn render(engine: &Engine) -> String {
         &one(load(&c.stale)),
     );
 
-    let counts = store.action_counts().unwrap_or_default();
     // Every state, zeros included, so alerts on a series never see it vanish.
     let actions: Vec<_> = ["queued", "sending", "succeeded", "failed", "unknown"]
         .iter()

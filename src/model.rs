@@ -171,6 +171,17 @@ pub struct Observation {
     /// codes). Never secrets.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, String>,
+    /// How many later answers said exactly the same (same source, status
+    /// and fields): they are counted here, not recorded again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub repeats: u32,
+    /// When the last of those repeats came (unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ms: Option<u64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// An observation before the store has numbered and judged it.

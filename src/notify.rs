@@ -116,10 +116,10 @@ impl NotifySettings {
 impl Engine {
     /// A reload re-enables a URL that answered 410: the operator has acted
     /// (fixed the endpoint, or configured a new one).
-    pub fn reenable_notifications(&self) {
-        match self.store().meta(DISABLED_URL) {
+    pub async fn reenable_notifications(&self) {
+        match self.store().meta(DISABLED_URL).await {
             Ok(Some(url)) => {
-                if let Err(e) = self.store().set_meta(DISABLED_URL, None) {
+                if let Err(e) = self.store().set_meta(DISABLED_URL, None).await {
                     tracing::error!(error = %e, "notification URL not re-enabled");
                 } else {
                     tracing::info!(resolves = "notify_endpoint_disabled", url = %url, "notifications re-enabled by the reload");
@@ -167,9 +167,9 @@ impl Engine {
             last_pass = tokio::time::Instant::now();
             let mut next_due: Option<u64> = None;
             if let Some(cfg) = self.notify_settings() {
-                let disabled = self.store().meta(DISABLED_URL).ok().flatten();
+                let disabled = self.store().meta(DISABLED_URL).await.ok().flatten();
                 if disabled.as_deref() != Some(cfg.url.as_str()) {
-                    next_due = self.dispatch_notices(&client, &cfg);
+                    next_due = self.dispatch_notices(&client, &cfg).await;
                 }
             }
             let wait = next_due
@@ -186,12 +186,12 @@ impl Engine {
 
     /// Starts a delivery for each payment whose oldest notice is due;
     /// returns when the next one falls due.
-    fn dispatch_notices(
+    async fn dispatch_notices(
         self: &Arc<Self>,
         client: &reqwest::Client,
         cfg: &Arc<NotifySettings>,
     ) -> Option<u64> {
-        let notices = match self.store().notices(PASS_LIMIT) {
+        let notices = match self.store().notices(PASS_LIMIT).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!(error = %e, "notification outbox unreadable");
@@ -231,7 +231,7 @@ impl Engine {
     }
 
     async fn deliver(&self, client: &reqwest::Client, cfg: &NotifySettings, mut n: Notice) {
-        let body = self.notice_body(&n);
+        let body = self.notice_body(&n).await;
         let id = n.webhook_id();
         let now = now_ms();
         let ts = now / 1000;
@@ -259,11 +259,11 @@ impl Engine {
             Delivery::Delivered => {
                 c.notices_delivered.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(webhook_id = %id, payment_id = %n.payment_id, attempts = n.attempts + 1, "notification delivered");
-                self.store().remove_notice(&n, false)
+                self.store().remove_notice(&n, false).await
             }
             Delivery::Gone => {
                 tracing::error!(alert = "notify_endpoint_disabled", url = %cfg.url, "the platform answered 410 Gone: notifications stop. Queued ones are kept; fix the endpoint or configure a new URL, then reload to resume");
-                self.store().set_meta(DISABLED_URL, Some(&cfg.url))
+                self.store().set_meta(DISABLED_URL, Some(&cfg.url)).await
             }
             Delivery::Failed(why) => {
                 c.notices_failed.fetch_add(1, Ordering::Relaxed);
@@ -271,7 +271,7 @@ impl Engine {
                 n.last_error = Some(why.clone());
                 if now.saturating_sub(n.at_ms) > cfg.horizon.as_millis() as u64 {
                     tracing::error!(alert = "notification_abandoned", webhook_id = %id, payment_id = %n.payment_id, attempts = n.attempts, error = %why, "notification not delivered within the retry horizon; moved to the dead letters");
-                    self.store().remove_notice(&n, true)
+                    self.store().remove_notice(&n, true).await
                 } else {
                     let delay = ExponentialBuilder::default()
                         .with_min_delay(cfg.min_delay)
@@ -283,7 +283,7 @@ impl Engine {
                         .unwrap_or(cfg.max_delay);
                     n.next_ms = now + delay.as_millis() as u64;
                     tracing::warn!(webhook_id = %id, payment_id = %n.payment_id, attempts = n.attempts, retry_in_ms = delay.as_millis() as u64, error = %why, "notification delivery failed; will retry");
-                    self.store().update_notice(&n)
+                    self.store().update_notice(&n).await
                 }
             }
         };
@@ -294,10 +294,11 @@ impl Engine {
 
     /// The event body. Built from the queued notice and the payment's
     /// non-secret keys, so every retry sends the same bytes.
-    fn notice_body(&self, n: &Notice) -> Vec<u8> {
+    async fn notice_body(&self, n: &Notice) -> Vec<u8> {
         let keys = self
             .store()
             .get(&n.payment_id)
+            .await
             .ok()
             .flatten()
             .map(|p| {

@@ -48,7 +48,8 @@ impl Engine {
     ) -> Result<(Action, bool), EngineError> {
         let payment = self
             .store()
-            .get(payment_id)?
+            .get(payment_id)
+            .await?
             .ok_or_else(|| StoreError::NotFound(payment_id.to_string()))?;
         let provider = self
             .provider(payment.provider)
@@ -71,7 +72,7 @@ impl Engine {
         };
         // A repeat with the same key gets the first action, whatever it asks.
         if let Some(k) = &action.idempotency_key {
-            let existing = self.store().actions_of(&payment.id)?;
+            let existing = self.store().actions_of(&payment.id).await?;
             if let Some(a) = existing
                 .into_iter()
                 .find(|a| a.idempotency_key.as_ref() == Some(k))
@@ -83,7 +84,7 @@ impl Engine {
         // that has not failed holds the key (queued, in flight, unknown or
         // succeeded), before the request is judged on its own.
         if let Some(k) = provider.exclusive_key(&payment, &action.request) {
-            if let Some(holder) = self.store().live_holder(&k)? {
+            if let Some(holder) = self.store().live_holder(&k).await? {
                 return Err(conflict(&holder));
             }
         }
@@ -92,10 +93,10 @@ impl Engine {
             .map_err(EngineError::ActionRefused)?;
         match self
             .store()
-            .enqueue_action(action, check.exclusive_key.as_deref())?
+            .enqueue_action(action, check.exclusive_key.as_deref())
+            .await?
         {
             Enqueued::Created(a) => {
-                self.store().sync().await?;
                 tracing::info!(action_id = %a.id, payment_id = %a.payment_id, provider = %a.provider, action = a.request.name(), "action queued");
                 self.outbound().wake.notify_one();
                 Ok((a, true))
@@ -114,7 +115,8 @@ impl Engine {
     ) -> Result<Action, EngineError> {
         let mut a = self
             .store()
-            .get_action(id)?
+            .get_action(id)
+            .await?
             .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
         if a.state != ActionState::Unknown {
             return Err(EngineError::ActionConflict(format!(
@@ -133,8 +135,7 @@ impl Engine {
             "resolved by an operator{}",
             note.map(|n| format!(": {n}")).unwrap_or_default()
         ));
-        self.store().update_action(&a, vec![])?;
-        self.store().sync().await?;
+        self.store().update_action(&a, vec![]).await?;
         tracing::info!(action_id = %a.id, payment_id = %a.payment_id, state = ?a.state, "action resolved by an operator");
         Ok(a)
     }
@@ -142,7 +143,7 @@ impl Engine {
     /// The worker loop: recovers what a previous run left `sending`, then
     /// sends queued actions as they come. Ends when the engine is cancelled.
     pub(crate) async fn run_outbound(self: Arc<Self>) {
-        match self.store().outbox() {
+        match self.store().outbox().await {
             Ok(actions) => {
                 for a in actions {
                     match a.state {
@@ -155,7 +156,7 @@ impl Engine {
             Err(e) => tracing::error!(error = %e, "outbox unreadable at start"),
         }
         loop {
-            match self.store().outbox() {
+            match self.store().outbox().await {
                 Ok(actions) => {
                     for a in actions
                         .into_iter()
@@ -193,7 +194,7 @@ impl Engine {
     /// An action whose worker panicked is parked as `unknown` for an
     /// operator: it may have been sent, so it is never sent again blindly.
     async fn park_after_panic(&self, id: &str, why: &str) {
-        let Ok(Some(mut a)) = self.store().get_action(id) else {
+        let Ok(Some(mut a)) = self.store().get_action(id).await else {
             return;
         };
         tracing::error!(alert = "action_panicked", action_id = %id, payment_id = %a.payment_id, provider = %a.provider, error = %why, "an action's worker panicked; the action is parked as unknown");
@@ -205,9 +206,7 @@ impl Engine {
         a.error = Some(format!(
             "parked after an internal error ({why}); it may have been sent. Check with the provider, then run `payrecon resolve-action {id} --as succeeded|failed`"
         ));
-        if self.store().update_action(&a, vec![]).is_ok() {
-            let _ = self.store().sync().await;
-        }
+        if self.store().update_action(&a, vec![]).await.is_ok() {}
     }
 
     /// Takes one action to a final state, `unknown`, or back to the outbox
@@ -215,7 +214,8 @@ impl Engine {
     async fn drive(self: Arc<Self>, mut a: Action, mut uncertain: bool) -> Result<(), EngineError> {
         let payment = self
             .store()
-            .get(&a.payment_id)?
+            .get(&a.payment_id)
+            .await?
             .ok_or_else(|| StoreError::NotFound(a.payment_id.clone()))?;
         let provider = self
             .provider(a.provider)
@@ -263,8 +263,7 @@ impl Engine {
             a.state = ActionState::Sending;
             a.attempts += 1;
             a.updated_ms = now_ms();
-            self.store().update_action(&a, vec![])?;
-            self.store().sync().await?;
+            self.store().update_action(&a, vec![]).await?;
             let sent = tokio::select! {
                 r = provider.send_action(&payment, &a.request) => r,
                 // Left `sending`: settled by inquiry after the restart.
@@ -291,7 +290,7 @@ impl Engine {
                     a.state = ActionState::Queued;
                     a.error = Some(m);
                     a.updated_ms = now_ms();
-                    self.store().update_action(&a, vec![])?;
+                    self.store().update_action(&a, vec![]).await?;
                 }
                 Err(SendError::Ambiguous(m)) => {
                     tracing::warn!(error = %m, "action outcome uncertain; asking the provider before anything else");
@@ -332,8 +331,7 @@ impl Engine {
                     a.provider,
                     a.id
                 ));
-                self.store().update_action(a, vec![])?;
-                self.store().sync().await?;
+                self.store().update_action(a, vec![]).await?;
                 alert_unknown(a);
                 return Ok(Settled::Done);
             };
@@ -370,8 +368,7 @@ impl Engine {
                         a.state = ActionState::Unknown;
                         a.updated_ms = now_ms();
                         a.error = Some(format!("outcome unknown: the provider could not be asked before the deadline ({e})"));
-                        self.store().update_action(a, vec![])?;
-                        self.store().sync().await?;
+                        self.store().update_action(a, vec![]).await?;
                         alert_unknown(a);
                         return Ok(Settled::Done);
                     }
@@ -397,8 +394,7 @@ impl Engine {
                 r
             })
             .collect();
-        let changes = self.store().update_action(a, reports)?;
-        self.store().sync().await?;
+        let changes = self.store().update_action(a, reports).await?;
         tracing::info!(
             action = a.request.name(),
             attempts = a.attempts,
@@ -421,8 +417,7 @@ impl Engine {
         a.updated_ms = now_ms();
         a.error = Some(error);
         a.details = details;
-        self.store().update_action(a, vec![])?;
-        self.store().sync().await?;
+        self.store().update_action(a, vec![]).await?;
         Ok(())
     }
 }

@@ -274,7 +274,7 @@ async fn a_bad_control_gets_403_and_nothing_is_stored() {
     assert_eq!(v.payment.state, State::Pending);
     assert_eq!(v.history.unwrap().len(), before);
     assert_eq!(h.engine.store().inbox_len(), inbox_before);
-    assert_eq!(h.engine.store().orphan_count().unwrap(), 0);
+    assert_eq!(h.engine.store().orphan_count().await.unwrap(), 0);
     assert_eq!(
         h.engine.counters.callbacks_rejected.load(Ordering::Relaxed),
         3
@@ -373,7 +373,7 @@ async fn an_orphan_callback_is_matched_once_its_payment_is_tracked() {
         h.sim.truth("orphan-1").unwrap().callbacks_acked == 1
     })
     .await;
-    assert_eq!(h.engine.store().orphan_count().unwrap(), 1);
+    assert_eq!(h.engine.store().orphan_count().await.unwrap(), 1);
 
     let v = h.admin.track(&track_request(&t)).await.unwrap();
     assert_eq!(v.payment.state, State::Failed);
@@ -382,7 +382,7 @@ async fn an_orphan_callback_is_matched_once_its_payment_is_tracked() {
         !v.payment.window.unwrap().open,
         "no polling for a payment already final"
     );
-    assert_eq!(h.engine.store().orphan_count().unwrap(), 0);
+    assert_eq!(h.engine.store().orphan_count().await.unwrap(), 0);
     h.stop().await;
 }
 

@@ -137,7 +137,9 @@ async fn sigkill_mid_window_then_restart_loses_nothing() {
         let now = d.admin.get(id).await.unwrap().payment.window.unwrap();
         assert!(now.open, "{id}'s window closed by the restart");
         assert_eq!(now.ends_ms, w.ends_ms, "{id}'s window moved");
-        assert!(now.polls >= w.polls);
+        // Its poll count is not asserted: repeats are counted in memory
+        // and a kill -9 may lose those since the last checkpoint
+        // (docs/states.md). The polls themselves are checked below.
     }
     wait_until("windows polled after restart", || async {
         windows

@@ -139,7 +139,7 @@ async fn a_410_disables_the_endpoint_keeps_the_notices_and_a_reload_resumes() {
     // The endpoint is fixed and the operator reloads (SIGHUP does this):
     // delivery resumes, nothing was dropped.
     platform.set_gone(false);
-    h.engine.reenable_notifications();
+    h.engine.reenable_notifications().await;
     // The receiver records a delivery before payrecon reads its 200 and
     // clears the notice: wait for both.
     wait_until("both delivered after the reload, outbox empty", || async {

@@ -165,17 +165,37 @@ fn spawn_daemon(config: &Path) -> Result<DaemonChild, String> {
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        // Until ready, keep the last lines: they say why a daemon that
+        // exits early did so.
+        let mut last = std::collections::VecDeque::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if v["message"] == "payrecon ready" {
-                    let _ = tx.send((v, t0.elapsed()));
+            match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(v) if v["message"] == "payrecon ready" => {
+                    let _ = tx.send(Ok((v, t0.elapsed())));
+                    last.clear();
+                }
+                _ => {
+                    if last.len() == 5 {
+                        last.pop_front();
+                    }
+                    last.push_back(line);
                 }
             }
         }
+        let tail = Vec::from(last).join("\n");
+        let _ = tx.send(Err(tail));
     });
-    let (v, ready_after) = rx
-        .recv_timeout(Duration::from_secs(300))
-        .map_err(|_| "daemon never became ready".to_string())?;
+    let (v, ready_after) = match rx.recv_timeout(Duration::from_secs(300)) {
+        Ok(Ok(ready)) => ready,
+        Ok(Err(tail)) => {
+            let _ = child.wait();
+            return Err(format!("daemon exited before it was ready:\n{tail}"));
+        }
+        Err(_) => {
+            let _ = child.kill();
+            return Err("daemon not ready within 300 s".into());
+        }
+    };
     Ok(DaemonChild {
         admin: format!("http://{}", v["admin_addr"].as_str().unwrap_or_default()),
         resumed: v["resumed_windows"].as_u64().unwrap_or(0),
@@ -318,6 +338,8 @@ fn typical(id: String, i: usize, now: u64) -> (Payment, Vec<Observation>, Vec<St
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
+        repeats: 0,
+        last_ms: None,
     };
     let order = format!("cp{i:08}");
     let base = [
@@ -496,7 +518,9 @@ pub fn restart(opts: &Opts) -> Result<(), String> {
     let t1 = Instant::now();
     let windows = {
         let store = reopen_with(&rt, &store_path, false)?;
-        store.open_windows().map_err(|e| e.to_string())?.len()
+        rt.block_on(store.open_windows())
+            .map_err(|e| e.to_string())?
+            .len()
     };
     let store_open = t1.elapsed();
     drop(rt);
@@ -561,14 +585,13 @@ pub fn disk(opts: &Opts) -> Result<(), String> {
         let rt = runtime("loadgen", 1);
         let store = reopen(&rt, &path)?;
         check(
-            store
-                .list(None, None, None, m + 1)
+            rt.block_on(store.list(None, None, None, m + 1))
                 .map_err(|e| e.to_string())?
                 .len()
                 == m,
             || "payments missing after reopen".into(),
         )?;
-        store.flush_blocking().map_err(|e| e.to_string())?;
+        rt.block_on(store.close()).map_err(|e| e.to_string())?;
     }
     let (alloc, apparent) = disk_usage(&path);
     let per = alloc as f64 / m as f64;

@@ -10,8 +10,10 @@
 //! (memory, restart) re-run this binary as the daemon (`payrecon-bench run`),
 //! which is the same library code path as `payrecon run`.
 
+mod baseline;
 mod footprint;
 mod ingest;
+mod instr;
 mod poll;
 
 use std::io::Write;
@@ -42,7 +44,7 @@ impl Opts {
 /// One benchmark scenario: fails on a correctness check.
 type Scenario = fn(&Opts) -> Result<(), String>;
 
-const USAGE: &str = "usage: payrecon-bench [--quick] [--only ingest|poll|memory|restart|disk]... [--poll-k K] [--poll-seconds S]";
+const USAGE: &str = "usage: payrecon-bench [--quick] [--only ingest|poll|memory|restart|disk|instructions]... [--poll-k K] [--poll-seconds S]";
 
 pub fn main(args: Vec<String>) -> ExitCode {
     match args.first().map(String::as_str) {
@@ -53,6 +55,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
             return crate::cli::main(crate::cli::Cli::parse_from(argv));
         }
         Some("serve-sim") => return footprint::serve_sim(&args[1..]),
+        Some("instr") => return instr::child(&args[1..]),
         _ => {}
     }
     let mut opts = Opts {
@@ -95,12 +98,13 @@ pub fn main(args: Vec<String>) -> ExitCode {
     );
     let started = std::time::Instant::now();
     let mut failures = vec![];
-    let scenarios: [(&str, Scenario); 5] = [
+    let scenarios: [(&str, Scenario); 6] = [
         ("ingest", ingest::run),
         ("poll", poll::run),
         ("memory", footprint::memory),
         ("restart", footprint::restart),
         ("disk", footprint::disk),
+        ("instructions", instr::run),
     ];
     for (name, f) in scenarios {
         if !opts.wants(name) {
@@ -114,10 +118,17 @@ pub fn main(args: Vec<String>) -> ExitCode {
         }
     }
     println!("\ntotal {:.0} s", started.elapsed().as_secs_f64());
-    let checked = ["ingest", "poll", "memory", "restart", "disk"]
-        .iter()
-        .filter(|n| opts.wants(n))
-        .count();
+    let checked = [
+        "ingest",
+        "poll",
+        "memory",
+        "restart",
+        "disk",
+        "instructions",
+    ]
+    .iter()
+    .filter(|n| opts.wants(n))
+    .count();
     println!(
         "bench: {} passed, {} failed",
         checked - failures.len(),
@@ -311,5 +322,31 @@ pub fn check(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
         Ok(())
     } else {
         Err(what())
+    }
+}
+
+/// A ConnPay payment in EUR, just tracked: what the scenarios bulk-load.
+fn pending(
+    id: String,
+    keys: crate::model::Keys,
+    amount_minor: i64,
+    window: Option<crate::model::PollWindow>,
+    now: u64,
+) -> crate::model::Payment {
+    crate::model::Payment {
+        id,
+        provider: crate::model::ProviderId::Connpay,
+        keys,
+        amount_minor: Some(amount_minor),
+        currency: Some("EUR".into()),
+        state: crate::state::State::Pending,
+        raw_status: None,
+        created_ms: now,
+        updated_ms: now,
+        final_ms: None,
+        final_source: None,
+        window,
+        observations: 0,
+        mismatch: None,
     }
 }

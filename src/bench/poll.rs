@@ -14,9 +14,8 @@ use super::{check, ratio, runtime, table, thread_cpu, Opts};
 use crate::config::Config;
 use crate::daemon::{self, Listeners};
 use crate::demo::LoopbackConfig;
-use crate::model::{now_ms, Payment, PollWindow, ProviderId};
+use crate::model::{now_ms, PollWindow, ProviderId};
 use crate::provider::lookup_key;
-use crate::state::State;
 
 const KEY_ENV: &str = "PAYRECON_BENCH_CONTROL_KEY";
 
@@ -59,27 +58,14 @@ pub fn run(opts: &Opts) -> Result<(), String> {
         let items = (0..k).map(|i| {
             let keys = bench_keys(i);
             let inv = keys["invoice_id"].clone();
-            let p = Payment {
-                id: store.next_id().unwrap_or_default(),
-                provider: ProviderId::Connpay,
-                keys,
-                amount_minor: Some(1000),
-                currency: Some("EUR".into()),
-                state: State::Pending,
-                raw_status: None,
-                created_ms: now,
-                updated_ms: now,
-                final_ms: None,
-                final_source: None,
-                window: Some(PollWindow {
-                    ends_ms: now + 600_000,
-                    next_ms: now + fastrand::u64(3_000..=5_000),
-                    polls: 0,
-                    open: true,
-                }),
-                observations: 0,
-                mismatch: None,
+            let window = PollWindow {
+                ends_ms: now + 600_000,
+                next_ms: now + fastrand::u64(3_000..=5_000),
+                polls: 0,
+                open: true,
             };
+            let id = store.next_id().unwrap_or_default();
+            let p = super::pending(id, keys, 1000, Some(window), now);
             (
                 p,
                 vec![],

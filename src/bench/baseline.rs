@@ -1,0 +1,80 @@
+//! "sled alone": the cheapest correct way to commit verified callbacks
+//! durably with sled, to measure payrecon's store against. One tree; one
+//! thread takes what is queued, drops repeats (already in the tree or
+//! earlier in the group), writes the rest as one `Batch`, flushes once and
+//! answers. It keeps no payment, history or index: what it does is the
+//! least any durable, de-duplicating inbox must do.
+
+use std::collections::HashSet;
+
+use tokio::sync::{mpsc, oneshot};
+
+type Job = (Vec<u8>, Vec<u8>, oneshot::Sender<Result<bool, String>>);
+
+#[derive(Clone)]
+pub struct SledAlone {
+    tree: sled::Tree,
+    tx: mpsc::Sender<Job>,
+}
+
+impl SledAlone {
+    pub fn open(path: &std::path::Path) -> Result<SledAlone, String> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(crate::store::DEFAULT_CACHE_MB * 1024 * 1024)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|e| e.to_string())?;
+        let tree = db.open_tree("inbox").map_err(|e| e.to_string())?;
+        let (tx, mut rx) = mpsc::channel::<Job>(8192);
+        let t = tree.clone();
+        std::thread::Builder::new()
+            .name("baseline-sled".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut group = vec![first];
+                    while group.len() < 1024 {
+                        match rx.try_recv() {
+                            Ok(j) => group.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    let mut batch = sled::Batch::default();
+                    let mut seen = HashSet::new();
+                    let mut answers = vec![];
+                    for (k, v, tx) in group {
+                        let dup = seen.contains(&k) || t.contains_key(&k).unwrap_or(false);
+                        if !dup {
+                            batch.insert(k.as_slice(), v);
+                            seen.insert(k);
+                        }
+                        answers.push((tx, dup));
+                    }
+                    let res = t
+                        .apply_batch(batch)
+                        .and_then(|_| db.flush().map(|_| ()))
+                        .map_err(|e| e.to_string());
+                    for (tx, dup) in answers {
+                        let _ = tx.send(res.clone().map(|_| dup));
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(SledAlone { tree, tx })
+    }
+
+    /// Commits one record under its de-duplication key; true if it was a
+    /// repeat. Durable when it returns.
+    pub async fn commit(&self, key: Vec<u8>, value: Vec<u8>) -> Result<bool, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send((key, value, tx))
+            .await
+            .map_err(|_| "closed".to_string())?;
+        rx.await.map_err(|_| "closed".to_string())?
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+}

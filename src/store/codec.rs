@@ -1,0 +1,399 @@
+//! How records are kept on disk: one byte naming the encoding, then the
+//! record. serde stays the model; JSON stays the format of the API, logs
+//! and export.
+//!
+//! - `0x01` (format 2): postcard of the record's fields in a fixed order.
+//!   postcard does not name fields, so a record is written as a tuple
+//!   here and `skip_serializing_if` (which the JSON shapes use) never
+//!   applies. Enums are written as their variant's index: new variants
+//!   are only ever appended.
+//! - `b'J'`: JSON, for records that hold provider JSON or a tagged enum
+//!   (actions), which postcard cannot read back.
+//!
+//! A record whose first byte is neither is refused as corrupt, naming its
+//! key; nothing guesses.
+
+use std::collections::BTreeMap;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::action::Action;
+use crate::engine::SweepMark;
+use crate::model::{Keys, Observation, Payment, PollWindow, ProviderId, Report, Source};
+use crate::money::Mismatch;
+use crate::state::{Decision, State};
+
+use super::{CallbackRecord, Notice, StoreError};
+
+const POSTCARD: u8 = 0x01;
+const JSON: u8 = b'J';
+
+/// A record kind that the store writes.
+pub trait Record: Sized {
+    fn encode(&self) -> Vec<u8>;
+    fn decode_body(raw: &[u8]) -> Result<Self, String>;
+
+    fn decode(key: &[u8], raw: &[u8]) -> Result<Self, StoreError> {
+        Self::decode_body(raw).map_err(|reason| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason,
+        })
+    }
+}
+
+fn postcard<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![POSTCARD];
+    // Writing plain values into a Vec cannot fail.
+    out.extend(postcard::to_allocvec(v).unwrap_or_default());
+    out
+}
+
+fn unpostcard<T: DeserializeOwned>(raw: &[u8]) -> Result<T, String> {
+    match raw.split_first() {
+        Some((&POSTCARD, body)) => postcard::from_bytes(body).map_err(|e| e.to_string()),
+        Some((b, _)) => Err(format!("unknown record encoding 0x{b:02x}")),
+        None => Err("empty record".into()),
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![JSON];
+    serde_json::to_writer(&mut out, v).unwrap_or_default();
+    out
+}
+
+fn unjson<T: DeserializeOwned>(raw: &[u8]) -> Result<T, String> {
+    match raw.split_first() {
+        Some((&JSON, body)) => serde_json::from_slice(body).map_err(|e| e.to_string()),
+        Some((b, _)) => Err(format!("unknown record encoding 0x{b:02x}")),
+        None => Err("empty record".into()),
+    }
+}
+
+type MismatchRec = (String, Option<i64>, Option<String>, u64);
+
+type PaymentRec = (
+    String,
+    ProviderId,
+    Keys,
+    Option<i64>,
+    Option<String>,
+    State,
+    Option<String>,
+    u64,
+    u64,
+    Option<u64>,
+    Option<Source>,
+    Option<PollWindow>,
+    u32,
+    Option<MismatchRec>,
+);
+
+impl Record for Payment {
+    fn encode(&self) -> Vec<u8> {
+        let m = self
+            .mismatch
+            .as_ref()
+            .map(|m| (&m.reported, m.reported_minor, &m.reported_currency, m.at_ms));
+        postcard(&(
+            &self.id,
+            self.provider,
+            &self.keys,
+            self.amount_minor,
+            &self.currency,
+            self.state,
+            &self.raw_status,
+            self.created_ms,
+            self.updated_ms,
+            self.final_ms,
+            self.final_source,
+            self.window,
+            self.observations,
+            m,
+        ))
+    }
+
+    fn decode_body(raw: &[u8]) -> Result<Self, String> {
+        let r: PaymentRec = unpostcard(raw)?;
+        Ok(Payment {
+            id: r.0,
+            provider: r.1,
+            keys: r.2,
+            amount_minor: r.3,
+            currency: r.4,
+            state: r.5,
+            raw_status: r.6,
+            created_ms: r.7,
+            updated_ms: r.8,
+            final_ms: r.9,
+            final_source: r.10,
+            window: r.11,
+            observations: r.12,
+            mismatch: r.13.map(|m| Mismatch {
+                reported: m.0,
+                reported_minor: m.1,
+                reported_currency: m.2,
+                at_ms: m.3,
+            }),
+        })
+    }
+}
+
+type ObservationRec = (
+    u32,
+    Source,
+    u64,
+    String,
+    Option<State>,
+    Option<Decision>,
+    BTreeMap<String, String>,
+    u32,
+    Option<u64>,
+);
+
+impl Record for Observation {
+    fn encode(&self) -> Vec<u8> {
+        postcard(&(
+            self.seq,
+            self.source,
+            self.at_ms,
+            &self.raw_status,
+            self.state,
+            self.decision,
+            &self.fields,
+            self.repeats,
+            self.last_ms,
+        ))
+    }
+
+    fn decode_body(raw: &[u8]) -> Result<Self, String> {
+        let r: ObservationRec = unpostcard(raw)?;
+        Ok(Observation {
+            seq: r.0,
+            source: r.1,
+            at_ms: r.2,
+            raw_status: r.3,
+            state: r.4,
+            decision: r.5,
+            fields: r.6,
+            repeats: r.7,
+            last_ms: r.8,
+        })
+    }
+}
+
+type ReportRec = (
+    Source,
+    String,
+    Option<State>,
+    BTreeMap<String, String>,
+    Vec<String>,
+);
+type CallbackRec = (String, String, ReportRec, u64, bool);
+
+impl Record for CallbackRecord {
+    fn encode(&self) -> Vec<u8> {
+        let r = &self.report;
+        postcard(&(
+            &self.dedupe_key,
+            &self.match_key,
+            (r.source, &r.raw_status, r.state, &r.fields, &r.learned_keys),
+            self.received_ms,
+            self.unsigned_claim,
+        ))
+    }
+
+    fn decode_body(raw: &[u8]) -> Result<Self, String> {
+        let (dedupe_key, match_key, r, received_ms, unsigned_claim): CallbackRec = unpostcard(raw)?;
+        Ok(CallbackRecord {
+            dedupe_key,
+            match_key,
+            report: Report {
+                source: r.0,
+                raw_status: r.1,
+                state: r.2,
+                fields: r.3,
+                learned_keys: r.4,
+            },
+            received_ms,
+            unsigned_claim,
+        })
+    }
+}
+
+type NoticeRec = (
+    u64,
+    String,
+    ProviderId,
+    State,
+    State,
+    Source,
+    u64,
+    Option<i64>,
+    Option<String>,
+    u32,
+    u64,
+    Option<String>,
+);
+
+impl Record for Notice {
+    fn encode(&self) -> Vec<u8> {
+        postcard(&(
+            self.seq,
+            &self.payment_id,
+            self.provider,
+            self.from,
+            self.to,
+            self.source,
+            self.at_ms,
+            self.amount_minor,
+            &self.currency,
+            self.attempts,
+            self.next_ms,
+            &self.last_error,
+        ))
+    }
+
+    fn decode_body(raw: &[u8]) -> Result<Self, String> {
+        let r: NoticeRec = unpostcard(raw)?;
+        Ok(Notice {
+            seq: r.0,
+            payment_id: r.1,
+            provider: r.2,
+            from: r.3,
+            to: r.4,
+            source: r.5,
+            at_ms: r.6,
+            amount_minor: r.7,
+            currency: r.8,
+            attempts: r.9,
+            next_ms: r.10,
+            last_error: r.11,
+        })
+    }
+}
+
+impl Record for SweepMark {
+    fn encode(&self) -> Vec<u8> {
+        postcard(&(self.last_ms, self.stale_alerted, self.abandoned))
+    }
+
+    fn decode_body(raw: &[u8]) -> Result<Self, String> {
+        let (last_ms, stale_alerted, abandoned) = unpostcard(raw)?;
+        Ok(SweepMark {
+            last_ms,
+            stale_alerted,
+            abandoned,
+        })
+    }
+}
+
+impl Record for Action {
+    fn encode(&self) -> Vec<u8> {
+        json(self)
+    }
+
+    fn decode_body(raw: &[u8]) -> Result<Self, String> {
+        unjson(raw)
+    }
+}
+
+/// Which payment a callback's inbox entry went to (none: an orphan), and
+/// when it came.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboxEntry {
+    pub payment_id: Option<String>,
+    pub received_ms: u64,
+}
+
+impl Record for InboxEntry {
+    fn encode(&self) -> Vec<u8> {
+        postcard(&(&self.payment_id, self.received_ms))
+    }
+
+    fn decode_body(raw: &[u8]) -> Result<Self, String> {
+        let (payment_id, received_ms) = unpostcard(raw)?;
+        Ok(InboxEntry {
+            payment_id,
+            received_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payment() -> Payment {
+        Payment {
+            id: "pay_0000000000010abc".into(),
+            provider: ProviderId::Myfatoorah,
+            keys: Keys::from([("invoice_id".to_string(), "123456".to_string())]),
+            amount_minor: Some(1250),
+            currency: Some("KWD".into()),
+            state: State::Succeeded,
+            raw_status: Some("Paid".into()),
+            created_ms: 1_700_000_000_000,
+            updated_ms: 1_700_000_009_000,
+            final_ms: Some(1_700_000_009_000),
+            final_source: Some(Source::Callback),
+            window: Some(PollWindow {
+                ends_ms: 1_700_000_180_000,
+                next_ms: 1_700_000_012_000,
+                polls: 3,
+                open: false,
+            }),
+            observations: 4,
+            mismatch: Some(Mismatch {
+                reported: "12.60 KWD".into(),
+                reported_minor: Some(1260),
+                reported_currency: None,
+                at_ms: 1_700_000_005_000,
+            }),
+        }
+    }
+
+    #[test]
+    fn records_read_back_as_written() {
+        let p = payment();
+        assert_eq!(Payment::decode(b"p", &p.encode()).unwrap(), p);
+        let mut bare = p.clone();
+        (bare.amount_minor, bare.window, bare.mismatch, bare.final_ms) = (None, None, None, None);
+        assert_eq!(Payment::decode(b"p", &bare.encode()).unwrap(), bare);
+        let o = Observation {
+            seq: 7,
+            source: Source::Poll,
+            at_ms: 9,
+            raw_status: "PROCESSING".into(),
+            state: Some(State::Pending),
+            decision: Some(Decision::Same),
+            fields: BTreeMap::from([("orderId".to_string(), "o-1".to_string())]),
+            repeats: 41,
+            last_ms: Some(200),
+        };
+        assert_eq!(Observation::decode(b"h", &o.encode()).unwrap(), o);
+        let e = InboxEntry {
+            payment_id: None,
+            received_ms: 5,
+        };
+        assert_eq!(InboxEntry::decode(b"i", &e.encode()).unwrap(), e);
+    }
+
+    #[test]
+    fn a_record_is_smaller_than_its_json() {
+        let p = payment();
+        let (bin, json) = (p.encode().len(), serde_json::to_vec(&p).unwrap().len());
+        assert!(bin * 3 < json, "{bin} bytes binary vs {json} JSON");
+    }
+
+    #[test]
+    fn an_unknown_encoding_or_a_cut_record_is_corrupt_and_named() {
+        let raw = payment().encode();
+        for bad in [&b"{\"id\":1}"[..], &raw[..raw.len() / 2], &[]] {
+            match Payment::decode(b"Ppay_1", bad) {
+                Err(StoreError::Corrupt { key, .. }) => assert_eq!(key, "Ppay_1"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The one keyspace: every record lives in one sled tree under a one-byte
+//! prefix naming its kind.
+//!
+//! | prefix | key after it | value |
+//! |---|---|---|
+//! | `P` | payment id | Payment |
+//! | `H` | payment id, 0x00, seq (u32 BE) | Observation |
+//! | `K` | lookup key (`connpay\|inv\|…`, `action\|idem\|…`) | payment or action id |
+//! | `I` | callback de-duplication key | InboxEntry |
+//! | `W` | payment id (open windows only) | next poll as written (u64 BE), provider code |
+//! | `A` | action id | Action |
+//! | `X` | action id (not final) | empty |
+//! | `N` | notice seq (u64 BE) | Notice, waiting |
+//! | `D` | notice seq (u64 BE) | Notice, given up on |
+//! | `O` | orphan id (u64 BE) | CallbackRecord |
+//! | `Q` | lookup key | the orphan ids waiting under it (u64 BE each) |
+//! | `S` | payment id | SweepMark |
+//! | `M` | name | meta value (UTF-8); `M\0format` is the store format |
+//! | `C` | kind's prefix | how many records of that kind (u64 BE) |
+
+/// A record kind. The first ones are counted (their counts are kept
+/// under `C`, so gauges need no scan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Payment = 0,
+    Inbox = 1,
+    Notice = 2,
+    Dead = 3,
+    Orphan = 4,
+    History,
+    Key,
+    Window,
+    Action,
+    Outbox,
+    OrphanIndex,
+    Sweep,
+    Meta,
+}
+
+impl Kind {
+    pub const COUNTED: usize = 5;
+
+    pub fn prefix(self) -> u8 {
+        match self {
+            Kind::Payment => b'P',
+            Kind::Inbox => b'I',
+            Kind::Notice => b'N',
+            Kind::Dead => b'D',
+            Kind::Orphan => b'O',
+            Kind::History => b'H',
+            Kind::Key => b'K',
+            Kind::Window => b'W',
+            Kind::Action => b'A',
+            Kind::Outbox => b'X',
+            Kind::OrphanIndex => b'Q',
+            Kind::Sweep => b'S',
+            Kind::Meta => b'M',
+        }
+    }
+}
+
+const COUNTED: [Kind; Kind::COUNTED] = [
+    Kind::Payment,
+    Kind::Inbox,
+    Kind::Notice,
+    Kind::Dead,
+    Kind::Orphan,
+];
+
+/// The store format this release writes, kept under `M\0format`.
+pub const FORMAT: &str = "2";
+pub const FORMAT_KEY: &[u8] = b"M\0format";
+
+pub fn of(kind: Kind, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + rest.len());
+    k.push(kind.prefix());
+    k.extend_from_slice(rest);
+    k
+}
+
+pub fn history_prefix(id: &str) -> Vec<u8> {
+    let mut k = of(Kind::History, id.as_bytes());
+    k.push(0);
+    k
+}
+
+pub fn history(id: &str, seq: u32) -> Vec<u8> {
+    let mut k = history_prefix(id);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn seq_key(kind: Kind, seq: u64) -> Vec<u8> {
+    of(kind, &seq.to_be_bytes())
+}
+
+pub fn meta(name: &str) -> Vec<u8> {
+    of(Kind::Meta, name.as_bytes())
+}
+
+/// The counter of the `i`th counted kind.
+pub fn counter(i: usize) -> Vec<u8> {
+    vec![b'C', COUNTED[i].prefix()]
+}
+
+/// The part of a key after its prefix.
+pub fn rest(key: &[u8]) -> &[u8] {
+    key.get(1..).unwrap_or_default()
+}
+
+/// The window value: next poll (u64 BE) and the provider's code.
+pub fn window_value(next_ms: u64, provider: crate::model::ProviderId) -> Vec<u8> {
+    let mut v = next_ms.to_be_bytes().to_vec();
+    v.push(provider.code());
+    v
+}
+
+pub fn read_u64(v: Option<&[u8]>) -> u64 {
+    v.and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+pub fn read_ids(v: Option<&[u8]>) -> Vec<u64> {
+    v.unwrap_or_default()
+        .chunks_exact(8)
+        .map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()))
+        .collect()
+}
+
+pub fn write_ids(ids: &[u64]) -> Vec<u8> {
+    ids.iter().flat_map(|id| id.to_be_bytes()).collect()
+}

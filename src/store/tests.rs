@@ -1,0 +1,376 @@
+//! The store, through its public face, on a real sled store on disk.
+
+use super::*;
+use crate::model::{Keys, PollWindow, ProviderId, Source};
+use crate::state::{Decision, State};
+use std::collections::BTreeMap;
+
+fn report(source: Source, raw: &str, state: Option<State>) -> Report {
+    Report {
+        source,
+        raw_status: raw.into(),
+        state,
+        fields: BTreeMap::new(),
+        learned_keys: vec![],
+    }
+}
+
+fn new_payment(inv: &str) -> NewPayment {
+    NewPayment {
+        provider: ProviderId::Connpay,
+        keys: Keys::from([("invoice_id".to_string(), inv.to_string())]),
+        idempotency_key: format!("connpay|idem|{inv}"),
+        lookup_keys: vec![format!("connpay|inv|{inv}")],
+        amount_minor: Some(100),
+        currency: Some("EUR".into()),
+        window: Some(PollWindow {
+            ends_ms: 10_000,
+            next_ms: 1_000,
+            polls: 0,
+            open: true,
+        }),
+        now_ms: 0,
+    }
+}
+
+fn callback(inv: &str, status: &str, state: State) -> CallbackRecord {
+    CallbackRecord {
+        dedupe_key: format!("connpay|{status}|sale|o-{inv}|{inv}"),
+        match_key: format!("connpay|inv|{inv}"),
+        report: report(Source::Callback, status, Some(state)),
+        received_ms: 5,
+        unsigned_claim: false,
+    }
+}
+
+#[tokio::test]
+async fn track_is_idempotent_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let store = Store::open(dir.path()).unwrap();
+        let a = store.track(new_payment("inv-1")).await.unwrap();
+        let b = store.track(new_payment("inv-1")).await.unwrap();
+        assert!(a.created && !b.created);
+        assert_eq!(a.payment.id, b.payment.id);
+        store.sync().await.unwrap();
+        a.payment.id
+    };
+    // sled holds a file lock until every handle is gone.
+    tokio::task::yield_now().await;
+    let store = reopen(dir.path()).await;
+    let p = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(p.state, State::Pending);
+    assert_eq!(
+        store.find("connpay|inv|inv-1").await.unwrap(),
+        Some(id.clone())
+    );
+    assert_eq!(
+        store.open_windows().await.unwrap(),
+        vec![(id, ProviderId::Connpay, 1_000)]
+    );
+}
+
+async fn reopen(path: &std::path::Path) -> Store {
+    for _ in 0..100 {
+        if let Ok(s) = Store::open(path) {
+            return s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("store did not reopen");
+}
+
+#[tokio::test]
+async fn duplicate_callbacks_leave_one_entry_and_late_news_does_not_regress() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = store.track(new_payment("inv-2")).await.unwrap().payment.id;
+    let cb = callback("inv-2", "approved", State::Succeeded);
+    let Ingested::Applied(o) = store.ingest_callback(&cb).await.unwrap() else {
+        panic!("not applied")
+    };
+    assert_eq!(o.change.unwrap().to, State::Succeeded);
+    assert!(matches!(
+        store.ingest_callback(&cb).await.unwrap(),
+        Ingested::Duplicate
+    ));
+    let late = store
+        .observe(
+            &id,
+            report(Source::Poll, "PROCESSING", Some(State::Pending)),
+            WindowChange::Keep,
+            9,
+        )
+        .await
+        .unwrap();
+    assert!(late.change.is_none());
+    assert_eq!(late.observation.decision, Some(Decision::Backwards));
+    let p = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(p.state, State::Succeeded);
+    assert_eq!(p.final_source, Some(Source::Callback));
+    assert!(!p.window.unwrap().open, "final closes the window");
+    assert!(store.open_windows().await.unwrap().is_empty());
+    assert_eq!(store.history(&id).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn orphans_are_applied_when_their_payment_is_tracked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let cb = callback("inv-3", "declined", State::Failed);
+    assert!(matches!(
+        store.ingest_callback(&cb).await.unwrap(),
+        Ingested::Orphaned
+    ));
+    assert!(matches!(
+        store.ingest_callback(&cb).await.unwrap(),
+        Ingested::Duplicate
+    ));
+    assert_eq!(store.orphan_count().await.unwrap(), 1);
+    let t = store.track(new_payment("inv-3")).await.unwrap();
+    assert_eq!(t.payment.state, State::Failed);
+    assert_eq!(t.changes.len(), 1);
+    assert_eq!(store.orphan_count().await.unwrap(), 0);
+    assert!(store.open_windows().await.unwrap().is_empty());
+    // A retry after the match is still a duplicate.
+    assert!(matches!(
+        store.ingest_callback(&cb).await.unwrap(),
+        Ingested::Duplicate
+    ));
+}
+
+fn orphan(inv: &str, kind: &str) -> CallbackRecord {
+    let mut cb = callback(inv, "approved", State::Succeeded);
+    cb.dedupe_key = format!("connpay|cb|approved|{kind}|o-{inv}|{inv}");
+    cb
+}
+
+#[tokio::test]
+async fn orphans_are_one_record_each_within_their_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.set_orphan_limits(3, 5);
+    for kind in ["a", "b", "c"] {
+        assert!(matches!(
+            store
+                .ingest_callback(&orphan("inv-o1", kind))
+                .await
+                .unwrap(),
+            Ingested::Orphaned
+        ));
+    }
+    // A fourth under the same key is refused, and nothing of it stored.
+    let inbox = store.inbox_len();
+    assert!(matches!(
+        store.ingest_callback(&orphan("inv-o1", "d")).await,
+        Err(StoreError::OrphanLimit(_))
+    ));
+    assert_eq!(store.inbox_len(), inbox);
+    for inv in ["inv-o2", "inv-o3"] {
+        store.ingest_callback(&orphan(inv, "a")).await.unwrap();
+    }
+    assert!(matches!(
+        store.ingest_callback(&orphan("inv-o4", "a")).await,
+        Err(StoreError::OrphanLimit(_))
+    ));
+    assert_eq!(store.orphan_count().await.unwrap(), 5);
+    // Tracking applies and removes them, in the order they came.
+    let t = store.track(new_payment("inv-o1")).await.unwrap();
+    assert_eq!(t.payment.observations, 3);
+    assert_eq!(store.orphan_count().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn replayed_orphans_grow_the_store_linearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.set_orphan_limits(2_000, 10_000);
+    let mut all = tokio::task::JoinSet::new();
+    for i in 0..2_000 {
+        let s = store.clone();
+        all.spawn(async move {
+            s.ingest_callback(&orphan("inv-flood", &format!("t{i}")))
+                .await
+                .unwrap();
+        });
+    }
+    all.join_all().await;
+    store.sync().await.unwrap();
+    // One list rewritten per orphan reached 590 MB for this.
+    let size = store.size_on_disk();
+    assert!(size < 64 << 20, "{size} bytes for 2,000 orphans");
+    assert_eq!(store.orphan_count().await.unwrap(), 2_000);
+}
+
+#[tokio::test]
+async fn expired_orphans_are_forgotten_with_their_inbox_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut old = orphan("inv-e1", "a");
+    old.received_ms = 1_000;
+    let mut young = orphan("inv-e1", "b");
+    young.received_ms = 9_000;
+    store.ingest_callback(&old).await.unwrap();
+    store.ingest_callback(&young).await.unwrap();
+    assert_eq!(store.expire_orphans(5_000).await.unwrap(), 1);
+    assert_eq!(store.orphan_count().await.unwrap(), 1);
+    // The provider sending it again is heard, not taken as a repeat.
+    assert!(matches!(
+        store.ingest_callback(&old).await.unwrap(),
+        Ingested::Orphaned
+    ));
+    assert_eq!(store.expire_orphans(5_000).await.unwrap(), 1);
+    assert_eq!(store.expire_orphans(5_000).await.unwrap(), 0);
+    let t = store.track(new_payment("inv-e1")).await.unwrap();
+    assert_eq!(t.payment.observations, 1, "only the young one is left");
+}
+
+#[tokio::test]
+async fn orphan_lists_of_the_oldest_layout_are_migrated_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // A format 1 store with orphans as a JSON list per lookup key.
+        let db = ::sled::open(dir.path()).unwrap();
+        db.open_tree("payments").unwrap();
+        let list = vec![orphan("inv-m1", "a"), orphan("inv-m1", "b")];
+        let json = serde_json::to_vec(&list).unwrap();
+        db.open_tree("orphans")
+            .unwrap()
+            .insert("connpay|inv|inv-m1", json)
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let store = reopen(dir.path()).await;
+    assert_eq!(store.orphan_count().await.unwrap(), 2);
+    let t = store.track(new_payment("inv-m1")).await.unwrap();
+    assert_eq!(t.payment.observations, 2);
+    assert_eq!(store.orphan_count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn concurrent_syncs_share_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut tasks = vec![];
+    for i in 0..50 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.track(new_payment(&format!("inv-c{i}"))).await.unwrap();
+            s.sync().await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(store.list(None, None, None, 100).await.unwrap().len(), 50);
+    let page = store.list(None, None, None, 20).await.unwrap();
+    let next = store
+        .list(None, None, Some(&page[19].id), 100)
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 30);
+}
+
+#[tokio::test]
+async fn a_repeated_poll_answer_is_counted_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = store.track(new_payment("inv-r1")).await.unwrap().payment.id;
+    let poll = |raw: &str| report(Source::Poll, raw, Some(State::Pending));
+    let first = store
+        .observe(&id, poll("PROCESSING"), WindowChange::Next(2_000), 1_000)
+        .await
+        .unwrap();
+    assert!(!first.repeat);
+    let flushes = store.flushed_tickets();
+    for i in 0..5u64 {
+        let o = store
+            .observe(
+                &id,
+                poll("PROCESSING"),
+                WindowChange::Next(3_000 + i),
+                2_000 + i,
+            )
+            .await
+            .unwrap();
+        assert!(o.repeat && o.change.is_none());
+        assert_eq!(o.observation.seq, first.observation.seq);
+    }
+    assert_eq!(store.flushed_tickets(), flushes, "a repeat wrote nothing");
+    // Readers see the counts held in memory.
+    let p = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(p.window.unwrap().polls, 6);
+    assert_eq!(p.window.unwrap().next_ms, 3_004);
+    let h = store.history(&id).await.unwrap();
+    assert_eq!(h.len(), 1);
+    assert_eq!(
+        (h[0].at_ms, h[0].repeats, h[0].last_ms),
+        (1_000, 5, Some(2_004))
+    );
+    // Something new is recorded, and the counts are written with it.
+    let moved = store
+        .observe(&id, poll("WAITING_3DS"), WindowChange::Next(9_000), 8_000)
+        .await
+        .unwrap();
+    assert!(!moved.repeat);
+    assert_eq!(moved.payment.window.unwrap().polls, 7);
+    store.close().await.unwrap();
+    drop(store);
+    let store = reopen(dir.path()).await;
+    let h = store.history(&id).await.unwrap();
+    let seen: Vec<_> = h
+        .iter()
+        .map(|o| (o.raw_status.as_str(), o.repeats))
+        .collect();
+    assert_eq!(seen, [("PROCESSING", 5), ("WAITING_3DS", 0)]);
+    assert_eq!(h[0].last_ms, Some(2_004));
+    assert_eq!(
+        store.get(&id).await.unwrap().unwrap().window.unwrap().polls,
+        7
+    );
+}
+
+#[tokio::test]
+async fn repeat_counts_survive_a_clean_stop_and_a_callback_breaks_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = store.track(new_payment("inv-r2")).await.unwrap().payment.id;
+    let poll = || report(Source::Poll, "PROCESSING", Some(State::Pending));
+    for t in 0..3 {
+        store
+            .observe(&id, poll(), WindowChange::Next(10_000), 1_000 + t)
+            .await
+            .unwrap();
+    }
+    // A callback comes between: the same poll answer after it is news.
+    let mut cb = callback("inv-r2", "processing", State::Pending);
+    cb.report.raw_status = "processing".into();
+    store.ingest_callback(&cb).await.unwrap();
+    let after = store
+        .observe(&id, poll(), WindowChange::Next(10_000), 5_000)
+        .await
+        .unwrap();
+    assert!(!after.repeat);
+    store
+        .observe(&id, poll(), WindowChange::Next(10_000), 6_000)
+        .await
+        .unwrap();
+    // Only the stop writes the last repeat.
+    store.close().await.unwrap();
+    drop(store);
+    let store = reopen(dir.path()).await;
+    let h = store.history(&id).await.unwrap();
+    let seen: Vec<_> = h.iter().map(|o| (o.source, o.repeats, o.last_ms)).collect();
+    assert_eq!(
+        seen,
+        [
+            (Source::Poll, 2, Some(1_002)),
+            (Source::Callback, 0, None),
+            (Source::Poll, 1, Some(6_000)),
+        ]
+    );
+    assert_eq!(
+        store.get(&id).await.unwrap().unwrap().window.unwrap().polls,
+        5
+    );
+}
