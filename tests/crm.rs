@@ -38,7 +38,7 @@ impl Crm {
             cancel.child_token(),
         );
         let text = format!(
-            "[store]\npath = \"{}\"\n[callback]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[actions]\ndeadline = \"60s\"\n[providers.crm]\nbase_url = \"{}\"\nusername_env = \"CRM_USER\"\npassword_env = \"CRM_PASS\"\n",
+            "[store]\npath = \"{}\"\n[callback]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[actions]\ndeadline = \"30s\"\n[circuit]\ncool_down = \"1s\"\n[providers.crm]\nbase_url = \"{}\"\nusername_env = \"CRM_USER\"\npassword_env = \"CRM_PASS\"\n",
             dir.path().join("store").display(),
             sim.base_url()
         );
@@ -270,6 +270,8 @@ async fn under_random_5xx_and_dropped_connections_no_payment_is_rejected_twice()
                 .id,
         ));
     }
+    // The action deadline (30 s) ends every action well inside the wait
+    // (60 s), and the circuit's cool-down (1 s) leaves retries room.
     for (reference, id) in &ids {
         let a = c.settled(id).await;
         let (state, rejects) = c.sim.state(reference).unwrap();
@@ -279,6 +281,8 @@ async fn under_random_5xx_and_dropped_connections_no_payment_is_rejected_twice()
             ActionState::Succeeded => assert_eq!((state.as_str(), rejects), ("REJECTED", 1)),
             // An uncertain outcome is parked, never resent.
             ActionState::Unknown => {}
+            // Every attempt failed before the deadline: never applied.
+            ActionState::Failed => assert_eq!((state.as_str(), rejects), ("DRAFT", 0)),
             other => panic!("{reference}: {other:?} {:?}", a.error),
         }
     }
