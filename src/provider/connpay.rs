@@ -178,7 +178,18 @@ pub fn control(status: &str, orderid: &str, client_orderid: &str, key: &str) -> 
     h.update(orderid.as_bytes());
     h.update(client_orderid.as_bytes());
     h.update(key.as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex(&h.finalize())
+}
+
+/// Lower-case hex, without a `format!` per byte (on every callback).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
 }
 
 /// Turns an inquiry answer into a report.
