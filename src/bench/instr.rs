@@ -4,9 +4,13 @@
 //! Each figure is the difference of two runs of this binary under
 //! callgrind (`payrecon-bench instr OP COUNT`) that do the same set-up and
 //! perform the operation `LOW` and `HIGH` times, divided by `HIGH - LOW`:
-//! start-up and set-up cancel out. Every thread is counted (the store's
-//! writer included). Operations run one at a time, so each callback pays
-//! its own flush; the flush's system call is not an instruction.
+//! start-up and set-up cancel out. Counted: the calling thread and the
+//! store's writer thread (for the baseline, its committing thread); left
+//! out for both: sled's own background threads (the periodic flusher and
+//! its I/O pool), whose work depends on wall-clock time, which valgrind
+//! stretches differently in each run. Operations run one at a time, so
+//! each callback pays its own flush; the flush's system call is not an
+//! instruction.
 
 use std::process::Command;
 
@@ -89,6 +93,12 @@ fn count(op: &str, n: usize) -> Result<u64, String> {
     let status = Command::new("valgrind")
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg("--collect-atstart=no")
+        .args([
+            "--toggle-collect=*instr::child*",
+            "--toggle-collect=*writer::run*",
+            "--toggle-collect=*baseline::committer*",
+        ])
         .arg(exe)
         .args(["instr", op, &n.to_string()])
         .arg(dir.path().join("store"))
@@ -135,6 +145,7 @@ fn report(source: Source, raw: &str) -> Report {
 }
 
 /// The child: the same set-up whatever `n`, then `op` done `n` times.
+#[inline(never)] // counted by name under callgrind
 pub fn child(args: &[String]) -> std::process::ExitCode {
     let (Some(op), Some(n), Some(dir)) = (
         args.first(),

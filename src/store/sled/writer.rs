@@ -217,6 +217,7 @@ impl<'s> View<'s> {
 
 /// The writer thread's loop. Ends when every sender is gone, after a last
 /// flush.
+#[inline(never)] // counted by name in the instructions benchmark
 pub fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Cmd>) {
     // A group applied whose flush failed: the next group flushes even if
     // it writes nothing, so no answer relies on an unflushed write.
