@@ -10,7 +10,10 @@
 //! its I/O pool), whose work depends on wall-clock time, which valgrind
 //! stretches differently in each run. Operations run one at a time, so
 //! each callback pays its own flush; the flush's system call is not an
-//! instruction.
+//! instruction. A repeated poll answer is counted in memory; its durable
+//! cost is the checkpoint (once a minute, per payment with repeats: one
+//! rewrite of the payment and of the repeated observation, about what a
+//! changed answer costs), which the repeat figure leaves out.
 
 use std::process::Command;
 
@@ -23,6 +26,8 @@ use crate::store::{CallbackRecord, Store, WindowChange};
 const SETUP: usize = 1_000;
 const LOW: usize = 200;
 const HIGH: usize = 800;
+/// Payments the repeat operation cycles over.
+const REPEATED: usize = 50;
 
 pub fn run(opts: &Opts) -> Result<(), String> {
     if opts.quick {
@@ -48,7 +53,7 @@ pub fn run(opts: &Opts) -> Result<(), String> {
             "sled alone: de-duplicate, batch, flush",
         ),
         (
-            "poll answer, repeat",
+            "poll answer, repeat (counted in memory)",
             "poll-repeat",
             get,
             "sled get + decode of the payment",
@@ -211,12 +216,17 @@ pub fn child(args: &[String]) -> std::process::ExitCode {
                 .await
                 .map_err(e)?;
         }
-        for (i, id) in ids.iter().enumerate().take(n) {
+        for i in 0..n {
+            let id = &ids[i % SETUP];
             match op.as_str() {
                 "callback" => {
                     store.ingest_callback(&records[i]).await.map_err(e)?;
                 }
                 "poll-repeat" => {
+                    // Over the same few payments: the checkpoint at close
+                    // writes REPEATED payments in both runs and cancels out,
+                    // leaving the in-memory cost of a repeat.
+                    let id = &ids[i % REPEATED];
                     let o = store
                         .observe(
                             id,
