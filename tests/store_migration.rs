@@ -177,7 +177,7 @@ async fn a_store_of_a_newer_format_is_refused_by_name() {
         let db = sled::open(dir.path()).unwrap();
         db.open_tree("records")
             .unwrap()
-            .insert(b"M\0format", b"3")
+            .insert(b"M\0format", b"4")
             .unwrap();
         db.flush().unwrap();
     }
@@ -185,5 +185,5 @@ async fn a_store_of_a_newer_format_is_refused_by_name() {
         .err()
         .expect("opened a newer format");
     let msg = err.to_string();
-    assert!(msg.contains("format 3"), "{msg}");
+    assert!(msg.contains("format 4"), "{msg}");
 }

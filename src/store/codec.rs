@@ -2,7 +2,8 @@
 //! record. serde stays the model; JSON stays the format of the API, logs
 //! and export.
 //!
-//! - `0x01` (format 2): postcard of the record's fields in a fixed order.
+//! - `0x01` (formats 2 and 3): postcard of the record's fields in a fixed order
+//!   (a payment's record then carries its history: [`History`]).
 //!   postcard does not name fields, so a record is written as a tuple
 //!   here and `skip_serializing_if` (which the JSON shapes use) never
 //!   applies. Enums are written as their variant's index: new variants
@@ -42,18 +43,25 @@ pub trait Record: Sized {
 }
 
 fn postcard<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut out = vec![POSTCARD];
+    // Room for a typical record: no regrowth while it is written.
+    let mut out = Vec::with_capacity(192);
+    out.push(POSTCARD);
     // Writing plain values into a Vec cannot fail.
-    out.extend(postcard::to_allocvec(v).unwrap_or_default());
-    out
+    postcard::to_extend(v, out).unwrap_or_default()
 }
 
-fn unpostcard<T: DeserializeOwned>(raw: &[u8]) -> Result<T, String> {
+fn body(raw: &[u8]) -> Result<&[u8], String> {
     match raw.split_first() {
-        Some((&POSTCARD, body)) => postcard::from_bytes(body).map_err(|e| e.to_string()),
+        Some((&POSTCARD, body)) => Ok(body),
         Some((b, _)) => Err(format!("unknown record encoding 0x{b:02x}")),
         None => Err("empty record".into()),
     }
+}
+
+/// Reads a record's fields; bytes after them (a payment's history) are
+/// left alone.
+fn unpostcard<T: DeserializeOwned>(raw: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(body(raw)?).map_err(|e| e.to_string())
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -113,29 +121,33 @@ impl Record for Payment {
         ))
     }
 
+    /// The payment's fields only; its history, after them, is not read.
     fn decode_body(raw: &[u8]) -> Result<Self, String> {
-        let r: PaymentRec = unpostcard(raw)?;
-        Ok(Payment {
-            id: r.0,
-            provider: r.1,
-            keys: r.2,
-            amount_minor: r.3,
-            currency: r.4,
-            state: r.5,
-            raw_status: r.6,
-            created_ms: r.7,
-            updated_ms: r.8,
-            final_ms: r.9,
-            final_source: r.10,
-            window: r.11,
-            observations: r.12,
-            mismatch: r.13.map(|m| Mismatch {
-                reported: m.0,
-                reported_minor: m.1,
-                reported_currency: m.2,
-                at_ms: m.3,
-            }),
-        })
+        unpostcard(raw).map(payment)
+    }
+}
+
+fn payment(r: PaymentRec) -> Payment {
+    Payment {
+        id: r.0,
+        provider: r.1,
+        keys: r.2,
+        amount_minor: r.3,
+        currency: r.4,
+        state: r.5,
+        raw_status: r.6,
+        created_ms: r.7,
+        updated_ms: r.8,
+        final_ms: r.9,
+        final_source: r.10,
+        window: r.11,
+        observations: r.12,
+        mismatch: r.13.map(|m| Mismatch {
+            reported: m.0,
+            reported_minor: m.1,
+            reported_currency: m.2,
+            at_ms: m.3,
+        }),
     }
 }
 
@@ -151,35 +163,124 @@ type ObservationRec = (
     Option<u64>,
 );
 
+type ObservationRef<'a> = (
+    u32,
+    Source,
+    u64,
+    &'a String,
+    Option<State>,
+    Option<Decision>,
+    &'a BTreeMap<String, String>,
+    u32,
+    Option<u64>,
+);
+
+fn observation_ref(o: &Observation) -> ObservationRef<'_> {
+    (
+        o.seq,
+        o.source,
+        o.at_ms,
+        &o.raw_status,
+        o.state,
+        o.decision,
+        &o.fields,
+        o.repeats,
+        o.last_ms,
+    )
+}
+
+fn observation(r: ObservationRec) -> Observation {
+    Observation {
+        seq: r.0,
+        source: r.1,
+        at_ms: r.2,
+        raw_status: r.3,
+        state: r.4,
+        decision: r.5,
+        fields: r.6,
+        repeats: r.7,
+        last_ms: r.8,
+    }
+}
+
+/// An observation as its own record: format 2's history entries (read by
+/// the migration), and tests.
 impl Record for Observation {
     fn encode(&self) -> Vec<u8> {
-        postcard(&(
-            self.seq,
-            self.source,
-            self.at_ms,
-            &self.raw_status,
-            self.state,
-            self.decision,
-            &self.fields,
-            self.repeats,
-            self.last_ms,
-        ))
+        postcard(&observation_ref(self))
     }
 
     fn decode_body(raw: &[u8]) -> Result<Self, String> {
-        let r: ObservationRec = unpostcard(raw)?;
-        Ok(Observation {
-            seq: r.0,
-            source: r.1,
-            at_ms: r.2,
-            raw_status: r.3,
-            state: r.4,
-            decision: r.5,
-            fields: r.6,
-            repeats: r.7,
-            last_ms: r.8,
-        })
+        unpostcard(raw).map(observation)
     }
+}
+
+/// A payment's history as format 3 keeps it: inside the payment's record,
+/// after the payment's fields, each observation's postcard one after
+/// another, oldest first. A new observation is written at the end; the
+/// ones before it are copied as bytes, never decoded.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History(Vec<u8>);
+
+impl History {
+    pub fn push(&mut self, o: &Observation) {
+        let bytes = std::mem::take(&mut self.0);
+        // Writing plain values into a Vec cannot fail.
+        self.0 = postcard::to_extend(&observation_ref(o), bytes).unwrap_or_default();
+    }
+
+    pub fn from_observations<'a>(all: impl IntoIterator<Item = &'a Observation>) -> History {
+        let mut h = History::default();
+        for o in all {
+            h.push(o);
+        }
+        h
+    }
+
+    pub fn read(&self) -> Result<Vec<Observation>, String> {
+        let mut rest = &self.0[..];
+        let mut out = vec![];
+        while !rest.is_empty() {
+            let (r, more) = postcard::take_from_bytes::<ObservationRec>(rest)
+                .map_err(|e| format!("history entry {}: {e}", out.len()))?;
+            out.push(observation(r));
+            rest = more;
+        }
+        Ok(out)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A payment's record: its fields, then its history.
+pub fn payment_record(p: &Payment, h: &History) -> Vec<u8> {
+    let mut out = p.encode();
+    out.extend_from_slice(&h.0);
+    out
+}
+
+/// Reads a payment's record into the payment and its history (whose
+/// entries are decoded only when asked for).
+pub fn split_payment(key: &[u8], raw: &[u8]) -> Result<(Payment, History), StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason,
+    };
+    let b = body(raw).map_err(corrupt)?;
+    let (r, rest) =
+        postcard::take_from_bytes::<PaymentRec>(b).map_err(|e| corrupt(e.to_string()))?;
+    Ok((payment(r), History(rest.to_vec())))
+}
+
+/// The history kept in a payment's record.
+pub fn history_of(key: &[u8], raw: &[u8]) -> Result<Vec<Observation>, StoreError> {
+    let (_, h) = split_payment(key, raw)?;
+    h.read().map_err(|reason| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason,
+    })
 }
 
 type ReportRec = (
@@ -377,6 +478,42 @@ mod tests {
             received_ms: 5,
         };
         assert_eq!(InboxEntry::decode(b"i", &e.encode()).unwrap(), e);
+    }
+
+    #[test]
+    fn a_payment_record_carries_its_history_and_a_cut_history_is_corrupt() {
+        let p = payment();
+        let mut obs = vec![];
+        let mut h = History::default();
+        for (seq, raw) in ["PROCESSING", "APPROVED"].into_iter().enumerate() {
+            let o = Observation {
+                seq: seq as u32,
+                source: Source::Poll,
+                at_ms: 10 + seq as u64,
+                raw_status: raw.into(),
+                state: None,
+                decision: None,
+                fields: BTreeMap::from([("orderId".to_string(), "o-1".to_string())]),
+                repeats: seq as u32 * 3,
+                last_ms: None,
+            };
+            h.push(&o);
+            obs.push(o);
+        }
+        let raw = payment_record(&p, &h);
+        // Readers of the payment alone never look at the history.
+        assert_eq!(Payment::decode(b"P", &raw).unwrap(), p);
+        let (back, hist) = split_payment(b"P", &raw).unwrap();
+        assert_eq!((back, hist.read().unwrap()), (p.clone(), obs.clone()));
+        assert_eq!(History::from_observations(&obs), h);
+        assert_eq!(history_of(b"P", &p.encode()).unwrap(), vec![]);
+        match history_of(b"Ppay_1", &raw[..raw.len() - 1]) {
+            Err(StoreError::Corrupt { key, reason }) => {
+                assert_eq!(key, "Ppay_1");
+                assert!(reason.contains("history entry 1"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::model::{Keys, PollWindow, ProviderId, Source};
 use crate::state::{Decision, State};
 use std::collections::BTreeMap;
 
-fn report(source: Source, raw: &str, state: Option<State>) -> Report {
+pub(super) fn report(source: Source, raw: &str, state: Option<State>) -> Report {
     Report {
         source,
         raw_status: raw.into(),
@@ -15,7 +15,7 @@ fn report(source: Source, raw: &str, state: Option<State>) -> Report {
     }
 }
 
-fn new_payment(inv: &str) -> NewPayment {
+pub(super) fn new_payment(inv: &str) -> NewPayment {
     NewPayment {
         provider: ProviderId::Connpay,
         keys: Keys::from([("invoice_id".to_string(), inv.to_string())]),
@@ -70,7 +70,7 @@ async fn track_is_idempotent_and_survives_reopen() {
     );
 }
 
-async fn reopen(path: &std::path::Path) -> Store {
+pub(super) async fn reopen(path: &std::path::Path) -> Store {
     for _ in 0..100 {
         if let Ok(s) = Store::open(path) {
             return s;

@@ -3,8 +3,8 @@
 //!
 //! | prefix | key after it | value |
 //! |---|---|---|
-//! | `P` | payment id | Payment |
-//! | `H` | payment id, 0x00, seq (u32 BE) | Observation |
+//! | `P` | payment id | Payment, then its history (codec.rs, `History`) |
+//! | `H` | payment id, 0x00, seq (u32 BE) | Observation (format 2 only; moved into `P` at open) |
 //! | `K` | lookup key (`connpay\|inv\|…`, `action\|idem\|…`) | payment or action id |
 //! | `I` | callback de-duplication key | InboxEntry |
 //! | `W` | payment id (open windows only) | next poll as written (u64 BE), provider code |
@@ -68,7 +68,7 @@ const COUNTED: [Kind; Kind::COUNTED] = [
 ];
 
 /// The store format this release writes, kept under `M\0format`.
-pub const FORMAT: &str = "2";
+pub const FORMAT: &str = "3";
 pub const FORMAT_KEY: &[u8] = b"M\0format";
 
 pub fn of(kind: Kind, rest: &[u8]) -> Vec<u8> {
@@ -84,6 +84,8 @@ pub fn history_prefix(id: &str) -> Vec<u8> {
     k
 }
 
+/// A format 2 history record's key (tests write format 2 stores).
+#[cfg(test)]
 pub fn history(id: &str, seq: u32) -> Vec<u8> {
     let mut k = history_prefix(id);
     k.extend_from_slice(&seq.to_be_bytes());

@@ -20,7 +20,7 @@ use writer::{Cmd, Tx};
 use crate::action::Action;
 use crate::engine::SweepMark;
 use crate::model::{Observation, Payment, PollWindow, ProviderId, Report};
-use crate::store::codec::Record;
+use crate::store::codec::{self, Record};
 use crate::store::{
     Backend, BoxFut, CallbackRecord, Change, Enqueued, Filter, Ingested, NewPayment, Notice,
     Observed, Policy, Repeats, StoreError, Tracked, WindowChange,
@@ -147,6 +147,15 @@ impl SledStore {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// A payment's history, from its record; empty for an unknown payment.
+    fn history_now(&self, id: &str) -> Result<Vec<Observation>, StoreError> {
+        let key = keys::of(Kind::Payment, id.as_bytes());
+        match self.shared.tree.get(&key)? {
+            Some(raw) => codec::history_of(&key, &raw),
+            None => Ok(vec![]),
+        }
+    }
+
     fn action_now(&self, id: &str) -> Result<Option<Action>, StoreError> {
         self.read(&keys::of(Kind::Action, id.as_bytes()))
     }
@@ -261,28 +270,11 @@ impl Backend for SledStore {
     }
 
     fn history<'a>(&'a self, id: &'a str) -> BoxFut<'a, Vec<Observation>> {
-        let tree = &self.shared.tree;
-        ready(
-            tree.scan_prefix(keys::history_prefix(id))
-                .map(|kv| {
-                    let (k, v) = kv?;
-                    Observation::decode(&k, &v)
-                })
-                .collect(),
-        )
+        ready(self.history_now(id))
     }
 
     fn last_observation<'a>(&'a self, id: &'a str) -> BoxFut<'a, Option<Observation>> {
-        let last = self
-            .shared
-            .tree
-            .scan_prefix(keys::history_prefix(id))
-            .next_back();
-        ready(
-            last.transpose()
-                .map_err(StoreError::from)
-                .and_then(|kv| kv.map(|(k, v)| Observation::decode(&k, &v)).transpose()),
-        )
+        ready(self.history_now(id).map(|mut h| h.pop()))
     }
 
     fn list<'a>(

@@ -8,23 +8,26 @@ use crate::action::{Action, ActionState};
 use crate::model::{Observation, Payment, PollWindow, Report};
 use crate::state::{Decision, State};
 use crate::store::apply::{apply, move_window};
-use crate::store::codec::{InboxEntry, Record};
+use crate::store::codec::{payment_record, split_payment, History, InboxEntry, Record};
 use crate::store::{
     CallbackRecord, Change, Enqueued, Ingested, NewPayment, Notice, Observed, Repeats, StoreError,
     Tracked, WindowChange,
 };
 
-fn load(v: &View, id: &str) -> Result<Payment, StoreError> {
-    v.load(&keys::of(Kind::Payment, id.as_bytes()))?
-        .ok_or_else(|| StoreError::NotFound(id.to_string()))
+/// A payment and its history, which lives in the payment's record.
+fn load(v: &View, id: &str) -> Result<(Payment, History), StoreError> {
+    let key = keys::of(Kind::Payment, id.as_bytes());
+    match v.get(&key)? {
+        Some(raw) => split_payment(&key, &raw),
+        None => Err(StoreError::NotFound(id.to_string())),
+    }
 }
 
-fn put_payment(v: &mut View, p: &Payment) {
-    v.put(keys::of(Kind::Payment, p.id.as_bytes()), p.encode());
-}
-
-fn put_history(v: &mut View, id: &str, o: &Observation) {
-    v.put(keys::history(id, o.seq), o.encode());
+fn put_payment(v: &mut View, p: &Payment, h: &History) {
+    v.put(
+        keys::of(Kind::Payment, p.id.as_bytes()),
+        payment_record(p, h),
+    );
 }
 
 fn find(v: &View, key: &str) -> Result<Option<String>, StoreError> {
@@ -71,10 +74,12 @@ fn put_notice(v: &mut View, p: &Payment, c: &Change, at_ms: u64) -> Result<(), S
     Ok(())
 }
 
-/// Applies a report, writes its observation and queues its notice.
+/// Applies a report, adds its observation to the history and queues its
+/// notice.
 fn record(
     v: &mut View,
     p: &mut Payment,
+    h: &mut History,
     report: Report,
     at_ms: u64,
     unsigned_claim: bool,
@@ -83,13 +88,13 @@ fn record(
     if let Some(c) = &change {
         put_notice(v, p, c, at_ms)?;
     }
-    put_history(v, &p.id, &obs);
+    h.push(&obs);
     Ok((obs, change))
 }
 
 /// Adds repeat counts held in memory to the payment and the observation
 /// they repeat.
-fn fold(v: &mut View, p: &mut Payment, carry: Option<Repeats>) -> Result<(), StoreError> {
+fn fold(p: &mut Payment, h: &mut History, carry: Option<Repeats>) -> Result<(), StoreError> {
     let Some(c) = carry else { return Ok(()) };
     if let Some(w) = p.window.as_mut() {
         w.polls += c.polls;
@@ -98,11 +103,14 @@ fn fold(v: &mut View, p: &mut Payment, carry: Option<Repeats>) -> Result<(), Sto
         }
     }
     if let Some(seq) = c.seq {
-        let key = keys::history(&p.id, seq);
-        if let Some(mut o) = v.load::<Observation>(&key)? {
+        let mut all = h.read().map_err(|reason| StoreError::Corrupt {
+            key: format!("P{}", p.id),
+            reason,
+        })?;
+        if let Some(o) = all.iter_mut().find(|o| o.seq == seq) {
             o.repeats += c.repeats;
             o.last_ms = Some(o.last_ms.unwrap_or(0).max(c.last_ms));
-            v.put(key, o.encode());
+            *h = History::from_observations(&all);
         }
     }
     Ok(())
@@ -111,7 +119,7 @@ fn fold(v: &mut View, p: &mut Payment, carry: Option<Repeats>) -> Result<(), Sto
 pub fn track(v: &mut View, new: NewPayment) -> Result<Tracked, StoreError> {
     if let Some(id) = find(v, &new.idempotency_key)? {
         return Ok(Tracked {
-            payment: load(v, &id)?,
+            payment: load(v, &id)?.0,
             created: false,
             changes: vec![],
             claims: vec![],
@@ -145,11 +153,19 @@ pub fn track(v: &mut View, new: NewPayment) -> Result<Tracked, StoreError> {
         mismatch: None,
     };
     put_key(v, &new.idempotency_key, &id);
+    let mut h = History::default();
     let (mut changes, mut claims) = (vec![], vec![]);
     for k in &new.lookup_keys {
         put_key(v, k, &id);
         for cb in take_orphans(v, k)? {
-            let (obs, change) = record(v, &mut p, cb.report, cb.received_ms, cb.unsigned_claim)?;
+            let (obs, change) = record(
+                v,
+                &mut p,
+                &mut h,
+                cb.report,
+                cb.received_ms,
+                cb.unsigned_claim,
+            )?;
             if obs.decision == Some(Decision::Unconfirmed) {
                 claims.extend(obs.state);
             }
@@ -164,7 +180,7 @@ pub fn track(v: &mut View, new: NewPayment) -> Result<Tracked, StoreError> {
         Some(w) => w.open = false,
         None => {}
     }
-    put_payment(v, &p);
+    put_payment(v, &p, &h);
     v.count(Kind::Payment, 1);
     Ok(Tracked {
         payment: p,
@@ -182,17 +198,17 @@ pub fn observe(
     now_ms: u64,
     carry: Option<Repeats>,
 ) -> Result<Observed, StoreError> {
-    let mut p = load(v, id)?;
-    fold(v, &mut p, carry)?;
+    let (mut p, mut h) = load(v, id)?;
+    fold(&mut p, &mut h, carry)?;
     for k in &report.learned_keys {
         // Learned once, seen on every poll: written only when new.
         if find(v, k)?.is_none() {
             put_key(v, k, id);
         }
     }
-    let (observation, change) = record(v, &mut p, report, now_ms, false)?;
+    let (observation, change) = record(v, &mut p, &mut h, report, now_ms, false)?;
     move_window_kv(v, &mut p, window);
-    put_payment(v, &p);
+    put_payment(v, &p, &h);
     Ok(Observed {
         payment: p,
         observation,
@@ -207,20 +223,20 @@ pub fn advance(
     window: WindowChange,
     carry: Option<Repeats>,
 ) -> Result<Option<PollWindow>, StoreError> {
-    let mut p = load(v, id)?;
-    fold(v, &mut p, carry)?;
+    let (mut p, mut h) = load(v, id)?;
+    fold(&mut p, &mut h, carry)?;
     move_window_kv(v, &mut p, window);
-    put_payment(v, &p);
+    put_payment(v, &p, &h);
     Ok(p.window)
 }
 
 pub fn record_repeats(v: &mut View, c: Repeats) -> Result<(), StoreError> {
     // A payment gone (never, today) has nothing to count on.
-    let Ok(mut p) = load(v, &c.payment_id) else {
+    let Ok((mut p, mut h)) = load(v, &c.payment_id) else {
         return Ok(());
     };
-    fold(v, &mut p, Some(c))?;
-    put_payment(v, &p);
+    fold(&mut p, &mut h, Some(c))?;
+    put_payment(v, &p, &h);
     Ok(())
 }
 
@@ -239,16 +255,17 @@ pub fn ingest(v: &mut View, cb: &CallbackRecord) -> Result<Ingested, StoreError>
         v.count(Kind::Inbox, 1);
         return Ok(Ingested::Orphaned);
     };
-    let mut p = load(v, &id)?;
+    let (mut p, mut h) = load(v, &id)?;
     let (observation, change) = record(
         v,
         &mut p,
+        &mut h,
         cb.report.clone(),
         cb.received_ms,
         cb.unsigned_claim,
     )?;
     move_window_kv(v, &mut p, WindowChange::Keep);
-    put_payment(v, &p);
+    put_payment(v, &p, &h);
     let entry = InboxEntry {
         payment_id: Some(id),
         received_ms: cb.received_ms,
@@ -320,13 +337,13 @@ pub fn update_action(
     }
     let mut changes = vec![];
     if !reports.is_empty() {
-        let mut p = load(v, &action.payment_id)?;
+        let (mut p, mut h) = load(v, &action.payment_id)?;
         for r in reports {
-            let (_, c) = record(v, &mut p, r, action.updated_ms, false)?;
+            let (_, c) = record(v, &mut p, &mut h, r, action.updated_ms, false)?;
             changes.extend(c);
         }
         move_window_kv(v, &mut p, WindowChange::Keep);
-        put_payment(v, &p);
+        put_payment(v, &p, &h);
     }
     Ok(changes)
 }
