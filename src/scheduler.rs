@@ -75,6 +75,37 @@ impl<T: Send + 'static> Scheduler<T> {
     }
 }
 
+/// An id as the queue keeps it. A payment id (`pay_` and 16 lowercase hex
+/// digits, as the store makes them) is kept as its number: the queue and
+/// its index hold every open window's id, and two heap strings per window
+/// were a tenth of payrecon's memory per payment. Anything else is kept as
+/// it came; either way the dispatch function gets back the same string.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Id {
+    Pay(u64),
+    Other(Box<str>),
+}
+
+impl Id {
+    fn new(id: String) -> Id {
+        let n = id
+            .strip_prefix("pay_")
+            .filter(|h| h.len() == 16 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .and_then(|h| u64::from_str_radix(h, 16).ok());
+        match n {
+            Some(n) => Id::Pay(n),
+            None => Id::Other(id.into_boxed_str()),
+        }
+    }
+
+    fn into_string(self) -> String {
+        match self {
+            Id::Pay(n) => format!("pay_{n:016x}"),
+            Id::Other(s) => s.into(),
+        }
+    }
+}
+
 async fn run<T, F>(
     mut rx: mpsc::UnboundedReceiver<Msg<T>>,
     cancel: CancellationToken,
@@ -85,12 +116,13 @@ async fn run<T, F>(
 {
     // (deadline, tie-breaker) → id and tag, and id → its key, so moving a
     // deadline replaces the old one.
-    let mut queue: BTreeMap<(Instant, u64), (String, T)> = BTreeMap::new();
-    let mut index: HashMap<String, (Instant, u64)> = HashMap::new();
+    let mut queue: BTreeMap<(Instant, u64), (Id, T)> = BTreeMap::new();
+    let mut index: HashMap<Id, (Instant, u64)> = HashMap::new();
     let mut seq = 0u64;
     let mut insert =
         |queue: &mut BTreeMap<_, _>, index: &mut HashMap<_, _>, id: String, tag: T, at| {
             seq += 1;
+            let id = Id::new(id);
             if let Some(old) = index.insert(id.clone(), (at, seq)) {
                 queue.remove(&old);
             }
@@ -126,7 +158,7 @@ async fn run<T, F>(
                     let ((due, _), (id, tag)) = entry.remove_entry();
                     index.remove(&id);
                     stats.dispatched.fetch_add(1, Ordering::Relaxed);
-                    dispatch(id, tag, due);
+                    dispatch(id.into_string(), tag, due);
                 }
             }
         }
@@ -219,6 +251,32 @@ mod tests {
         let log = log.lock().unwrap();
         assert!(log.windows(2).all(|w| w[0].1 <= w[1].1));
         assert!(log.iter().all(|(_, at)| *at - t0 >= Duration::from_secs(3)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ids_come_back_as_they_were_given() {
+        let (s, log, _c, t0) = start();
+        let ids = [
+            "pay_00000000002a0f1c",
+            "pay_ffffffffffffffff",
+            "pay_00000000002A0F1C",
+            "pay_2a0f1c",
+            "pay_+0000000002a0f1c",
+            "act_00000000002a0f1c",
+        ];
+        for (i, id) in ids.iter().enumerate() {
+            s.schedule(id.to_string(), (), t0 + Duration::from_secs(1 + i as u64));
+        }
+        // Moving a payment id's deadline still finds the first one.
+        s.schedule(ids[0].into(), (), t0 + Duration::from_secs(10));
+        wait_for(&log, ids.len()).await;
+        let got: Vec<_> = log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect();
+        assert_eq!(got, [&ids[1..], &ids[..1]].concat());
     }
 
     #[tokio::test(start_paused = true)]
