@@ -35,10 +35,15 @@ pub trait Record: Sized {
     fn decode_body(raw: &[u8]) -> Result<Self, String>;
 
     fn decode(key: &[u8], raw: &[u8]) -> Result<Self, StoreError> {
-        Self::decode_body(raw).map_err(|reason| StoreError::Corrupt {
-            key: String::from_utf8_lossy(key).into_owned(),
-            reason,
-        })
+        Self::decode_body(raw).map_err(|reason| corrupt(key, reason))
+    }
+}
+
+/// A record that cannot be read, named by its key.
+pub fn corrupt(key: &[u8], reason: String) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason,
     }
 }
 
@@ -248,10 +253,6 @@ impl History {
         }
         Ok(out)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// A payment's record: its fields, then its history.
@@ -264,23 +265,16 @@ pub fn payment_record(p: &Payment, h: &History) -> Vec<u8> {
 /// Reads a payment's record into the payment and its history (whose
 /// entries are decoded only when asked for).
 pub fn split_payment(key: &[u8], raw: &[u8]) -> Result<(Payment, History), StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason,
-    };
-    let b = body(raw).map_err(corrupt)?;
+    let b = body(raw).map_err(|reason| corrupt(key, reason))?;
     let (r, rest) =
-        postcard::take_from_bytes::<PaymentRec>(b).map_err(|e| corrupt(e.to_string()))?;
+        postcard::take_from_bytes::<PaymentRec>(b).map_err(|e| corrupt(key, e.to_string()))?;
     Ok((payment(r), History(rest.to_vec())))
 }
 
 /// The history kept in a payment's record.
 pub fn history_of(key: &[u8], raw: &[u8]) -> Result<Vec<Observation>, StoreError> {
     let (_, h) = split_payment(key, raw)?;
-    h.read().map_err(|reason| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason,
-    })
+    h.read().map_err(|reason| corrupt(key, reason))
 }
 
 type ReportRec = (

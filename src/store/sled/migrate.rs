@@ -27,7 +27,7 @@ use super::Shared;
 use crate::action::Action;
 use crate::engine::SweepMark;
 use crate::model::{Observation, Payment};
-use crate::store::codec::{payment_record, split_payment, History, InboxEntry, Record};
+use crate::store::codec::{corrupt, payment_record, split_payment, History, InboxEntry, Record};
 use crate::store::{CallbackRecord, Notice, StoreError};
 
 const V1_TREES: [&str; 12] = [
@@ -91,10 +91,7 @@ pub fn to_current(db: &sled::Db, tree: &sled::Tree) -> Result<(), StoreError> {
 }
 
 fn json<T: DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(k).into_owned(),
-        reason: format!("format 1 record: {e}"),
-    })
+    serde_json::from_slice(v).map_err(|e| corrupt(k, format!("format 1 record: {e}")))
 }
 
 /// Writes batches of a migration, counting records.

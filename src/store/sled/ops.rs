@@ -8,7 +8,7 @@ use crate::action::{Action, ActionState};
 use crate::model::{Observation, Payment, PollWindow, Report};
 use crate::state::{Decision, State};
 use crate::store::apply::{apply, move_window};
-use crate::store::codec::{payment_record, split_payment, History, InboxEntry, Record};
+use crate::store::codec::{corrupt, payment_record, split_payment, History, InboxEntry, Record};
 use crate::store::{
     CallbackRecord, Change, Enqueued, Ingested, NewPayment, Notice, Observed, Repeats, StoreError,
     Tracked, WindowChange,
@@ -103,10 +103,9 @@ fn fold(p: &mut Payment, h: &mut History, carry: Option<Repeats>) -> Result<(), 
         }
     }
     if let Some(seq) = c.seq {
-        let mut all = h.read().map_err(|reason| StoreError::Corrupt {
-            key: format!("P{}", p.id),
-            reason,
-        })?;
+        let mut all = h
+            .read()
+            .map_err(|reason| corrupt(&keys::of(Kind::Payment, p.id.as_bytes()), reason))?;
         if let Some(o) = all.iter_mut().find(|o| o.seq == seq) {
             o.repeats += c.repeats;
             o.last_ms = Some(o.last_ms.unwrap_or(0).max(c.last_ms));
