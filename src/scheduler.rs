@@ -4,7 +4,8 @@
 //! scheduler hands the payment id to a dispatch function and forgets it
 //! until it is scheduled again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -75,34 +76,157 @@ impl<T: Send + 'static> Scheduler<T> {
     }
 }
 
-/// An id as the queue keeps it. A payment id (`pay_` and 16 lowercase hex
-/// digits, as the store makes them) is kept as its number: the queue and
-/// its index hold every open window's id, and two heap strings per window
-/// were a tenth of payrecon's memory per payment. Anything else is kept as
-/// it came; either way the dispatch function gets back the same string.
-#[derive(Clone, PartialEq, Eq, Hash)]
-enum Id {
-    Pay(u64),
-    Other(Box<str>),
+/// Every id the queue holds, as a number. A payment id (`pay_` and 16
+/// lowercase hex digits, as the store makes them) is its own number; the
+/// queue and its index hold every open window, and a heap string per window
+/// was a tenth of payrecon's memory per payment. Any other id gets a
+/// handle with the top bit set and is kept here until it is dispatched;
+/// either way the dispatch function gets back the same string.
+#[derive(Default)]
+struct Ids {
+    names: HashMap<u64, Box<str>>,
+    handles: HashMap<Box<str>, u64>,
+    next: u64,
 }
 
-impl Id {
-    fn new(id: String) -> Id {
+const HANDLE: u64 = 1 << 63;
+
+impl Ids {
+    fn key(&mut self, id: String) -> u64 {
         let n = id
             .strip_prefix("pay_")
             .filter(|h| h.len() == 16 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-            .and_then(|h| u64::from_str_radix(h, 16).ok());
-        match n {
-            Some(n) => Id::Pay(n),
-            None => Id::Other(id.into_boxed_str()),
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .filter(|n| n & HANDLE == 0);
+        if let Some(n) = n {
+            return n;
+        }
+        if let Some(&k) = self.handles.get(id.as_str()) {
+            return k;
+        }
+        self.next += 1;
+        let k = HANDLE | self.next;
+        let id: Box<str> = id.into();
+        self.names.insert(k, id.clone());
+        self.handles.insert(id, k);
+        k
+    }
+
+    /// The id behind `k`, forgotten: it has left the queue.
+    fn take(&mut self, k: u64) -> String {
+        if k & HANDLE == 0 {
+            return format!("pay_{k:016x}");
+        }
+        let name = self.names.remove(&k).unwrap_or_default();
+        self.handles.remove(&name);
+        name.into()
+    }
+}
+
+/// A deadline in the heap: when (nanoseconds from the loop's start, signed
+/// so an instant before it round-trips), the order it was set in, and the
+/// id's number. 24 bytes; moving a deadline leaves the old entry behind,
+/// stale, and it is skipped when it surfaces.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    at: i64,
+    seq: u64,
+    key: u64,
+}
+
+/// The queue: a min-heap of deadlines and, per id, the `seq` of its live
+/// entry and its tag.
+struct Queue<T> {
+    epoch: Instant,
+    heap: BinaryHeap<Reverse<Due>>,
+    live: HashMap<u64, (u64, T)>,
+    ids: Ids,
+    seq: u64,
+    stale: usize,
+}
+
+impl<T> Queue<T> {
+    fn new() -> Queue<T> {
+        Queue {
+            epoch: Instant::now(),
+            heap: BinaryHeap::new(),
+            live: HashMap::new(),
+            ids: Ids::default(),
+            seq: 0,
+            stale: 0,
         }
     }
 
-    fn into_string(self) -> String {
-        match self {
-            Id::Pay(n) => format!("pay_{n:016x}"),
-            Id::Other(s) => s.into(),
+    fn offset(&self, at: Instant) -> i64 {
+        let nanos = |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        if at >= self.epoch {
+            nanos(at - self.epoch)
+        } else {
+            -nanos(self.epoch - at)
         }
+    }
+
+    fn instant(&self, at: i64) -> Instant {
+        let d = std::time::Duration::from_nanos(at.unsigned_abs());
+        if at >= 0 {
+            self.epoch + d
+        } else {
+            self.epoch.checked_sub(d).unwrap_or(self.epoch)
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Schedules (or moves) the deadline of `id`.
+    fn insert(&mut self, id: String, tag: T, at: Instant) {
+        self.seq += 1;
+        let key = self.ids.key(id);
+        if self.live.insert(key, (self.seq, tag)).is_some() {
+            self.stale += 1;
+        }
+        let at = self.offset(at);
+        self.heap.push(Reverse(Due {
+            at,
+            seq: self.seq,
+            key,
+        }));
+        // Moved deadlines leave entries behind; never let them be most of
+        // the heap.
+        if self.stale > self.live.len() + 1024 {
+            let live = &self.live;
+            self.heap
+                .retain(|Reverse(d)| live.get(&d.key).is_some_and(|(s, _)| *s == d.seq));
+            self.stale = 0;
+        }
+    }
+
+    fn is_live(&self, d: &Due) -> bool {
+        self.live.get(&d.key).is_some_and(|(s, _)| *s == d.seq)
+    }
+
+    /// The nearest live deadline, dropping stale entries on the way.
+    fn next(&mut self) -> Option<Instant> {
+        while let Some(Reverse(d)) = self.heap.peek() {
+            if self.is_live(d) {
+                return Some(self.instant(d.at));
+            }
+            self.heap.pop();
+            self.stale = self.stale.saturating_sub(1);
+        }
+        None
+    }
+
+    /// Takes the nearest deadline if it is due by `now`.
+    fn pop_due(&mut self, now: Instant) -> Option<(String, T, Instant)> {
+        let due = self.next()?;
+        if due > now {
+            return None;
+        }
+        let Reverse(d) = self.heap.pop()?;
+        let (_, tag) = self.live.remove(&d.key)?;
+        Some((self.ids.take(d.key), tag, due))
     }
 }
 
@@ -114,31 +238,18 @@ async fn run<T, F>(
 ) where
     F: Fn(String, T, Instant),
 {
-    // (deadline, tie-breaker) → id and tag, and id → its key, so moving a
-    // deadline replaces the old one.
-    let mut queue: BTreeMap<(Instant, u64), (Id, T)> = BTreeMap::new();
-    let mut index: HashMap<Id, (Instant, u64)> = HashMap::new();
-    let mut seq = 0u64;
-    let mut insert =
-        |queue: &mut BTreeMap<_, _>, index: &mut HashMap<_, _>, id: String, tag: T, at| {
-            seq += 1;
-            let id = Id::new(id);
-            if let Some(old) = index.insert(id.clone(), (at, seq)) {
-                queue.remove(&old);
-            }
-            queue.insert((at, seq), (id, tag));
-        };
+    let mut queue = Queue::new();
     loop {
         stats.turns.fetch_add(1, Ordering::Relaxed);
         stats.queued.store(queue.len() as u64, Ordering::Relaxed);
-        let next = queue.keys().next().map(|(at, _)| *at);
+        let next = queue.next();
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
                 let mut take = |msg| match msg {
-                    Msg::Schedule(id, tag, at) => insert(&mut queue, &mut index, id, tag, at),
+                    Msg::Schedule(id, tag, at) => queue.insert(id, tag, at),
                     Msg::Ping(reply) => {
                         let _ = reply.send(());
                     }
@@ -151,14 +262,9 @@ async fn run<T, F>(
             }
             _ = sleep_until(next), if next.is_some() => {
                 let now = Instant::now();
-                while let Some(entry) = queue.first_entry() {
-                    if entry.key().0 > now {
-                        break;
-                    }
-                    let ((due, _), (id, tag)) = entry.remove_entry();
-                    index.remove(&id);
+                while let Some((id, tag, due)) = queue.pop_due(now) {
                     stats.dispatched.fetch_add(1, Ordering::Relaxed);
-                    dispatch(id.into_string(), tag, due);
+                    dispatch(id, tag, due);
                 }
             }
         }
@@ -277,6 +383,50 @@ mod tests {
             .map(|(id, _)| id.clone())
             .collect();
         assert_eq!(got, [&ids[1..], &ids[..1]].concat());
+    }
+
+    #[test]
+    fn moved_deadlines_leave_no_more_stale_entries_than_live_ones() {
+        let mut q = Queue::new();
+        let t0 = Instant::now();
+        for i in 0..100u64 {
+            q.insert(format!("pay_{i:016x}"), (), t0 + Duration::from_secs(i));
+        }
+        // Each id moved 50 times: 5000 entries left behind if never pruned.
+        for round in 0..50u64 {
+            for i in 0..100u64 {
+                let at = t0 + Duration::from_secs(1000 + round * 100 + i);
+                q.insert(format!("pay_{i:016x}"), (), at);
+            }
+        }
+        assert_eq!(q.len(), 100);
+        assert!(q.heap.len() <= 2 * 100 + 1024 + 1, "{}", q.heap.len());
+        // Only the last deadline of each id comes out, in order.
+        let mut out = vec![];
+        while let Some((id, (), due)) = q.pop_due(t0 + Duration::from_secs(1_000_000)) {
+            out.push((id, due - t0));
+        }
+        let want: Vec<_> = (0..100u64)
+            .map(|i| {
+                (
+                    format!("pay_{i:016x}"),
+                    Duration::from_secs(1000 + 49 * 100 + i),
+                )
+            })
+            .collect();
+        assert_eq!(out, want);
+        assert!(q.heap.is_empty() && q.ids.names.is_empty());
+    }
+
+    #[test]
+    fn a_deadline_before_the_queue_began_comes_back_as_given() {
+        let early = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        let mut q = Queue::new();
+        q.insert("other".into(), (), early);
+        let (id, (), due) = q.pop_due(Instant::now()).unwrap();
+        assert_eq!((id.as_str(), due), ("other", early));
+        assert!(q.ids.names.is_empty() && q.ids.handles.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
