@@ -83,3 +83,49 @@ fn committer(db: sled::Db, t: sled::Tree, mut rx: mpsc::Receiver<Job>) {
         }
     }
 }
+
+/// "sled alone" for the disk scenario: the records of the store at `src`,
+/// byte for byte, written into a fresh sled at `dst` the cheapest way sled
+/// offers: one tree, in key order, 10 000 per batch, then flushed, closed,
+/// reopened (recovery) and flushed again, as the store was. Returns how
+/// many records there are and their keys' and values' bytes.
+pub fn copy_records(src: &std::path::Path, dst: &std::path::Path) -> Result<(u64, u64), String> {
+    let open = |p: &std::path::Path| {
+        sled::Config::new()
+            .path(p)
+            .cache_capacity(crate::store::DEFAULT_CACHE_MB * 1024 * 1024)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let (mut n, mut bytes) = (0u64, 0u64);
+    {
+        let (from_db, to_db) = (open(src)?, open(dst)?);
+        let from = from_db.open_tree("records").map_err(|e| e.to_string())?;
+        let to = to_db.open_tree("records").map_err(|e| e.to_string())?;
+        let mut batch = sled::Batch::default();
+        for kv in from.iter() {
+            let (k, v) = kv.map_err(|e| e.to_string())?;
+            bytes += (k.len() + v.len()) as u64;
+            batch.insert(k, v);
+            n += 1;
+            if n % 10_000 == 0 {
+                to.apply_batch(std::mem::take(&mut batch))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        to.apply_batch(batch).map_err(|e| e.to_string())?;
+        to_db.flush().map_err(|e| e.to_string())?;
+    }
+    // Recovery and a flush, as the store's own settling step.
+    let mut again = open(dst);
+    for _ in 0..200 {
+        if again.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        again = open(dst);
+    }
+    again?.flush().map_err(|e| e.to_string())?;
+    Ok((n, bytes))
+}

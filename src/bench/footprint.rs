@@ -599,6 +599,13 @@ pub fn disk(opts: &Opts) -> Result<(), String> {
     let (alloc, apparent) = disk_usage(&path);
     let per = alloc as f64 / m as f64;
     let per_logical = logical as f64 / m as f64;
+    // Baseline: the same records, byte for byte, written the cheapest way
+    // sled offers (one tree, key order, big batches): what sled 0.34 takes
+    // on disk for these bytes, whoever writes them.
+    let alone = dir.path().join("sled-alone");
+    let (records, bytes) = super::baseline::copy_records(&path, &alone)?;
+    let (alone_alloc, _) = disk_usage(&alone);
+    let per_alone = alone_alloc as f64 / m as f64;
     if opts.quick {
         println!("quick: {m} final payments with 5 observations each, all there after reopen");
     } else {
@@ -608,6 +615,10 @@ pub fn disk(opts: &Opts) -> Result<(), String> {
                 "on disk MiB",
                 "apparent MiB",
                 "per payment B",
+                "records/payment",
+                "record bytes/payment",
+                "sled alone, same records B",
+                "÷ sled alone",
                 "logical B",
                 "÷ logical",
                 "target B",
@@ -617,6 +628,10 @@ pub fn disk(opts: &Opts) -> Result<(), String> {
                 format!("{:.1}", alloc as f64 / 1048576.0),
                 format!("{:.1}", apparent as f64 / 1048576.0),
                 format!("{per:.0}"),
+                format!("{:.1}", records as f64 / m as f64),
+                format!("{:.0}", bytes as f64 / m as f64),
+                format!("{per_alone:.0}"),
+                ratio(per, per_alone),
                 format!("{per_logical:.0}"),
                 ratio(per, per_logical),
                 "2048".into(),
