@@ -116,7 +116,7 @@ pub struct CallbackRecord {
     pub report: Report,
     pub received_ms: u64,
     /// The state the report claims rests on fields the provider did not
-    /// sign: recorded as [`Decision::Unconfirmed`], applied only when a
+    /// sign: recorded as [`Decision::Unconfirmed`](crate::state::Decision::Unconfirmed), applied only when a
     /// status inquiry confirms it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unsigned_claim: bool,
