@@ -688,7 +688,7 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 pub struct Config {
     pub file: FileConfig,
     pub admin_token: Option<Secret>,
-    pub notify: Option<crate::notify::NotifySettings>,
+    pub notify: Option<crate::engine::notify::NotifySettings>,
     pub connpay: Option<Connpay>,
     pub myfatoorah: Option<Myfatoorah>,
     pub rest_status: Option<RestStatus>,
@@ -926,13 +926,13 @@ impl Config {
                     ));
                 }
                 let current = secret(&format!("{p}.secret_env"), &n.secret_env)?;
-                crate::notify::secret_key(current.expose())
+                crate::engine::notify::secret_key(current.expose())
                     .map_err(|e| err("notify.secret_env", format!("the secret {e}")))?;
                 let previous = match (&n.previous_secret_env, &n.previous_secret_until) {
                     (None, None) => None,
                     (Some(var), Some(until)) => {
                         let s = secret("notify.previous_secret_env", var)?;
-                        crate::notify::secret_key(s.expose()).map_err(|e| {
+                        crate::engine::notify::secret_key(s.expose()).map_err(|e| {
                             err("notify.previous_secret_env", format!("the secret {e}"))
                         })?;
                         let until = chrono::DateTime::parse_from_rfc3339(until).map_err(|e| {
@@ -959,7 +959,7 @@ impl Config {
                         "need 0 < min_delay <= max_delay".into(),
                     ));
                 }
-                Some(crate::notify::NotifySettings {
+                Some(crate::engine::notify::NotifySettings {
                     url: n.url.clone(),
                     secret: current,
                     previous,

@@ -12,9 +12,9 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::Admin;
 use crate::config::Config;
 use crate::engine::{Engine, EngineError};
+use crate::listen::admin::Admin;
 use crate::model::ProviderId;
 use crate::provider::connpay::Connpay;
 use crate::provider::Provider;
@@ -165,24 +165,24 @@ pub async fn start(
         })?;
     let cb = &config.file.callback;
     let (e, max_body) = (engine.clone(), cb.max_body_bytes);
-    let limits = |max_connections| crate::http::Limits {
+    let limits = |max_connections| crate::listen::http::Limits {
         header_read_timeout: cb.header_read_timeout,
         body_read_timeout: cb.body_read_timeout,
         max_connections,
     };
-    http_tasks.spawn(crate::http::serve(
+    http_tasks.spawn(crate::listen::http::serve(
         listeners.callback,
         limits(cb.max_connections),
         cancel.clone(),
         http_tasks.clone(),
-        move |req| crate::callback::handle(e.clone(), max_body, req),
+        move |req| crate::listen::callback::handle(e.clone(), max_body, req),
     ));
     let admin = Arc::new(Admin {
         engine: engine.clone(),
         token: std::sync::RwLock::new(config.admin_token.clone()),
     });
     let admin_handle = admin.clone();
-    http_tasks.spawn(crate::http::serve(
+    http_tasks.spawn(crate::listen::http::serve(
         listeners.admin,
         limits(config.file.admin.max_connections),
         cancel.clone(),

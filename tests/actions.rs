@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 
 use common::*;
 use payrecon::action::{Action, ActionRequest, ActionState};
-use payrecon::client::{AdminClient, ClientError};
+use payrecon::cli::client::{AdminClient, ClientError};
 use payrecon::config::Config;
 use payrecon::daemon::{self, Listeners};
 use payrecon::engine::TrackRequest;

@@ -39,7 +39,7 @@ struct Tally {
 }
 
 impl Tally {
-    async fn add(&mut self, admin: &payrecon::client::AdminClient, acked: &[Acked]) {
+    async fn add(&mut self, admin: &payrecon::cli::client::AdminClient, acked: &[Acked]) {
         for a in acked {
             let v = admin.get(&a.payment_id).await.unwrap();
             let seen = v

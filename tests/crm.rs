@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use payrecon::action::{Action, ActionRequest, ActionState};
-use payrecon::client::AdminClient;
+use payrecon::cli::client::AdminClient;
 use payrecon::config::Config;
 use payrecon::daemon::{self, Listeners};
 use payrecon::engine::TrackRequest;

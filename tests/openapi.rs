@@ -38,9 +38,9 @@ fn spec_routes() -> BTreeSet<(String, String)> {
 #[tokio::test]
 async fn the_openapi_document_lists_exactly_the_served_routes() {
     let spec = spec_routes();
-    let code: BTreeSet<(String, String)> = payrecon::admin::ROUTES
+    let code: BTreeSet<(String, String)> = payrecon::listen::admin::ROUTES
         .iter()
-        .chain(payrecon::callback::ROUTES)
+        .chain(payrecon::listen::callback::ROUTES)
         .map(|(m, p)| (m.to_string(), p.to_string()))
         .collect();
     assert_eq!(spec, code, "docs/openapi.yaml and the routers differ");

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use common::*;
 use payrecon::action::{Action, ActionRequest, ActionState, Trust};
-use payrecon::client::AdminClient;
+use payrecon::cli::client::AdminClient;
 use payrecon::config::Config;
 use payrecon::daemon::{self, Listeners};
 use payrecon::engine::TrackRequest;
@@ -252,7 +252,7 @@ async fn a_lost_answer_is_parked_unknown_and_resolved_by_an_operator() {
         .admin
         .resolve_action(
             &a.id,
-            &payrecon::admin::Resolve {
+            &payrecon::listen::admin::Resolve {
                 state: ActionState::Failed,
                 note: None,
             },

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use common::*;
 use payrecon::action::{ActionRequest, ActionState};
-use payrecon::client::AdminClient;
+use payrecon::cli::client::AdminClient;
 use payrecon::engine::TrackRequest;
 use payrecon::sim::connpay::{NewTransfer, Script};
 use payrecon::sim::myfatoorah::MyfatoorahSim;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{check, disk_usage, ratio, rss_kib, runtime, table, Opts};
-use crate::demo::LoopbackConfig;
+use crate::cli::demo::LoopbackConfig;
 use crate::model::{now_ms, Keys, Observation, Payment, PollWindow, ProviderId, Source};
 use crate::provider::lookup_key;
 use crate::sim::connpay::{CallbackMode, ConnpaySim, NewTransfer, Script, Settle};
@@ -212,7 +212,7 @@ pub fn memory(opts: &Opts) -> Result<(), String> {
     let config = write_config(dir.path(), &dir.path().join("store"), "1h", "2h", true)?;
     let d = spawn_daemon(&config)?;
     let rt = runtime("loadgen", 1);
-    let client = crate::client::AdminClient::new(&d.admin, None);
+    let client = crate::cli::client::AdminClient::new(&d.admin, None);
     rt.block_on(async {
         // Let start-up allocations settle, then read the resting size.
         client

@@ -20,9 +20,9 @@ use tokio_util::task::TaskTracker;
 
 use super::baseline::SledAlone;
 use super::{check, ms, quantile, ratio, runtime, table, Opts};
+use crate::cli::demo::LoopbackConfig;
 use crate::config::Config;
 use crate::daemon::{self, Listeners};
-use crate::demo::LoopbackConfig;
 use crate::model::{now_ms, Keys, ProviderId, Source};
 use crate::provider::connpay::control;
 use crate::provider::{lookup_key, RawCallback};
@@ -304,12 +304,12 @@ pub fn run(opts: &Opts) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         let a = l.local_addr().map_err(|e| e.to_string())?;
-        tokio::spawn(crate::http::serve(
+        tokio::spawn(crate::listen::http::serve(
             l,
-            crate::http::Limits::sandbox(),
+            crate::listen::http::Limits::sandbox(),
             bare_cancel.clone(),
             TaskTracker::new(),
-            |_req| async { Ok(crate::http::text(hyper::StatusCode::OK, "OK")) },
+            |_req| async { Ok(crate::listen::http::text(hyper::StatusCode::OK, "OK")) },
         ));
         Ok::<_, String>(a)
     })?;

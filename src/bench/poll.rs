@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::footprint::{bench_keys, SimChild};
 use super::{check, ratio, runtime, table, thread_cpu, Opts};
+use crate::cli::demo::LoopbackConfig;
 use crate::config::Config;
 use crate::daemon::{self, Listeners};
-use crate::demo::LoopbackConfig;
 use crate::model::{now_ms, PollWindow, ProviderId};
 use crate::provider::lookup_key;
 

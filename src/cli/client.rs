@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::admin::{Page, PaymentView};
 use crate::engine::TrackRequest;
+use crate::listen::admin::{Page, PaymentView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -142,7 +142,7 @@ impl AdminClient {
     pub async fn resolve_action(
         &self,
         id: &str,
-        body: &crate::admin::Resolve,
+        body: &crate::listen::admin::Resolve,
     ) -> Result<crate::action::Action, ClientError> {
         self.send(
             self.http

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::AdminClient;
+use crate::cli::client::AdminClient;
 use crate::config::Config;
 use crate::daemon::{self, Listeners};
 use crate::engine::{PollOutcome, TrackRequest};
@@ -517,7 +517,7 @@ async fn run_actions(admin: &AdminClient, sb: &ActionSandboxes) -> Result<bool, 
         if done.state == ActionState::Unknown {
             // An operator checks with the provider, then settles it.
             let applied = sb.rest.changes(&uuid(2)) == ["cancelled"];
-            let r = crate::admin::Resolve {
+            let r = crate::listen::admin::Resolve {
                 state: if applied { s } else { ActionState::Failed },
                 note: Some("checked with the provider".into()),
             };

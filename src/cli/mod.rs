@@ -2,6 +2,9 @@
 //! subcommand does. Errors are printed once, whole, and give exit code 1
 //! (2 for a bad config).
 
+pub mod client;
+pub mod demo;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::action::{ActionRequest, ActionState};
-use crate::client::AdminClient;
+use crate::cli::client::AdminClient;
 use crate::config::Config;
 use crate::engine::TrackRequest;
 use crate::model::Keys;
@@ -448,7 +451,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             };
             print_json(
                 client(&admin)
-                    .resolve_action(&id, &crate::admin::Resolve { state, note })
+                    .resolve_action(&id, &crate::listen::admin::Resolve { state, note })
                     .await,
             )
         }
@@ -462,7 +465,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             config,
             store,
         } => export(admin, since, format, config, store).await,
-        Command::Demo { transfers } => match crate::demo::run(transfers).await {
+        Command::Demo { transfers } => match crate::cli::demo::run(transfers).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => fail(format!("demo: {e}")),

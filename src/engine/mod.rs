@@ -2,6 +2,10 @@
 //! the store, the providers and the scheduler. Every state change is
 //! committed, made durable, and then logged as exactly one INFO event.
 
+pub mod notify;
+pub mod outbound;
+pub mod scheduler;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
@@ -17,11 +21,11 @@ use tracing::Instrument;
 
 use crate::circuit::Breaker;
 use crate::config::{CircuitConfig, ReconcileConfig};
+use crate::engine::notify::NotifySettings;
+use crate::engine::scheduler::Scheduler;
 use crate::model::{now_ms, Keys, Payment, PollWindow, ProviderId, Source};
-use crate::notify::NotifySettings;
 use crate::pacer::Pacer;
 use crate::provider::{CallbackError, InquiryError, Provider, RawCallback};
-use crate::scheduler::Scheduler;
 use crate::state::{Decision, State};
 use crate::store::{Change, Ingested, NewPayment, Store, StoreError, Tracked, WindowChange};
 use crate::sync::{read, write};
@@ -278,7 +282,7 @@ pub struct Engine {
     /// Held by the running sweep of each provider: runs never overlap.
     sweeping: HashMap<ProviderId, tokio::sync::Mutex<()>>,
     notify: RwLock<Option<Arc<NotifySettings>>>,
-    notices: crate::notify::Outbox,
+    notices: crate::engine::notify::Outbox,
     /// Each provider's inquiry budget (`polling.rate_per_sec`), if any.
     pacers: RwLock<HashMap<ProviderId, Arc<Pacer>>>,
     /// Polls in flight per provider.
@@ -286,7 +290,7 @@ pub struct Engine {
     scheduler: OnceLock<Scheduler<ProviderId>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
-    outbound: crate::outbound::Outbound,
+    outbound: crate::engine::outbound::Outbound,
     /// Milliseconds; a reload changes it for actions queued afterwards.
     action_deadline_ms: AtomicU64,
     pub counters: Counters,
@@ -380,11 +384,11 @@ impl Engine {
         }
     }
 
-    pub(crate) fn outbound(&self) -> &crate::outbound::Outbound {
+    pub(crate) fn outbound(&self) -> &crate::engine::outbound::Outbound {
         &self.outbound
     }
 
-    pub(crate) fn notice_outbox(&self) -> &crate::notify::Outbox {
+    pub(crate) fn notice_outbox(&self) -> &crate::engine::notify::Outbox {
         &self.notices
     }
 

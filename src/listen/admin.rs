@@ -23,7 +23,7 @@ use subtle::ConstantTimeEq;
 use crate::action::{Action, ActionRequest, ActionState};
 use crate::config::Secret;
 use crate::engine::{Engine, EngineError, TrackRequest};
-use crate::http::{self, Answer, CloseConnection};
+use crate::listen::http::{self, Answer, CloseConnection};
 use crate::model::{Observation, Payment, ProviderId};
 use crate::state::State;
 use crate::store::StoreError;

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 
 use crate::engine::{Engine, EngineError};
-use crate::http::{self, Answer, CloseConnection};
+use crate::listen::http::{self, Answer, CloseConnection};
 use crate::model::ProviderId;
 use crate::provider::{CallbackError, RawCallback};
 

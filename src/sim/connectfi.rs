@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::http::{self, Answer, CloseConnection};
+use crate::listen::http::{self, Answer, CloseConnection};
 use crate::provider::connectfi::{check_description, check_id, StatusChange, SETTABLE, STATUSES};
 
 #[derive(Debug, Clone, Default)]

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::http::{self, Answer, CloseConnection};
+use crate::listen::http::{self, Answer, CloseConnection};
 use crate::provider::connpay::{
     control, FailError, RequestSession, ResponseSession, StatusRequest, StatusResponse, Transaction,
 };

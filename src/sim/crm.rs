@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::http::{self, Answer, CloseConnection};
+use crate::listen::http::{self, Answer, CloseConnection};
 use crate::provider::crm::{PAYMENT_IDS, REASON_IDS};
 
 #[derive(Debug, Clone, Default)]

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::http::{self, Answer, CloseConnection};
+use crate::listen::http::{self, Answer, CloseConnection};
 use crate::provider::myfatoorah::{
     Envelope, Invoice, InvoiceTransaction, StatusRequest, UpdateRequest, ValidationError,
 };

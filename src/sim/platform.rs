@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::http::{self, Answer, CloseConnection};
+use crate::listen::http::{self, Answer, CloseConnection};
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -117,7 +117,8 @@ async fn handle(
         Err(a) => return Ok(a),
     };
     let now_s = crate::model::now_ms() / 1000;
-    let verified = crate::notify::verify(&key, &webhook_id, timestamp, &body, &signature, now_s);
+    let verified =
+        crate::engine::notify::verify(&key, &webhook_id, timestamp, &body, &signature, now_s);
     let mut st = lock(&state);
     let status = if st.gone {
         StatusCode::GONE

@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use payrecon::admin::PaymentView;
-use payrecon::client::AdminClient;
+use payrecon::cli::client::AdminClient;
+use payrecon::cli::demo::LoopbackConfig;
 use payrecon::config::Config;
 use payrecon::daemon::{self, Daemon, Listeners};
-use payrecon::demo::LoopbackConfig;
 use payrecon::engine::{Engine, TrackRequest};
+use payrecon::listen::admin::PaymentView;
 use payrecon::sim::connpay::{ConnpaySim, NewTransfer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
