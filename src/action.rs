@@ -160,42 +160,6 @@ pub enum Confirmation {
     NotApplied,
 }
 
-/// Parses a decimal amount into units of 10^-`scale` ("100.5", 3 → 100500).
-pub fn parse_amount(s: &str, scale: u32) -> Result<i64, String> {
-    let bad = || format!("amount `{s}` is not a positive decimal with at most {scale} decimals");
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if int.is_empty()
-        || !int.chars().all(|c| c.is_ascii_digit())
-        || !frac.chars().all(|c| c.is_ascii_digit())
-        || frac.len() > scale as usize
-    {
-        return Err(bad());
-    }
-    let int: i64 = int.parse().map_err(|_| bad())?;
-    let frac_val: i64 = if frac.is_empty() {
-        0
-    } else {
-        frac.parse().map_err(|_| bad())?
-    };
-    let value = int
-        .checked_mul(10i64.pow(scale))
-        .and_then(|v| v.checked_add(frac_val * 10i64.pow(scale - frac.len() as u32)))
-        .ok_or_else(bad)?;
-    if value <= 0 {
-        return Err(bad());
-    }
-    Ok(value)
-}
-
-/// Minor-unit exponent of a currency (ISO 4217): 3 for the Gulf dinars
-/// and rial MyFatoorah serves, 2 otherwise.
-pub fn currency_scale(currency: Option<&str>) -> u32 {
-    match currency {
-        Some("KWD" | "BHD" | "OMR" | "JOD" | "KD") => 3,
-        _ => 2,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,18 +170,6 @@ mod tests {
         for s in [Queued, Sending, Succeeded, Failed, Unknown] {
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
-    }
-
-    #[test]
-    fn amounts_parse_exactly() {
-        assert_eq!(parse_amount("100", 3), Ok(100_000));
-        assert_eq!(parse_amount("100.5", 3), Ok(100_500));
-        assert_eq!(parse_amount("0.001", 3), Ok(1));
-        assert!(parse_amount("0.0001", 3).is_err());
-        assert!(parse_amount("-1", 3).is_err());
-        assert!(parse_amount("0", 3).is_err());
-        assert!(parse_amount("1e3", 3).is_err());
-        assert!(parse_amount(".5", 3).is_err());
     }
 
     #[test]

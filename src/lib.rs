@@ -40,6 +40,7 @@ pub mod money;
 pub mod pacer;
 pub mod provider;
 pub mod sdnotify;
+pub mod settings;
 pub mod sim;
 pub mod state;
 pub mod store;

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use crate::settings::LogFormat;
 
 type SetLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 

@@ -134,7 +134,7 @@ pub struct Payment {
     pub observations: u32,
     /// The last time a provider reported other money than tracked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mismatch: Option<crate::money::Mismatch>,
+    pub mismatch: Option<Mismatch>,
 }
 
 /// A payment's polling window. Persisted with the payment so a restart
@@ -234,4 +234,18 @@ mod tests {
         );
         assert!("paypal".parse::<ProviderId>().is_err());
     }
+}
+
+/// A provider reported money other than the tracked amount or currency.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mismatch {
+    /// What the provider said, as it said it (`0.01 EUR`, `abc`).
+    pub reported: String,
+    /// The reported amount in minor units, when it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_minor: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_currency: Option<String>,
+    /// Unix ms of the observation that reported it.
+    pub at_ms: u64,
 }

@@ -6,9 +6,7 @@
 //! minor units, ConnPay's inquiry) or `amount` (a decimal in major units,
 //! ConnPay's callback), with `currency` when they say it.
 
-use serde::{Deserialize, Serialize};
-
-use crate::action::{currency_scale, parse_amount};
+pub use crate::model::Mismatch;
 use crate::model::{Payment, Report};
 use crate::state::State;
 
@@ -16,20 +14,6 @@ use crate::state::State;
 /// units of a two-decimal currency). Anything larger is a bug or an attack,
 /// and stays far from i64 overflow in sums.
 pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
-
-/// A provider reported money other than the tracked amount or currency.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Mismatch {
-    /// What the provider said, as it said it (`0.01 EUR`, `abc`).
-    pub reported: String,
-    /// The reported amount in minor units, when it could be read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reported_minor: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reported_currency: Option<String>,
-    /// Unix ms of the observation that reported it.
-    pub at_ms: u64,
-}
 
 /// Checks a tracked amount: positive and at most [`MAX_AMOUNT_MINOR`].
 pub fn check_tracked(amount_minor: i64) -> Result<(), String> {
@@ -92,9 +76,57 @@ pub fn mismatch(payment: &Payment, report: &Report, at_ms: u64) -> Option<Mismat
     })
 }
 
+/// Parses a decimal amount into units of 10^-`scale` ("100.5", 3 → 100500).
+pub fn parse_amount(s: &str, scale: u32) -> Result<i64, String> {
+    let bad = || format!("amount `{s}` is not a positive decimal with at most {scale} decimals");
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if int.is_empty()
+        || !int.chars().all(|c| c.is_ascii_digit())
+        || !frac.chars().all(|c| c.is_ascii_digit())
+        || frac.len() > scale as usize
+    {
+        return Err(bad());
+    }
+    let int: i64 = int.parse().map_err(|_| bad())?;
+    let frac_val: i64 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().map_err(|_| bad())?
+    };
+    let value = int
+        .checked_mul(10i64.pow(scale))
+        .and_then(|v| v.checked_add(frac_val * 10i64.pow(scale - frac.len() as u32)))
+        .ok_or_else(bad)?;
+    if value <= 0 {
+        return Err(bad());
+    }
+    Ok(value)
+}
+
+/// Minor-unit exponent of a currency (ISO 4217): 3 for the Gulf dinars
+/// and rial MyFatoorah serves, 2 otherwise.
+pub fn currency_scale(currency: Option<&str>) -> u32 {
+    match currency {
+        Some("KWD" | "BHD" | "OMR" | "JOD" | "KD") => 3,
+        _ => 2,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amounts_parse_exactly() {
+        assert_eq!(parse_amount("100", 3), Ok(100_000));
+        assert_eq!(parse_amount("100.5", 3), Ok(100_500));
+        assert_eq!(parse_amount("0.001", 3), Ok(1));
+        assert!(parse_amount("0.0001", 3).is_err());
+        assert!(parse_amount("-1", 3).is_err());
+        assert!(parse_amount("0", 3).is_err());
+        assert!(parse_amount("1e3", 3).is_err());
+        assert!(parse_amount(".5", 3).is_err());
+    }
     use crate::model::{ProviderId, Source};
 
     fn payment() -> Payment {

@@ -11,7 +11,7 @@ use payrecon::state::State;
 fuzz_target!(|data: &[u8]| {
     let s = String::from_utf8_lossy(data);
     for scale in 0..=3 {
-        let _ = payrecon::action::parse_amount(&s, scale);
+        let _ = payrecon::money::parse_amount(&s, scale);
     }
     let _ = payrecon::config::parse_duration(&s);
     let _ = payrecon::export::parse_since(&s);

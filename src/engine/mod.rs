@@ -20,14 +20,16 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::circuit::Breaker;
-use crate::config::{CircuitConfig, ReconcileConfig};
 use crate::engine::notify::NotifySettings;
 use crate::engine::scheduler::Scheduler;
 use crate::model::{now_ms, Keys, Payment, PollWindow, ProviderId, Source};
 use crate::pacer::Pacer;
 use crate::provider::{CallbackError, InquiryError, Provider, RawCallback};
+use crate::settings::{CircuitConfig, ReconcileConfig};
 use crate::state::{Decision, State};
-use crate::store::{Change, Ingested, NewPayment, Store, StoreError, Tracked, WindowChange};
+use crate::store::{
+    Change, Ingested, NewPayment, Store, StoreError, SweepMark, Tracked, WindowChange,
+};
 use crate::sync::{read, write};
 
 #[derive(Debug, thiserror::Error)]
@@ -118,16 +120,6 @@ impl SweepReport {
             Ok(Swept::Failed) | Err(_) => self.failed += 1,
         }
     }
-}
-
-/// Per payment: when the sweep last asked, and which alerts it raised.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SweepMark {
-    pub last_ms: u64,
-    #[serde(default)]
-    pub stale_alerted: bool,
-    #[serde(default)]
-    pub abandoned: bool,
 }
 
 /// Counters for logs, metrics and benchmarks.

@@ -27,9 +27,9 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::Secret;
 use crate::engine::Engine;
 use crate::model::now_ms;
+use crate::settings::Secret;
 use crate::store::Notice;
 
 /// The store's meta key holding a URL that answered 410.

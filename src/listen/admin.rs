@@ -21,10 +21,10 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use crate::action::{Action, ActionRequest, ActionState};
-use crate::config::Secret;
 use crate::engine::{Engine, EngineError, TrackRequest};
 use crate::listen::http::{self, Answer, CloseConnection};
 use crate::model::{Observation, Payment, ProviderId};
+use crate::settings::Secret;
 use crate::state::State;
 use crate::store::StoreError;
 

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{lookup_key, post_login, BoxFuture, Provider, Report, Sent, TokenCache, TrackKeys};
 use crate::action::{ActionCheck, ActionRequest, SendError};
-use crate::config::{PollingConfig, Secret};
 use crate::model::{Keys, Payment, ProviderId, Source};
+use crate::settings::{PollingConfig, Secret};
 use crate::state::State;
 
 const ID: ProviderId = ProviderId::Connectfi;

@@ -21,8 +21,8 @@ use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 
 use super::{lookup_key, BoxFuture, CallbackError, InquiryError, Provider, RawCallback, TrackKeys};
-use crate::config::{PollingConfig, Secret};
 use crate::model::{Keys, Payment, ProviderId, Report, Source};
+use crate::settings::{PollingConfig, Secret};
 use crate::state::State;
 use crate::store::CallbackRecord;
 

@@ -13,8 +13,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::action::{ActionCheck, ActionRequest, Confirmation, SendError};
-use crate::config::PollingConfig;
 use crate::model::{Keys, Payment, ProviderId, Report};
+use crate::settings::PollingConfig;
 use crate::store::CallbackRecord;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -85,15 +85,15 @@ pub fn send_error(e: reqwest::Error) -> SendError {
 /// of its lifetime early, so a token never expires in flight.
 #[derive(Default)]
 pub struct TokenCache {
-    slot: tokio::sync::Mutex<Option<(crate::config::Secret, std::time::Instant)>>,
+    slot: tokio::sync::Mutex<Option<(crate::settings::Secret, std::time::Instant)>>,
 }
 
 impl TokenCache {
     /// The cached token, or (when there is none, it expired, or `renew`)
     /// the one `log_in` returns with its lifetime. `log_in` runs only then.
-    pub async fn get<F>(&self, renew: bool, log_in: F) -> Result<crate::config::Secret, SendError>
+    pub async fn get<F>(&self, renew: bool, log_in: F) -> Result<crate::settings::Secret, SendError>
     where
-        F: Future<Output = Result<(crate::config::Secret, std::time::Duration), SendError>>,
+        F: Future<Output = Result<(crate::settings::Secret, std::time::Duration), SendError>>,
     {
         let mut slot = self.slot.lock().await;
         if let Some((t, until)) = slot.as_ref() {
@@ -115,7 +115,7 @@ impl TokenCache {
 pub async fn post_login(
     client: &reqwest::Client,
     url: &str,
-    fields: [(&str, &crate::config::Secret); 2],
+    fields: [(&str, &crate::settings::Secret); 2],
 ) -> Result<serde_json::Value, SendError> {
     let body: serde_json::Map<String, serde_json::Value> = fields
         .iter()

@@ -18,11 +18,10 @@ use super::{
     lookup_key, BoxFuture, CallbackError, Confirmed, InquiryError, Provider, RawCallback, Sent,
     TrackKeys,
 };
-use crate::action::{
-    currency_scale, parse_amount, ActionCheck, ActionRequest, Confirmation, SendError,
-};
-use crate::config::{PollingConfig, Secret};
+use crate::action::{ActionCheck, ActionRequest, Confirmation, SendError};
 use crate::model::{Keys, Payment, ProviderId, Report, Source};
+use crate::money::{currency_scale, parse_amount};
+use crate::settings::{PollingConfig, Secret};
 use crate::state::State;
 use crate::store::CallbackRecord;
 

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use super::{lookup_key, BoxFuture, Provider, Report, Sent, TrackKeys};
 pub use crate::action::Trust;
 use crate::action::{ActionCheck, ActionRequest, SendError};
-use crate::config::{PollingConfig, Secret, TrustSpelling};
 use crate::model::{Keys, Payment, ProviderId, Source};
+use crate::settings::{PollingConfig, Secret, TrustSpelling};
 use crate::state::State;
 
 const ID: ProviderId = ProviderId::RestStatus;

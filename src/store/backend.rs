@@ -20,8 +20,8 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use crate::action::Action;
-use crate::engine::SweepMark;
 use crate::model::{Observation, Payment, PollWindow, ProviderId, Report};
+use crate::store::SweepMark;
 
 use super::{
     CallbackRecord, Change, Enqueued, Filter, Ingested, NewPayment, Notice, Observed, StoreError,

@@ -19,10 +19,10 @@ use std::collections::BTreeMap;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::action::Action;
-use crate::engine::SweepMark;
 use crate::model::{Keys, Observation, Payment, PollWindow, ProviderId, Report, Source};
 use crate::money::Mismatch;
 use crate::state::{Decision, State};
+use crate::store::SweepMark;
 
 use super::{CallbackRecord, Notice, StoreError};
 

@@ -417,14 +417,14 @@ impl Store {
 
     /// What the reconciliation sweep remembers of a payment (default:
     /// never asked).
-    pub async fn sweep_mark(&self, id: &str) -> Result<crate::engine::SweepMark, StoreError> {
+    pub async fn sweep_mark(&self, id: &str) -> Result<crate::store::SweepMark, StoreError> {
         self.backend.sweep_mark(id).await
     }
 
     pub async fn set_sweep_mark(
         &self,
         id: &str,
-        m: &crate::engine::SweepMark,
+        m: &crate::store::SweepMark,
     ) -> Result<(), StoreError> {
         self.backend.set_sweep_mark(id.to_string(), m.clone()).await
     }

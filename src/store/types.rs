@@ -181,3 +181,13 @@ pub const DEFAULT_ORPHANS_PER_KEY: u64 = 32;
 /// Orphan callbacks kept in all by default: about 100 MB of records at the
 /// most, far above what a healthy platform leaves unmatched.
 pub const DEFAULT_ORPHANS_TOTAL: u64 = 100_000;
+
+/// Per payment: when the sweep last asked, and which alerts it raised.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SweepMark {
+    pub last_ms: u64,
+    #[serde(default)]
+    pub stale_alerted: bool,
+    #[serde(default)]
+    pub abandoned: bool,
+}

@@ -25,9 +25,9 @@ use serde::de::DeserializeOwned;
 use super::keys::{self, Kind};
 use super::Shared;
 use crate::action::Action;
-use crate::engine::SweepMark;
 use crate::model::{Observation, Payment};
 use crate::store::codec::{corrupt, payment_record, split_payment, History, InboxEntry, Record};
+use crate::store::SweepMark;
 use crate::store::{CallbackRecord, Notice, StoreError};
 
 const V1_TREES: [&str; 12] = [

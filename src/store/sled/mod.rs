@@ -18,9 +18,9 @@ use keys::Kind;
 use writer::{Cmd, Tx};
 
 use crate::action::Action;
-use crate::engine::SweepMark;
 use crate::model::{Observation, Payment, PollWindow, ProviderId, Report};
 use crate::store::codec::{self, Record};
+use crate::store::SweepMark;
 use crate::store::{
     Backend, BoxFut, CallbackRecord, Change, Enqueued, Filter, Ingested, NewPayment, Notice,
     Observed, Policy, Repeats, StoreError, Tracked, WindowChange,

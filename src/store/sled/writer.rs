@@ -16,9 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::keys::{self, Kind};
 use super::{ops, Shared};
 use crate::action::Action;
-use crate::engine::SweepMark;
 use crate::model::{PollWindow, Report};
 use crate::store::codec::Record;
+use crate::store::SweepMark;
 use crate::store::{
     CallbackRecord, Change, Enqueued, Ingested, NewPayment, Notice, Observed, Repeats, StoreError,
     Tracked, WindowChange,
