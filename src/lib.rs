@@ -7,7 +7,9 @@
 //! - [`state`]: the normalized states and the transition rule (pure).
 //! - [`model`]: payments, poll windows and observations.
 //! - [`money`]: reported amounts read and compared with tracked ones.
-//! - [`config`]: the config file, validation, secrets from the environment.
+//! - [`settings`]: the plain settings types the floors below read.
+//! - [`config`]: the config file, validation, secrets from the environment;
+//!   it parses into [`settings`] types and nothing below imports it.
 //! - [`store`]: the store interface, its sled engine and the record codec.
 //! - [`provider`]: the provider trait and one module per provider.
 //! - [`engine`]: tracking, polling and callback ingest on top of the store;
