@@ -485,10 +485,10 @@ pub struct Config {
     pub connpay: Option<Connpay>,
     pub myfatoorah: Option<Myfatoorah>,
     pub rest_status: Option<RestStatus>,
-    pub connectfi: Option<crate::provider::connectfi::Login>,
+    pub connectfi: Option<crate::providers::connectfi::Login>,
     /// connectFi's base URL and request timeout, with `connectfi`.
     pub connectfi_url: Option<(String, Duration)>,
-    pub crm: Option<crate::provider::crm::Login>,
+    pub crm: Option<crate::providers::crm::Login>,
     pub crm_url: Option<(String, Duration)>,
 }
 
@@ -665,7 +665,7 @@ impl Config {
                 if !c.login_path.starts_with('/') {
                     return Err(err(&format!("{p}.login_path"), "must start with /".into()));
                 }
-                let login = crate::provider::connectfi::Login {
+                let login = crate::providers::connectfi::Login {
                     path: c.login_path.clone(),
                     client_id_field: c.client_id_field.clone(),
                     client_secret_field: c.client_secret_field.clone(),
@@ -690,7 +690,7 @@ impl Config {
                 if !c.login_path.starts_with('/') {
                     return Err(err(&format!("{p}.login_path"), "must start with /".into()));
                 }
-                let login = crate::provider::crm::Login {
+                let login = crate::providers::crm::Login {
                     path: c.login_path.clone(),
                     username_field: c.username_field.clone(),
                     password_field: c.password_field.clone(),

@@ -16,8 +16,8 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineError};
 use crate::listen::admin::Admin;
 use crate::model::ProviderId;
-use crate::provider::connpay::Connpay;
-use crate::provider::Provider;
+use crate::providers::connpay::Connpay;
+use crate::providers::Provider;
 use crate::sdnotify::Notifier;
 use crate::store::{Store, StoreError};
 
@@ -82,7 +82,7 @@ pub fn providers(config: &Config) -> Vec<Arc<dyn Provider>> {
         )));
     }
     if let Some(c) = &config.myfatoorah {
-        out.push(Arc::new(crate::provider::myfatoorah::Myfatoorah::new(
+        out.push(Arc::new(crate::providers::myfatoorah::Myfatoorah::new(
             c.base_url.clone(),
             c.token.clone(),
             c.webhook_secret.clone(),
@@ -90,7 +90,7 @@ pub fn providers(config: &Config) -> Vec<Arc<dyn Provider>> {
         )));
     }
     if let Some(c) = &config.rest_status {
-        out.push(Arc::new(crate::provider::rest_status::RestStatus::new(
+        out.push(Arc::new(crate::providers::rest_status::RestStatus::new(
             c.base_url.clone(),
             c.api_key.clone(),
             c.trust_spelling,
@@ -98,14 +98,14 @@ pub fn providers(config: &Config) -> Vec<Arc<dyn Provider>> {
         )));
     }
     if let (Some(login), Some((url, timeout))) = (&config.connectfi, &config.connectfi_url) {
-        out.push(Arc::new(crate::provider::connectfi::Connectfi::new(
+        out.push(Arc::new(crate::providers::connectfi::Connectfi::new(
             url.clone(),
             login.clone(),
             *timeout,
         )));
     }
     if let (Some(login), Some((url, timeout))) = (&config.crm, &config.crm_url) {
-        out.push(Arc::new(crate::provider::crm::Crm::new(
+        out.push(Arc::new(crate::providers::crm::Crm::new(
             url.clone(),
             login.clone(),
             *timeout,
@@ -165,12 +165,12 @@ pub async fn start(
         })?;
     let cb = &config.file.callback;
     let (e, max_body) = (engine.clone(), cb.max_body_bytes);
-    let limits = |max_connections| crate::listen::http::Limits {
+    let limits = |max_connections| crate::http::Limits {
         header_read_timeout: cb.header_read_timeout,
         body_read_timeout: cb.body_read_timeout,
         max_connections,
     };
-    http_tasks.spawn(crate::listen::http::serve(
+    http_tasks.spawn(crate::http::serve(
         listeners.callback,
         limits(cb.max_connections),
         cancel.clone(),
@@ -182,7 +182,7 @@ pub async fn start(
         token: std::sync::RwLock::new(config.admin_token.clone()),
     });
     let admin_handle = admin.clone();
-    http_tasks.spawn(crate::listen::http::serve(
+    http_tasks.spawn(crate::http::serve(
         listeners.admin,
         limits(config.file.admin.max_connections),
         cancel.clone(),

@@ -60,8 +60,8 @@ pub fn parse_since(s: &str) -> Result<u64, String> {
 pub fn secret_keys_of(p: ProviderId) -> &'static [&'static str] {
     match p {
         ProviderId::Connpay => &[
-            crate::provider::connpay::SESSION_TOKEN,
-            crate::provider::connpay::ACCESS_TOKEN,
+            crate::providers::connpay::SESSION_TOKEN,
+            crate::providers::connpay::ACCESS_TOKEN,
         ],
         _ => &[],
     }

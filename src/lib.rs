@@ -11,16 +11,18 @@
 //! - [`config`]: the config file, validation, secrets from the environment;
 //!   it parses into [`settings`] types and nothing below imports it.
 //! - [`store`]: the store interface, its sled engine and the record codec.
-//! - [`provider`]: the provider trait and one module per provider.
+//! - [`providers`]: the provider trait and one folder per provider (client,
+//!   callback verification, status mapping, sandbox).
 //! - [`engine`]: tracking, polling and callback ingest on top of the store;
 //!   [`engine::scheduler`] owns every poll deadline, [`engine::outbound`]
 //!   sends status changes ([`action`]) exactly once, [`engine::notify`]
 //!   tells the platform.
 //! - [`guard`]: a panic in one poll, action or delivery is caught there.
-//! - [`listen`]: the hyper serve loop and the JSON error shape, the
-//!   callback listener and the admin API.
+//! - [`http`]: the hyper serve loop with its limits and the JSON error
+//!   shape, shared by the listeners and the sandboxes.
+//! - [`listen`]: the callback listener and the admin API.
 //! - [`daemon`]: wires it all together under one cancellation token.
-//! - [`sim`]: provider simulators for tests, the demo and benchmarks.
+//! - [`sim`]: the platform's notification receiver, simulated.
 //! - [`cli`]: the command line, its admin API client and the demo.
 
 #![forbid(unsafe_code)]
@@ -34,13 +36,14 @@ pub mod daemon;
 pub mod engine;
 pub mod export;
 pub mod guard;
+pub mod http;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod money;
 pub mod pacer;
-pub mod provider;
+pub mod providers;
 pub mod sdnotify;
 pub mod settings;
 pub mod sim;

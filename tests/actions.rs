@@ -16,7 +16,7 @@ use payrecon::config::Config;
 use payrecon::daemon::{self, Listeners};
 use payrecon::engine::TrackRequest;
 use payrecon::model::Source;
-use payrecon::sim::myfatoorah::{Faults, MyfatoorahSim};
+use payrecon::providers::myfatoorah::sim::{Faults, MyfatoorahSim};
 use payrecon::state::State;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -425,7 +425,7 @@ async fn sigkill_after_the_provider_applied_a_capture_ends_with_exactly_one_capt
 
 #[tokio::test]
 async fn signed_webhooks_v1_and_v2_are_recorded_and_forged_ones_refused() {
-    use payrecon::provider::myfatoorah_webhook::{sign, signed_text};
+    use payrecon::providers::myfatoorah::webhook::{sign, signed_text};
     let mf = Mf::start().await;
     // v1: the customer authorized; the webhook says so before any poll.
     mf.sim.set_webhook(&mf.callback_url, WEBHOOK_SECRET, 1);
@@ -476,7 +476,7 @@ async fn signed_webhooks_v1_and_v2_are_recorded_and_forged_ones_refused() {
 
 #[tokio::test]
 async fn duplicate_and_stale_webhooks_change_nothing_twice() {
-    use payrecon::sim::myfatoorah::WebhookMode;
+    use payrecon::providers::myfatoorah::sim::WebhookMode;
     let mf = Mf::start().await;
     mf.sim.set_webhook(&mf.callback_url, WEBHOOK_SECRET, 2);
     let pay = mf.invoice(800, 30_000).await;
@@ -511,7 +511,7 @@ async fn duplicate_and_stale_webhooks_change_nothing_twice() {
 
 #[tokio::test]
 async fn a_v2_webhook_replayed_with_new_references_is_one_observation() {
-    use payrecon::provider::myfatoorah_webhook::{sign, signed_text};
+    use payrecon::providers::myfatoorah::webhook::{sign, signed_text};
     let mf = Mf::start().await;
     let pay = mf.invoice(910, 10_000).await;
     let http = reqwest::Client::new();

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use payrecon::sim::connpay::{NewTransfer, Script, Settle};
+use payrecon::providers::connpay::sim::{NewTransfer, Script, Settle};
 
 fn payrecon(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_payrecon"))

@@ -15,7 +15,7 @@ use payrecon::config::Config;
 use payrecon::daemon::{self, Listeners};
 use payrecon::engine::TrackRequest;
 use payrecon::model::Source;
-use payrecon::sim::connectfi::{ConnectfiSim, Faults};
+use payrecon::providers::connectfi::sim::{ConnectfiSim, Faults};
 use payrecon::state::State;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

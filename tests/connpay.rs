@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use common::*;
 use payrecon::model::Source;
-use payrecon::sim::connpay::{CallbackMode, NewTransfer, Script, Settle};
+use payrecon::providers::connpay::sim::{CallbackMode, NewTransfer, Script, Settle};
 use payrecon::state::{Decision, State};
 
 #[tokio::test]
@@ -363,7 +363,7 @@ async fn an_orphan_callback_is_matched_once_its_payment_is_tracked() {
         "orphan-1",
         Script {
             settle: Settle::Manual,
-            outcome: payrecon::sim::connpay::Outcome::Declined,
+            outcome: payrecon::providers::connpay::sim::Outcome::Declined,
             ..Default::default()
         },
     );

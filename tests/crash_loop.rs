@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use payrecon::model::Source;
-use payrecon::sim::connpay::{CallbackMode, NewTransfer, Script, Settle};
+use payrecon::providers::connpay::sim::{CallbackMode, NewTransfer, Script, Settle};
 use payrecon::state::State;
 use tokio_util::sync::CancellationToken;
 

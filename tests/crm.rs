@@ -13,7 +13,7 @@ use payrecon::cli::client::AdminClient;
 use payrecon::config::Config;
 use payrecon::daemon::{self, Listeners};
 use payrecon::engine::TrackRequest;
-use payrecon::sim::crm::{CrmSim, Faults};
+use payrecon::providers::crm::sim::{CrmSim, Faults};
 use payrecon::state::State;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -248,7 +248,7 @@ async fn a_5xx_is_retried_and_a_lost_answer_is_parked_unknown() {
 
 #[tokio::test]
 async fn under_random_5xx_and_dropped_connections_no_payment_is_rejected_twice() {
-    use payrecon::sim::CommonFaults;
+    use payrecon::providers::sandbox::CommonFaults;
     let c = Crm::start().await;
     c.sim.set_faults(Faults {
         common: CommonFaults {

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use payrecon::sim::connpay::{NewTransfer, Outcome, Script};
+use payrecon::providers::connpay::sim::{NewTransfer, Outcome, Script};
 
 #[tokio::test]
 async fn export_through_the_api_and_offline_agree() {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use base64::Engine as _;
 use common::*;
-use payrecon::sim::connpay::{CallbackMode, NewTransfer, Script, Settle};
+use payrecon::providers::connpay::sim::{CallbackMode, NewTransfer, Script, Settle};
 use payrecon::sim::platform::PlatformSim;
 use payrecon::state::State;
 use tokio::net::TcpListener;

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use payrecon::sim::connpay::{CallbackMode, NewTransfer, Script, Settle};
+use payrecon::providers::connpay::sim::{CallbackMode, NewTransfer, Script, Settle};
 use tokio_util::sync::CancellationToken;
 
 /// Reads notify datagrams until `want` has arrived; returns all of them.

@@ -9,8 +9,8 @@ use common::*;
 use payrecon::circuit::CircuitState;
 use payrecon::engine::{EngineError, PollOutcome};
 use payrecon::model::{ProviderId, Source};
-use payrecon::sim::connpay::{CallbackMode, NewTransfer, Script, Settle};
-use payrecon::sim::myfatoorah::Faults;
+use payrecon::providers::connpay::sim::{CallbackMode, NewTransfer, Script, Settle};
+use payrecon::providers::myfatoorah::sim::Faults;
 use payrecon::state::State;
 
 /// Short windows: a payment is a sweep candidate a moment after tracking.

@@ -14,7 +14,7 @@ use payrecon::config::Config;
 use payrecon::daemon::{self, Listeners};
 use payrecon::engine::TrackRequest;
 use payrecon::model::Source;
-use payrecon::sim::rest_status::{Faults, RestStatusSim};
+use payrecon::providers::rest_status::sim::{Faults, RestStatusSim};
 use payrecon::state::State;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -7,8 +7,8 @@ mod common;
 
 use common::*;
 use payrecon::model::ProviderId;
-use payrecon::provider::RawCallback;
-use payrecon::sim::connpay::{CallbackMode, NewTransfer, Script, Settle};
+use payrecon::providers::connpay::sim::{CallbackMode, NewTransfer, Script, Settle};
+use payrecon::providers::RawCallback;
 use payrecon::store::Ingested;
 
 fn manual(invoice: &str) -> NewTransfer {
@@ -48,7 +48,7 @@ async fn a_repeat_is_answered_only_after_a_flush_covers_the_first_copy() {
         method: "GET",
         query: &q,
         body: b"",
-        header: &payrecon::provider::no_headers,
+        header: &payrecon::providers::no_headers,
     };
     // The first copy and a repeat at once: they may share the writer's
     // group, and then the repeat is judged against a copy not yet on disk.
@@ -99,7 +99,7 @@ struct PanicsOnce {
     polling: payrecon::config::PollingConfig,
 }
 
-impl payrecon::provider::Provider for PanicsOnce {
+impl payrecon::providers::Provider for PanicsOnce {
     fn id(&self) -> ProviderId {
         ProviderId::Connpay
     }
@@ -109,9 +109,9 @@ impl payrecon::provider::Provider for PanicsOnce {
     fn track_keys(
         &self,
         keys: &payrecon::model::Keys,
-    ) -> Result<payrecon::provider::TrackKeys, String> {
+    ) -> Result<payrecon::providers::TrackKeys, String> {
         let inv = keys.get("invoice_id").ok_or("no invoice_id")?;
-        Ok(payrecon::provider::TrackKeys {
+        Ok(payrecon::providers::TrackKeys {
             idempotency_key: format!("connpay|idem|{inv}"),
             lookup_keys: vec![format!("connpay|inv|{inv}")],
         })
@@ -132,7 +132,7 @@ impl payrecon::provider::Provider for PanicsOnce {
         &'a self,
         _: &'a payrecon::model::Payment,
         _: &'a payrecon::action::ActionRequest,
-    ) -> payrecon::provider::BoxFuture<'a, payrecon::provider::Sent> {
+    ) -> payrecon::providers::BoxFuture<'a, payrecon::providers::Sent> {
         Box::pin(async move {
             let n = self.sends.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::task::yield_now().await;
@@ -145,9 +145,9 @@ impl payrecon::provider::Provider for PanicsOnce {
     fn inquire<'a>(
         &'a self,
         _: &'a payrecon::model::Payment,
-    ) -> payrecon::provider::BoxFuture<
+    ) -> payrecon::providers::BoxFuture<
         'a,
-        Result<payrecon::model::Report, payrecon::provider::InquiryError>,
+        Result<payrecon::model::Report, payrecon::providers::InquiryError>,
     > {
         Box::pin(async move {
             let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use payrecon::model::{Payment, ProviderId, Report, Source};
-use payrecon::provider::myfatoorah::{expired, expiry_ms, Invoice};
+use payrecon::providers::myfatoorah::{expired, expiry_ms, Invoice};
 use payrecon::state::State;
 
 fuzz_target!(|data: &[u8]| {

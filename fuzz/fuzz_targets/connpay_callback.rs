@@ -5,8 +5,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use payrecon::provider::connpay::{control, Connpay};
-use payrecon::provider::{no_headers, Provider, RawCallback};
+use payrecon::providers::connpay::{control, Connpay};
+use payrecon::providers::{no_headers, Provider, RawCallback};
 
 const KEY: &str = "fuzz-control-key";
 

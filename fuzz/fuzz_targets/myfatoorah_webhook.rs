@@ -6,9 +6,9 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use payrecon::provider::myfatoorah::Myfatoorah;
-use payrecon::provider::myfatoorah_webhook::{sign, signed_text, verify};
-use payrecon::provider::{Provider, RawCallback};
+use payrecon::providers::myfatoorah::Myfatoorah;
+use payrecon::providers::myfatoorah::webhook::{sign, signed_text, verify};
+use payrecon::providers::{Provider, RawCallback};
 
 const SECRET: &str = "fuzz-webhook-secret";
 

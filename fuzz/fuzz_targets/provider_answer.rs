@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use payrecon::model::Source;
-use payrecon::provider::{connectfi, connpay, crm, myfatoorah, rest_status};
+use payrecon::providers::{connectfi, connpay, crm, myfatoorah, rest_status};
 use reqwest::StatusCode;
 
 fuzz_target!(|data: &[u8]| {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use super::{check, disk_usage, ratio, rss_kib, runtime, table, Opts};
 use crate::cli::demo::LoopbackConfig;
 use crate::model::{now_ms, Keys, Observation, Payment, PollWindow, ProviderId, Source};
-use crate::provider::lookup_key;
-use crate::sim::connpay::{CallbackMode, ConnpaySim, NewTransfer, Script, Settle};
+use crate::providers::connpay::sim::{CallbackMode, ConnpaySim, NewTransfer, Script, Settle};
+use crate::providers::lookup_key;
 use crate::state::{Decision, State};
 use crate::store::Store;
 

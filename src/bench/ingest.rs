@@ -24,8 +24,8 @@ use crate::cli::demo::LoopbackConfig;
 use crate::config::Config;
 use crate::daemon::{self, Listeners};
 use crate::model::{now_ms, Keys, ProviderId, Source};
-use crate::provider::connpay::control;
-use crate::provider::{lookup_key, RawCallback};
+use crate::providers::connpay::control;
+use crate::providers::{lookup_key, RawCallback};
 use crate::store::{CallbackRecord, Store};
 
 const KEY: &str = "bench-control-key";
@@ -178,7 +178,7 @@ async fn drive_sled(
     rate: Option<f64>,
 ) -> Load {
     let key = crate::config::Secret::new(KEY);
-    let adapter = crate::provider::connpay::Connpay::new(
+    let adapter = crate::providers::connpay::Connpay::new(
         "http://127.0.0.1:9".into(),
         key,
         Default::default(),
@@ -186,14 +186,14 @@ async fn drive_sled(
     let records: Arc<Vec<CallbackRecord>> = Arc::new(
         reqs.iter()
             .filter_map(|(_, q)| {
-                use crate::provider::Provider;
+                use crate::providers::Provider;
                 adapter
                     .parse_callback(
                         &RawCallback {
                             method: "GET",
                             query: q,
                             body: b"",
-                            header: &crate::provider::no_headers,
+                            header: &crate::providers::no_headers,
                         },
                         now_ms(),
                     )
@@ -304,12 +304,12 @@ pub fn run(opts: &Opts) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         let a = l.local_addr().map_err(|e| e.to_string())?;
-        tokio::spawn(crate::listen::http::serve(
+        tokio::spawn(crate::http::serve(
             l,
-            crate::listen::http::Limits::sandbox(),
+            crate::http::Limits::sandbox(),
             bare_cancel.clone(),
             TaskTracker::new(),
-            |_req| async { Ok(crate::listen::http::text(hyper::StatusCode::OK, "OK")) },
+            |_req| async { Ok(crate::http::text(hyper::StatusCode::OK, "OK")) },
         ));
         Ok::<_, String>(a)
     })?;

@@ -15,7 +15,7 @@ use crate::cli::demo::LoopbackConfig;
 use crate::config::Config;
 use crate::daemon::{self, Listeners};
 use crate::model::{now_ms, PollWindow, ProviderId};
-use crate::provider::lookup_key;
+use crate::providers::lookup_key;
 
 const KEY_ENV: &str = "PAYRECON_BENCH_CONTROL_KEY";
 

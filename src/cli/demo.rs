@@ -20,7 +20,9 @@ use crate::config::Config;
 use crate::daemon::{self, Listeners};
 use crate::engine::{PollOutcome, TrackRequest};
 use crate::model::Source;
-use crate::sim::connpay::{CallbackMode, ConnpaySim, Faults, NewTransfer, Outcome, Script, Settle};
+use crate::providers::connpay::sim::{
+    CallbackMode, ConnpaySim, Faults, NewTransfer, Outcome, Script, Settle,
+};
 use crate::state::State;
 
 /// Longest the demo waits for every transfer to settle.
@@ -229,10 +231,10 @@ const DEMO_SECRETS: [(&str, &str); 6] = [
 
 /// The four action providers' sandboxes.
 struct ActionSandboxes {
-    mf: crate::sim::myfatoorah::MyfatoorahSim,
-    rest: crate::sim::rest_status::RestStatusSim,
-    cfi: crate::sim::connectfi::ConnectfiSim,
-    crm: crate::sim::crm::CrmSim,
+    mf: crate::providers::myfatoorah::sim::MyfatoorahSim,
+    rest: crate::providers::rest_status::sim::RestStatusSim,
+    cfi: crate::providers::connectfi::sim::ConnectfiSim,
+    crm: crate::providers::crm::sim::CrmSim,
 }
 
 impl ActionSandboxes {
@@ -243,24 +245,24 @@ impl ActionSandboxes {
                 .map_err(|e| e.to_string())
         };
         Ok(ActionSandboxes {
-            mf: crate::sim::myfatoorah::MyfatoorahSim::start(
+            mf: crate::providers::myfatoorah::sim::MyfatoorahSim::start(
                 l().await?,
                 DEMO_SECRETS[0].1,
                 cancel.child_token(),
             ),
-            rest: crate::sim::rest_status::RestStatusSim::start(
+            rest: crate::providers::rest_status::sim::RestStatusSim::start(
                 l().await?,
                 DEMO_SECRETS[1].1,
                 cancel.child_token(),
             ),
-            cfi: crate::sim::connectfi::ConnectfiSim::start(
+            cfi: crate::providers::connectfi::sim::ConnectfiSim::start(
                 l().await?,
                 DEMO_SECRETS[2].1,
                 DEMO_SECRETS[3].1,
                 Duration::from_secs(3600),
                 cancel.child_token(),
             ),
-            crm: crate::sim::crm::CrmSim::start(
+            crm: crate::providers::crm::sim::CrmSim::start(
                 l().await?,
                 DEMO_SECRETS[4].1,
                 DEMO_SECRETS[5].1,
@@ -336,7 +338,10 @@ struct DemoAction {
 /// checks each ends as expected and each provider applied it exactly once.
 async fn run_actions(admin: &AdminClient, sb: &ActionSandboxes) -> Result<bool, String> {
     use crate::action::{ActionRequest, ActionState, Trust};
-    use crate::sim::{connectfi, crm, myfatoorah, rest_status};
+    use crate::providers::{
+        connectfi::sim as connectfi, crm::sim as crm, myfatoorah::sim as myfatoorah,
+        rest_status::sim as rest_status,
+    };
     sb.mf.add_invoice(9001, 250_000);
     sb.mf.add_invoice(9002, 80_000);
     sb.mf.add_invoice(9003, 40_000);

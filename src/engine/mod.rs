@@ -24,7 +24,7 @@ use crate::engine::notify::NotifySettings;
 use crate::engine::scheduler::Scheduler;
 use crate::model::{now_ms, Keys, Payment, PollWindow, ProviderId, Source};
 use crate::pacer::Pacer;
-use crate::provider::{CallbackError, InquiryError, Provider, RawCallback};
+use crate::providers::{CallbackError, InquiryError, Provider, RawCallback};
 use crate::settings::{CircuitConfig, ReconcileConfig};
 use crate::state::{Decision, State};
 use crate::store::{

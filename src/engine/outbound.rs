@@ -19,7 +19,7 @@ use crate::action::{Action, ActionRequest, ActionState, Confirmation, SendError}
 use crate::circuit::Breaker;
 use crate::engine::{Engine, EngineError};
 use crate::model::{now_ms, Payment, Report, Source};
-use crate::provider::Provider;
+use crate::providers::Provider;
 use crate::store::{Enqueued, StoreError};
 
 /// How often the worker looks at the outbox without being woken.
@@ -342,7 +342,7 @@ impl Engine {
                 }
                 let r = ask.await;
                 match &r {
-                    Err(crate::provider::InquiryError::Transient(_)) => breaker.failure(),
+                    Err(crate::providers::InquiryError::Transient(_)) => breaker.failure(),
                     _ => breaker.success(),
                 }
                 Some(r)

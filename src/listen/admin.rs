@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq;
 
 use crate::action::{Action, ActionRequest, ActionState};
 use crate::engine::{Engine, EngineError, TrackRequest};
-use crate::listen::http::{self, Answer, CloseConnection};
+use crate::http::{self, Answer, CloseConnection};
 use crate::model::{Observation, Payment, ProviderId};
 use crate::settings::Secret;
 use crate::state::State;

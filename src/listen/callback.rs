@@ -14,9 +14,9 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 
 use crate::engine::{Engine, EngineError};
-use crate::listen::http::{self, Answer, CloseConnection};
+use crate::http::{self, Answer, CloseConnection};
 use crate::model::ProviderId;
-use crate::provider::{CallbackError, RawCallback};
+use crate::providers::{CallbackError, RawCallback};
 
 /// The routes this listener serves (docs/openapi.yaml lists them too).
 pub const ROUTES: &[(&str, &str)] = &[

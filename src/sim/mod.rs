@@ -1,46 +1,7 @@
-//! Provider simulators: sandbox HTTP servers on loopback, faithful to the
-//! seed documents, with fault knobs. Tests, the demo and the benchmarks
-//! drive them in-process.
+//! The platform's side, simulated: a receiver for payrecon's notifications
+//! that checks their signatures as a platform would. Each provider's
+//! sandbox (an HTTP server on loopback, faithful to its seed document)
+//! lives in its folder, `providers/<name>/sim.rs`; tests, the demo and the
+//! benchmarks drive them in-process.
 
-pub mod connectfi;
-pub mod connpay;
-
-use std::time::Duration;
-
-/// The fault knobs every sandbox shares, applied before a request is read.
-#[derive(Debug, Clone, Default)]
-pub struct CommonFaults {
-    /// Added to every answer.
-    pub latency_ms: u64,
-    /// Share of requests answered 5xx before anything is applied.
-    pub error_rate: f64,
-    /// Share of requests whose connection is closed before anything is applied.
-    pub drop_rate: f64,
-}
-
-/// What the shared knobs decide for one request.
-pub enum Fault {
-    None,
-    Error,
-    Drop,
-}
-
-impl CommonFaults {
-    /// Sleeps the latency, then draws the error and drop rates.
-    pub async fn apply(&self) -> Fault {
-        if self.latency_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(self.latency_ms)).await;
-        }
-        if fastrand::f64() < self.drop_rate {
-            Fault::Drop
-        } else if fastrand::f64() < self.error_rate {
-            Fault::Error
-        } else {
-            Fault::None
-        }
-    }
-}
-pub mod crm;
-pub mod myfatoorah;
 pub mod platform;
-pub mod rest_status;

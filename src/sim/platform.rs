@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::listen::http::{self, Answer, CloseConnection};
+use crate::http::{self, Answer, CloseConnection};
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]

@@ -19,7 +19,7 @@ use payrecon::config::Config;
 use payrecon::daemon::{self, Daemon, Listeners};
 use payrecon::engine::{Engine, TrackRequest};
 use payrecon::listen::admin::PaymentView;
-use payrecon::sim::connpay::{ConnpaySim, NewTransfer};
+use payrecon::providers::connpay::sim::{ConnpaySim, NewTransfer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -219,7 +219,7 @@ pub fn callback_query(
     client_orderid: &str,
     key: &str,
 ) -> String {
-    let control = payrecon::provider::connpay::control(status, orderid, client_orderid, key);
+    let control = payrecon::providers::connpay::control(status, orderid, client_orderid, key);
     format!("status={status}&type={kind}&orderid={orderid}&client_orderid={client_orderid}&merchant_order={client_orderid}&control={control}")
 }
 
@@ -310,8 +310,8 @@ impl Process {
 pub async fn with_myfatoorah(
     tables: &str,
     polling: &str,
-) -> (Harness, payrecon::sim::myfatoorah::MyfatoorahSim) {
-    let mf = payrecon::sim::myfatoorah::MyfatoorahSim::start(
+) -> (Harness, payrecon::providers::myfatoorah::sim::MyfatoorahSim) {
+    let mf = payrecon::providers::myfatoorah::sim::MyfatoorahSim::start(
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         "mf-token",
         tokio_util::sync::CancellationToken::new(),
@@ -333,7 +333,11 @@ pub async fn with_myfatoorah(
 }
 
 /// An invoice in the MyFatoorah sandbox, tracked.
-pub async fn track_invoice(h: &Harness, mf: &payrecon::sim::myfatoorah::MyfatoorahSim, id: i64) {
+pub async fn track_invoice(
+    h: &Harness,
+    mf: &payrecon::providers::myfatoorah::sim::MyfatoorahSim,
+    id: i64,
+) {
     mf.add_invoice(id, 1000);
     track_added_invoice(h, id).await;
 }

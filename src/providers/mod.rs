@@ -1,13 +1,14 @@
 //! The provider trait: how payrecon asks a provider for a payment's status,
 //! how it reads and verifies that provider's callbacks, and how its
-//! statuses map to normalized states. One module per provider.
+//! statuses map to normalized states. One folder per provider: its client,
+//! callback verification and status mapping, and its sandbox (`sim`).
 
 pub mod connectfi;
 pub mod connpay;
 pub mod crm;
 pub mod myfatoorah;
-pub mod myfatoorah_webhook;
 pub mod rest_status;
+pub mod sandbox;
 
 use std::future::Future;
 use std::pin::Pin;

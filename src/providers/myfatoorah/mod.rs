@@ -10,6 +10,9 @@
 //! checks amounts against is the tracked `amount_minor` (or the last
 //! inquiry's `InvoiceValue`).
 
+pub mod sim;
+pub mod webhook;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -368,7 +371,7 @@ impl Provider for Myfatoorah {
         raw: &RawCallback<'_>,
         received_ms: u64,
     ) -> Result<CallbackRecord, CallbackError> {
-        use super::myfatoorah_webhook::{map_status, verify, WebhookError};
+        use crate::providers::myfatoorah::webhook::{map_status, verify, WebhookError};
         let Some(secret) = &self.webhook_secret else {
             // Nothing to verify against: refuse rather than trust.
             return Err(CallbackError::Forged);

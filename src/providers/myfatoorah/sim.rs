@@ -25,8 +25,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::listen::http::{self, Answer, CloseConnection};
-use crate::provider::myfatoorah::{
+use crate::http::{self, Answer, CloseConnection};
+use crate::providers::myfatoorah::{
     Envelope, Invoice, InvoiceTransaction, StatusRequest, UpdateRequest, ValidationError,
 };
 
@@ -468,7 +468,7 @@ async fn update(
 
 /// The webhook body for an invoice's last transaction, and its signature.
 fn webhook_body(inv: &Invoice, version: u8, secret: &str, n: u64) -> (serde_json::Value, String) {
-    use crate::provider::myfatoorah_webhook::{sign, signed_text};
+    use crate::providers::myfatoorah::webhook::{sign, signed_text};
     let tx = inv.invoice_transactions.last().cloned().unwrap_or_default();
     let status = match tx.transaction_status.as_str() {
         "Succss" => "SUCCESS",

@@ -19,12 +19,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::listen::http::{self, Answer, CloseConnection};
+use crate::http::{self, Answer, CloseConnection};
 
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     /// Latency, a 5xx rate and dropped connections.
-    pub common: super::CommonFaults,
+    pub common: crate::providers::sandbox::CommonFaults,
     pub fail_next: u32,
     pub apply_then_drop: bool,
     /// The next update is refused with a 400 problem about its status.
@@ -148,15 +148,15 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Answer, Clo
         .map(String::from);
     let faults = lock(&inner.faults).clone();
     match faults.common.apply().await {
-        super::Fault::Drop => return Err(CloseConnection),
-        super::Fault::Error => {
+        crate::providers::sandbox::Fault::Drop => return Err(CloseConnection),
+        crate::providers::sandbox::Fault::Error => {
             return Ok(problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "An error occurred.",
                 None,
             ))
         }
-        super::Fault::None => {}
+        crate::providers::sandbox::Fault::None => {}
     }
     let body = match http::read_body(req, 16 * 1024).await {
         Ok(b) => b,

@@ -12,6 +12,8 @@
 //! - callback `type` values other than `reversal` and `chargeback` are the
 //!   transfer's own type and all read the same way.
 
+pub mod sim;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -593,7 +595,7 @@ mod tests {
                     method: "GET",
                     query: &q,
                     body: b"",
-                    header: &crate::provider::no_headers,
+                    header: &crate::providers::no_headers,
                 },
                 7,
             )
@@ -613,7 +615,7 @@ mod tests {
                 method: "GET",
                 query: &forged,
                 body: b"",
-                header: &crate::provider::no_headers,
+                header: &crate::providers::no_headers,
             },
             7,
         );
@@ -625,7 +627,7 @@ mod tests {
                 method: "GET",
                 query: &swapped,
                 body: b"",
-                header: &crate::provider::no_headers,
+                header: &crate::providers::no_headers,
             },
             7,
         );
@@ -635,7 +637,7 @@ mod tests {
                 method: "GET",
                 query: "status=approved",
                 body: b"",
-                header: &crate::provider::no_headers,
+                header: &crate::providers::no_headers,
             },
             7,
         );

@@ -11,6 +11,8 @@
 //! inquiry, so its payments are not polled and an update whose answer is
 //! lost is parked as unknown.
 
+pub mod sim;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -22,13 +22,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::listen::http::{self, Answer, CloseConnection};
-use crate::provider::connectfi::{check_description, check_id, StatusChange, SETTABLE, STATUSES};
+use crate::http::{self, Answer, CloseConnection};
+use crate::providers::connectfi::{check_description, check_id, StatusChange, SETTABLE, STATUSES};
 
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     /// Latency, a 5xx rate and dropped connections.
-    pub common: super::CommonFaults,
+    pub common: crate::providers::sandbox::CommonFaults,
     pub fail_next: u32,
     pub apply_then_drop: bool,
 }
@@ -232,8 +232,8 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Answer, Clo
         .map(String::from);
     let common = lock(&inner.faults).common.clone();
     match common.apply().await {
-        super::Fault::Drop => return Err(CloseConnection),
-        super::Fault::Error => {
+        crate::providers::sandbox::Fault::Drop => return Err(CloseConnection),
+        crate::providers::sandbox::Fault::Error => {
             return Ok(envelope(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "503",
@@ -241,7 +241,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Answer, Clo
                 None,
             ))
         }
-        super::Fault::None => {}
+        crate::providers::sandbox::Fault::None => {}
     }
     let body = match http::read_body(req, 16 * 1024).await {
         Ok(b) => b,

@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::listen::http::{self, Answer, CloseConnection};
-use crate::provider::connpay::{
+use crate::http::{self, Answer, CloseConnection};
+use crate::providers::connpay::{
     control, FailError, RequestSession, ResponseSession, StatusRequest, StatusResponse, Transaction,
 };
 use crate::state::State;
@@ -136,7 +136,7 @@ impl NewTransfer {
 
     /// The keys payrecon tracks it by.
     pub fn keys(&self) -> crate::model::Keys {
-        use crate::provider::connpay::*;
+        use crate::providers::connpay::*;
         let mut keys = crate::model::Keys::from([
             (ENDPOINT_ID.to_string(), self.endpoint_id.clone()),
             (INVOICE_ID.to_string(), self.invoice_id.clone()),

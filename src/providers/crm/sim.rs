@@ -20,13 +20,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::listen::http::{self, Answer, CloseConnection};
-use crate::provider::crm::{PAYMENT_IDS, REASON_IDS};
+use crate::http::{self, Answer, CloseConnection};
+use crate::providers::crm::{PAYMENT_IDS, REASON_IDS};
 
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     /// Latency, a 5xx rate and dropped connections.
-    pub common: super::CommonFaults,
+    pub common: crate::providers::sandbox::CommonFaults,
     pub fail_next: u32,
     pub apply_then_drop: bool,
 }
@@ -181,14 +181,14 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Answer, Clo
     let path = req.uri().path().to_string();
     let common = lock(&inner.faults).common.clone();
     match common.apply().await {
-        super::Fault::Drop => return Err(CloseConnection),
-        super::Fault::Error => {
+        crate::providers::sandbox::Fault::Drop => return Err(CloseConnection),
+        crate::providers::sandbox::Fault::Error => {
             return Ok(http::json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &serde_json::json!({"status": {"code": "UNAVAILABLE"}}),
             ))
         }
-        super::Fault::None => {}
+        crate::providers::sandbox::Fault::None => {}
     }
     let body = match http::read_body(req, 16 * 1024).await {
         Ok(b) => b,

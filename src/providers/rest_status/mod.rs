@@ -7,6 +7,8 @@
 //! whose answer was lost is parked as `unknown` for an operator instead of
 //! being sent again (docs/actions.md).
 
+pub mod sim;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
