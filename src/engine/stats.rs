@@ -1,0 +1,172 @@
+//! Counters for logs, metrics and benchmarks: callbacks, polls by outcome,
+//! and the poll lag histogram.
+
+use super::*;
+
+/// Counters for logs, metrics and benchmarks.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub callbacks_received: AtomicU64,
+    pub callbacks_rejected: AtomicU64,
+    pub callbacks_duplicate: AtomicU64,
+    pub callbacks_orphaned: AtomicU64,
+    /// Callbacks refused because too many orphans wait (503).
+    pub orphans_refused: AtomicU64,
+    pub orphans_expired: AtomicU64,
+    /// Polls per provider (indexed by [`ProviderId::code`]) and outcome
+    /// (indexed by [`PollOutcome`]); [`Counters::polls`] sums providers.
+    pub polls_by_provider: [[AtomicU64; 3]; 8],
+    pub sweeps: AtomicU64,
+    pub drift: AtomicU64,
+    pub stale: AtomicU64,
+    pub notices_delivered: AtomicU64,
+    pub notices_failed: AtomicU64,
+    pub transitions: AtomicU64,
+    /// Poll schedule lag: start of the inquiry minus its due time.
+    pub poll_lag: LagHistogram,
+}
+
+/// How a poll ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollOutcome {
+    Ok = 0,
+    Failed = 1,
+    /// Not sent: the provider's circuit was open.
+    Skipped = 2,
+}
+
+impl PollOutcome {
+    pub const ALL: [PollOutcome; 3] = [PollOutcome::Ok, PollOutcome::Failed, PollOutcome::Skipped];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PollOutcome::Ok => "ok",
+            PollOutcome::Failed => "failed",
+            PollOutcome::Skipped => "skipped",
+        }
+    }
+}
+
+impl Counters {
+    pub(super) fn count_poll(&self, pid: ProviderId, outcome: PollOutcome) {
+        self.polls_by_provider[pid.code() as usize][outcome as usize]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Polls of one provider that ended so.
+    pub fn polls_of(&self, pid: ProviderId, outcome: PollOutcome) -> u64 {
+        self.polls_by_provider[pid.code() as usize][outcome as usize].load(Ordering::Relaxed)
+    }
+
+    /// Polls of every provider that ended so.
+    pub fn polls(&self, outcome: PollOutcome) -> u64 {
+        self.polls_by_provider
+            .iter()
+            .map(|p| p[outcome as usize].load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// A lock-free histogram of durations in microseconds: four buckets per
+/// power of two (±10%), enough for percentiles in logs and benchmarks.
+#[derive(Debug)]
+pub struct LagHistogram {
+    buckets: [AtomicU64; LagHistogram::BUCKETS],
+    max_us: AtomicU64,
+}
+
+impl Default for LagHistogram {
+    fn default() -> Self {
+        LagHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            max_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LagHistogram {
+    /// Up to 2^40 µs (about 12 days) in quarter powers of two.
+    const BUCKETS: usize = 160;
+
+    /// Exact below 8 µs; above, four buckets per power of two.
+    pub(super) fn index(us: u64) -> usize {
+        if us < 8 {
+            return us as usize;
+        }
+        let log2 = 63 - us.leading_zeros() as usize; // >= 3
+        let quarter = ((us >> (log2 - 2)) & 3) as usize;
+        (8 + (log2 - 3) * 4 + quarter).min(Self::BUCKETS - 1)
+    }
+
+    /// The smallest value that falls in bucket `i`.
+    pub(super) fn lower(i: usize) -> u64 {
+        if i < 8 {
+            return i as u64;
+        }
+        let log2 = 3 + (i - 8) / 4;
+        let quarter = ((i - 8) % 4) as u64;
+        (1u64 << log2) + quarter * (1u64 << (log2 - 2))
+    }
+
+    pub fn record(&self, us: u64) {
+        self.buckets[Self::index(us)].fetch_add(1, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn max_us(&self) -> u64 {
+        self.max_us.load(Ordering::Relaxed)
+    }
+
+    /// The value at quantile `q` (0..=1), to the bucket's lower bound.
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        let total = self.count();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            seen += b.load(Ordering::Relaxed);
+            if seen >= rank {
+                return Self::lower(i).min(self.max_us());
+            }
+        }
+        self.max_us()
+    }
+
+    pub fn reset(&self) {
+        for b in &self.buckets {
+            b.store(0, Ordering::Relaxed);
+        }
+        self.max_us.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LagHistogram;
+
+    #[test]
+    fn histogram_quantiles_are_within_a_quarter_power_of_two() {
+        let h = LagHistogram::default();
+        for us in 1..=10_000u64 {
+            h.record(us);
+        }
+        assert_eq!(h.count(), 10_000);
+        assert_eq!(h.max_us(), 10_000);
+        for (q, want) in [(0.5, 5_000f64), (0.99, 9_900f64)] {
+            let got = h.quantile_us(q) as f64;
+            assert!(got <= want && got >= want * 0.75, "q{q}: {got} vs {want}");
+        }
+        for us in [0u64, 1, 2, 3, 5, 7, 100, 1 << 20, u64::MAX / 2] {
+            let i = LagHistogram::index(us);
+            assert!(LagHistogram::lower(i) <= us, "{us}");
+        }
+        h.reset();
+        assert_eq!(h.quantile_us(0.5), 0);
+    }
+}
