@@ -1,0 +1,407 @@
+//! The file's shape as written: one serde type per section, with its
+//! defaults (before secrets are resolved and values checked).
+
+use super::*;
+
+impl FileConfig {
+    /// The default connection limits of the callback and admin listeners.
+    pub fn default_limits() -> (usize, usize) {
+        (default_callback_connections(), default_admin_connections())
+    }
+}
+
+/// The whole file, as written (before secrets are resolved).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub callback: CallbackConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub providers: ProvidersConfig,
+    #[serde(default)]
+    pub actions: ActionsConfig,
+    #[serde(default)]
+    pub service: ServiceConfig,
+    #[serde(default)]
+    pub circuit: CircuitConfig,
+    /// `[notify]`: state changes POSTed to the platform. Absent: none.
+    #[serde(default)]
+    pub notify: Option<NotifyConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// The platform's endpoint for events.
+    pub url: String,
+    /// Names the Standard Webhooks secret (`whsec_` + base64).
+    pub secret_env: String,
+    /// During a rotation: the old secret, which also signs until
+    /// `previous_secret_until` (RFC 3339).
+    #[serde(default)]
+    pub previous_secret_env: Option<String>,
+    #[serde(default)]
+    pub previous_secret_until: Option<String>,
+    /// How long a notice is retried before it is given up.
+    #[serde(default = "d3d", deserialize_with = "duration")]
+    pub horizon: Duration,
+    #[serde(default = "d1s", deserialize_with = "duration")]
+    pub min_delay: Duration,
+    #[serde(default = "d1h", deserialize_with = "duration")]
+    pub max_delay: Duration,
+    #[serde(default = "d10s", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// Deliveries in flight at once (each for a different payment).
+    #[serde(default = "default_notify_in_flight")]
+    pub max_in_flight: usize,
+}
+
+pub(super) fn d3d() -> Duration {
+    Duration::from_secs(3 * 86_400)
+}
+pub(super) fn d1s() -> Duration {
+    Duration::from_secs(1)
+}
+pub(super) fn default_notify_in_flight() -> usize {
+    16
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// How long SIGTERM waits for in-flight polls, actions, requests and
+    /// notifications before the store is flushed and the process exits.
+    /// Anything cut off is redone after a restart (it is all persisted).
+    #[serde(default = "d10s", deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            shutdown_grace: d10s(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionsConfig {
+    /// How long an action may be retried before it fails (or, if its
+    /// outcome is uncertain, is parked as unknown).
+    #[serde(default = "d5m", deserialize_with = "duration")]
+    pub deadline: Duration,
+}
+
+impl Default for ActionsConfig {
+    fn default() -> Self {
+        ActionsConfig { deadline: d5m() }
+    }
+}
+
+pub(super) fn d5m() -> Duration {
+    Duration::from_secs(300)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The sled folder. Created if missing.
+    pub path: PathBuf,
+    /// sled's page cache, MiB.
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
+    /// zstd compression of stored records: half the disk, for a third
+    /// less ingest throughput and much slower restarts after heavy writes
+    /// (BENCHMARKS.md). Off by default. Fixed when the store is created.
+    #[serde(default)]
+    pub compression: bool,
+}
+
+pub(super) fn default_cache_mb() -> u64 {
+    crate::store::DEFAULT_CACHE_MB
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackConfig {
+    /// Where providers' callbacks arrive (behind a TLS proxy in production).
+    #[serde(default = "default_callback_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_header_timeout", deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A client must send a whole request body within this time, on both
+    /// listeners (408 otherwise): a slow or never-ending body cannot hold
+    /// a connection.
+    #[serde(default = "d10s", deserialize_with = "duration")]
+    pub body_read_timeout: Duration,
+    /// Open connections on the callback listener; more are answered 503 at
+    /// once. Far below the unit's LimitNOFILE, so the process keeps file
+    /// descriptors for its store and provider calls.
+    #[serde(default = "default_callback_connections")]
+    pub max_connections: usize,
+    /// Callbacks for payments not tracked yet, kept at most per lookup key
+    /// and in all; beyond, a callback is answered 503 and nothing stored
+    /// (the provider sends it again later).
+    #[serde(default = "default_orphans_per_key")]
+    pub orphan_max_per_key: u64,
+    #[serde(default = "default_orphans_total")]
+    pub orphan_max_total: u64,
+    /// How long an orphan callback waits for its payment before it is
+    /// forgotten. Paynet re-sends for 14 days; 30 covers that twice.
+    #[serde(default = "d30d", deserialize_with = "duration")]
+    pub orphan_ttl: Duration,
+}
+
+pub(super) fn default_callback_connections() -> usize {
+    512
+}
+
+pub(super) fn default_admin_connections() -> usize {
+    64
+}
+
+pub(super) fn default_orphans_per_key() -> u64 {
+    crate::store::DEFAULT_ORPHANS_PER_KEY
+}
+
+pub(super) fn default_orphans_total() -> u64 {
+    crate::store::DEFAULT_ORPHANS_TOTAL
+}
+
+impl Default for CallbackConfig {
+    fn default() -> Self {
+        CallbackConfig {
+            listen: default_callback_listen(),
+            max_body_bytes: default_max_body(),
+            header_read_timeout: default_header_timeout(),
+            body_read_timeout: d10s(),
+            max_connections: default_callback_connections(),
+            orphan_max_per_key: default_orphans_per_key(),
+            orphan_max_total: default_orphans_total(),
+            orphan_ttl: d30d(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The admin API. Loopback by default; providers must never reach it.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// Environment variable holding the bearer token. Unset: no token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Open connections on the admin listener; more are answered 503.
+    #[serde(default = "default_admin_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            token_env: None,
+            max_connections: default_admin_connections(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing-subscriber filter, e.g. `info` or `payrecon=debug`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: default_log_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvidersConfig {
+    pub connpay: Option<ConnpayConfig>,
+    pub myfatoorah: Option<MyfatoorahConfig>,
+    pub rest_status: Option<RestStatusConfig>,
+    pub connectfi: Option<ConnectfiConfig>,
+    pub crm: Option<CrmConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrmConfig {
+    /// The CRM.COM API root.
+    pub base_url: String,
+    pub username_env: String,
+    pub password_env: String,
+    /// The log-in method (unconfirmed in the documents: configurable).
+    #[serde(default = "default_crm_login")]
+    pub login_path: String,
+    #[serde(default = "default_crm_user_field")]
+    pub username_field: String,
+    #[serde(default = "default_crm_pass_field")]
+    pub password_field: String,
+    #[serde(default = "d10m", deserialize_with = "duration")]
+    pub token_ttl: Duration,
+    /// Status codes that mean the token expired.
+    #[serde(default = "default_crm_expired")]
+    pub expired_token_codes: Vec<String>,
+    #[serde(default = "d10s", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+}
+
+pub(super) fn default_crm_login() -> String {
+    "/users/login".into()
+}
+pub(super) fn default_crm_user_field() -> String {
+    "username".into()
+}
+pub(super) fn default_crm_pass_field() -> String {
+    "password".into()
+}
+pub(super) fn default_crm_expired() -> Vec<String> {
+    vec!["INVALID_TOKEN".into(), "TOKEN_EXPIRED".into()]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectfiConfig {
+    /// `CONNECTFI_BASE_URL`.
+    pub base_url: String,
+    /// Environment variables holding the log-in credentials.
+    pub client_id_env: String,
+    pub client_secret_env: String,
+    /// The log-in path and how its body names the credentials (not in
+    /// the seed: configurable).
+    #[serde(default = "default_cfi_login")]
+    pub login_path: String,
+    #[serde(default = "default_cfi_id_field")]
+    pub client_id_field: String,
+    #[serde(default = "default_cfi_secret_field")]
+    pub client_secret_field: String,
+    /// Token lifetime when the log-in answer gives none.
+    #[serde(default = "d10m", deserialize_with = "duration")]
+    pub token_ttl: Duration,
+    #[serde(default = "d10s", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+}
+
+pub(super) fn default_cfi_login() -> String {
+    "/auth/get-token".into()
+}
+pub(super) fn default_cfi_id_field() -> String {
+    "clientId".into()
+}
+pub(super) fn default_cfi_secret_field() -> String {
+    "clientSecret".into()
+}
+pub(super) fn d10m() -> Duration {
+    Duration::from_secs(600)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestStatusConfig {
+    /// The API root, e.g. `https://payments.example.com/api/v1`.
+    pub base_url: String,
+    /// Environment variable holding the API key (header and body).
+    pub api_key_env: String,
+    #[serde(default)]
+    pub trust_spelling: TrustSpelling,
+    #[serde(default = "d10s", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MyfatoorahConfig {
+    /// `https://apitest.myfatoorah.com` (test) or the country's live URL.
+    pub base_url: String,
+    /// Environment variable holding the API token (sent as a bearer token).
+    pub token_env: String,
+    /// Environment variable holding the webhook secret key. Unset: webhooks
+    /// are refused (they cannot be verified).
+    #[serde(default)]
+    pub webhook_secret_env: Option<String>,
+    /// `[providers.myfatoorah.polling]`. GetPaymentStatus is rate-limited:
+    /// by default every 10-15 s for 5 minutes, 8 in flight.
+    #[serde(default = "myfatoorah_polling")]
+    pub polling: PollingConfig,
+    /// `[providers.myfatoorah.reconcile]`. Slow by default: the inquiry
+    /// is rate-limited.
+    #[serde(default = "myfatoorah_reconcile")]
+    pub reconcile: ReconcileConfig,
+}
+
+pub(super) fn myfatoorah_reconcile() -> ReconcileConfig {
+    ReconcileConfig {
+        concurrency: 2,
+        rate_per_sec: 2.0,
+        ..ReconcileConfig::default()
+    }
+}
+
+pub(super) fn myfatoorah_polling() -> PollingConfig {
+    PollingConfig {
+        poll_interval_min: Duration::from_secs(10),
+        poll_interval_max: Duration::from_secs(15),
+        poll_window_min: Duration::from_secs(300),
+        poll_window_max: Duration::from_secs(300),
+        max_in_flight: 8,
+        // The documents say GetPaymentStatus is rate-limited but not how
+        // much: 10 a second is an assumption (docs/providers.md).
+        rate_per_sec: Some(10.0),
+        ..PollingConfig::default()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnpayConfig {
+    /// `https://sandbox.connpay.com` or `https://gate.connpay.com`.
+    pub base_url: String,
+    /// Environment variable holding the merchant control key.
+    pub control_key_env: String,
+    /// `[providers.connpay.polling]`.
+    #[serde(default)]
+    pub polling: PollingConfig,
+    /// `[providers.connpay.reconcile]`.
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
+}
+
+pub(super) fn default_callback_listen() -> SocketAddr {
+    ([0, 0, 0, 0], 8080).into()
+}
+pub(super) fn default_admin_listen() -> SocketAddr {
+    ([127, 0, 0, 1], 8081).into()
+}
+/// Callbacks are a few hundred bytes of query string; 16 KiB leaves room
+/// for a JSON webhook while keeping a flood cheap to refuse.
+pub(super) fn default_max_body() -> usize {
+    16 * 1024
+}
+/// A gateway sends its headers at once; slow senders are cut off early.
+pub(super) fn default_header_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+pub(super) fn default_log_level() -> String {
+    "info".into()
+}
