@@ -1,0 +1,92 @@
+//! The daemon's config for a run on loopback: the demo's, the benchmarks'
+//! and the tests', rendered as the TOML a user would write.
+
+use super::*;
+
+/// A config for a daemon on loopback against a sandbox: the demo, the
+/// tests and the benchmarks all start the daemon through the same loader
+/// and checks as production.
+#[derive(Debug, Clone)]
+pub struct LoopbackConfig {
+    pub interval: (String, String),
+    pub window: (String, String),
+    pub max_in_flight: usize,
+    pub request_timeout: String,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// Extra lines for the `[admin]` table.
+    pub admin_extra: String,
+    /// Extra lines for the `[callback]` table.
+    pub callback_extra: String,
+    /// Extra tables appended at the end (`[circuit]`, ...).
+    pub tail: String,
+    /// Environment variable that holds the control key.
+    pub key_env: String,
+}
+
+impl Default for LoopbackConfig {
+    /// The demo's settings: a tenth of ConnPay's timescale.
+    fn default() -> Self {
+        LoopbackConfig {
+            interval: ("300ms".into(), "500ms".into()),
+            window: ("4s".into(), "5s".into()),
+            max_in_flight: 16,
+            request_timeout: "2s".into(),
+            log_format: "text".into(),
+            admin_extra: String::new(),
+            callback_extra: String::new(),
+            tail: String::new(),
+            key_env: KEY_ENV.into(),
+        }
+    }
+}
+
+impl LoopbackConfig {
+    pub fn render(&self, store: &std::path::Path, base_url: &str) -> String {
+        format!(
+            r#"
+[store]
+path = "{store}"
+
+[callback]
+listen = "127.0.0.1:0"
+max_body_bytes = 4096
+header_read_timeout = "300ms"
+{callback_extra}
+
+[admin]
+listen = "127.0.0.1:0"
+{admin_extra}
+
+[log]
+format = "{log_format}"
+
+[providers.connpay]
+base_url = "{base_url}"
+control_key_env = "{key_env}"
+
+[providers.connpay.polling]
+poll_interval_min = "{i0}"
+poll_interval_max = "{i1}"
+poll_window_min = "{w0}"
+poll_window_max = "{w1}"
+max_in_flight = {max_in_flight}
+request_timeout = "{request_timeout}"
+
+{tail}
+"#,
+            tail = self.tail,
+            store = store.display(),
+            admin_extra = self.admin_extra,
+            callback_extra = self.callback_extra,
+            log_format = self.log_format,
+            key_env = self.key_env,
+            i0 = self.interval.0,
+            i1 = self.interval.1,
+            w0 = self.window.0,
+            w1 = self.window.1,
+            max_in_flight = self.max_in_flight,
+            request_timeout = self.request_timeout,
+        )
+    }
+}
