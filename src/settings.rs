@@ -226,3 +226,6 @@ pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
 }
+pub(crate) fn d10m() -> Duration {
+    Duration::from_secs(600)
+}

@@ -2,6 +2,10 @@
 //! defaults (before secrets are resolved and values checked).
 
 use super::*;
+pub use crate::providers::{
+    connectfi::config::ConnectfiConfig, connpay::config::ConnpayConfig, crm::config::CrmConfig,
+    myfatoorah::config::MyfatoorahConfig, rest_status::config::RestStatusConfig,
+};
 
 impl FileConfig {
     /// The default connection limits of the callback and admin listeners.
@@ -242,149 +246,6 @@ pub struct ProvidersConfig {
     pub rest_status: Option<RestStatusConfig>,
     pub connectfi: Option<ConnectfiConfig>,
     pub crm: Option<CrmConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CrmConfig {
-    /// The CRM.COM API root.
-    pub base_url: String,
-    pub username_env: String,
-    pub password_env: String,
-    /// The log-in method (unconfirmed in the documents: configurable).
-    #[serde(default = "default_crm_login")]
-    pub login_path: String,
-    #[serde(default = "default_crm_user_field")]
-    pub username_field: String,
-    #[serde(default = "default_crm_pass_field")]
-    pub password_field: String,
-    #[serde(default = "d10m", deserialize_with = "duration")]
-    pub token_ttl: Duration,
-    /// Status codes that mean the token expired.
-    #[serde(default = "default_crm_expired")]
-    pub expired_token_codes: Vec<String>,
-    #[serde(default = "d10s", deserialize_with = "duration")]
-    pub request_timeout: Duration,
-}
-
-pub(super) fn default_crm_login() -> String {
-    "/users/login".into()
-}
-pub(super) fn default_crm_user_field() -> String {
-    "username".into()
-}
-pub(super) fn default_crm_pass_field() -> String {
-    "password".into()
-}
-pub(super) fn default_crm_expired() -> Vec<String> {
-    vec!["INVALID_TOKEN".into(), "TOKEN_EXPIRED".into()]
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConnectfiConfig {
-    /// `CONNECTFI_BASE_URL`.
-    pub base_url: String,
-    /// Environment variables holding the log-in credentials.
-    pub client_id_env: String,
-    pub client_secret_env: String,
-    /// The log-in path and how its body names the credentials (not in
-    /// the seed: configurable).
-    #[serde(default = "default_cfi_login")]
-    pub login_path: String,
-    #[serde(default = "default_cfi_id_field")]
-    pub client_id_field: String,
-    #[serde(default = "default_cfi_secret_field")]
-    pub client_secret_field: String,
-    /// Token lifetime when the log-in answer gives none.
-    #[serde(default = "d10m", deserialize_with = "duration")]
-    pub token_ttl: Duration,
-    #[serde(default = "d10s", deserialize_with = "duration")]
-    pub request_timeout: Duration,
-}
-
-pub(super) fn default_cfi_login() -> String {
-    "/auth/get-token".into()
-}
-pub(super) fn default_cfi_id_field() -> String {
-    "clientId".into()
-}
-pub(super) fn default_cfi_secret_field() -> String {
-    "clientSecret".into()
-}
-pub(super) fn d10m() -> Duration {
-    Duration::from_secs(600)
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RestStatusConfig {
-    /// The API root, e.g. `https://payments.example.com/api/v1`.
-    pub base_url: String,
-    /// Environment variable holding the API key (header and body).
-    pub api_key_env: String,
-    #[serde(default)]
-    pub trust_spelling: TrustSpelling,
-    #[serde(default = "d10s", deserialize_with = "duration")]
-    pub request_timeout: Duration,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MyfatoorahConfig {
-    /// `https://apitest.myfatoorah.com` (test) or the country's live URL.
-    pub base_url: String,
-    /// Environment variable holding the API token (sent as a bearer token).
-    pub token_env: String,
-    /// Environment variable holding the webhook secret key. Unset: webhooks
-    /// are refused (they cannot be verified).
-    #[serde(default)]
-    pub webhook_secret_env: Option<String>,
-    /// `[providers.myfatoorah.polling]`. GetPaymentStatus is rate-limited:
-    /// by default every 10-15 s for 5 minutes, 8 in flight.
-    #[serde(default = "myfatoorah_polling")]
-    pub polling: PollingConfig,
-    /// `[providers.myfatoorah.reconcile]`. Slow by default: the inquiry
-    /// is rate-limited.
-    #[serde(default = "myfatoorah_reconcile")]
-    pub reconcile: ReconcileConfig,
-}
-
-pub(super) fn myfatoorah_reconcile() -> ReconcileConfig {
-    ReconcileConfig {
-        concurrency: 2,
-        rate_per_sec: 2.0,
-        ..ReconcileConfig::default()
-    }
-}
-
-pub(super) fn myfatoorah_polling() -> PollingConfig {
-    PollingConfig {
-        poll_interval_min: Duration::from_secs(10),
-        poll_interval_max: Duration::from_secs(15),
-        poll_window_min: Duration::from_secs(300),
-        poll_window_max: Duration::from_secs(300),
-        max_in_flight: 8,
-        // The documents say GetPaymentStatus is rate-limited but not how
-        // much: 10 a second is an assumption (docs/providers.md).
-        rate_per_sec: Some(10.0),
-        ..PollingConfig::default()
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConnpayConfig {
-    /// `https://sandbox.connpay.com` or `https://gate.connpay.com`.
-    pub base_url: String,
-    /// Environment variable holding the merchant control key.
-    pub control_key_env: String,
-    /// `[providers.connpay.polling]`.
-    #[serde(default)]
-    pub polling: PollingConfig,
-    /// `[providers.connpay.reconcile]`.
-    #[serde(default)]
-    pub reconcile: ReconcileConfig,
 }
 
 pub(super) fn default_callback_listen() -> SocketAddr {

@@ -11,6 +11,7 @@
 //! inquiry, so its payments are not polled and an update whose answer is
 //! lost is parked as unknown.
 
+pub mod config;
 pub mod sim;
 
 use std::collections::BTreeMap;

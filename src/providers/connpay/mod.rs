@@ -12,6 +12,7 @@
 //! - callback `type` values other than `reversal` and `chargeback` are the
 //!   transfer's own type and all read the same way.
 
+pub mod config;
 pub mod sim;
 
 use std::collections::BTreeMap;

@@ -12,6 +12,7 @@
 //! inquiry here, so payments are not polled and a reject whose answer is
 //! lost is parked as unknown.
 
+pub mod config;
 pub mod sim;
 
 use std::collections::BTreeMap;

@@ -10,6 +10,7 @@
 //! checks amounts against is the tracked `amount_minor` (or the last
 //! inquiry's `InvoiceValue`).
 
+pub mod config;
 pub mod sim;
 pub mod webhook;
 

@@ -7,6 +7,7 @@
 //! whose answer was lost is parked as `unknown` for an operator instead of
 //! being sent again (docs/actions.md).
 
+pub mod config;
 pub mod sim;
 
 use std::collections::BTreeMap;
