@@ -9,9 +9,9 @@
 //! updates answered 500, "apply the change, then drop the connection", and
 //! expiring every token now.
 
+use crate::providers::sandbox::Server;
 use crate::sync::lock;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +20,6 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::http::{self, Answer, CloseConnection};
 use crate::providers::connectfi::{check_description, check_id, StatusChange, SETTABLE, STATUSES};
@@ -55,9 +54,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct ConnectfiSim {
     inner: Arc<Inner>,
-    addr: SocketAddr,
-    cancel: CancellationToken,
-    tasks: TaskTracker,
+    server: Server,
 }
 
 fn now_iso() -> String {
@@ -75,7 +72,6 @@ impl ConnectfiSim {
         ttl: Duration,
         cancel: CancellationToken,
     ) -> ConnectfiSim {
-        let addr = listener.local_addr().expect("bound listener");
         let inner = Arc::new(Inner {
             client_id: client_id.into(),
             client_secret: client_secret.into(),
@@ -87,25 +83,13 @@ impl ConnectfiSim {
             updates: AtomicU64::new(0),
             last: Mutex::new(None),
         });
-        let tasks = TaskTracker::new();
         let i = inner.clone();
-        tasks.spawn(http::serve(
-            listener,
-            http::Limits::sandbox(),
-            cancel.clone(),
-            tasks.clone(),
-            move |req| handle(i.clone(), req),
-        ));
-        ConnectfiSim {
-            inner,
-            addr,
-            cancel,
-            tasks,
-        }
+        let server = Server::start(listener, cancel, move |req| handle(i.clone(), req));
+        ConnectfiSim { inner, server }
     }
 
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.base_url()
     }
 
     pub fn set_faults(&self, f: Faults) {
@@ -196,9 +180,7 @@ impl ConnectfiSim {
     }
 
     pub async fn shutdown(&self) {
-        self.cancel.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
+        self.server.shutdown().await;
     }
 }
 

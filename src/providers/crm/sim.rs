@@ -7,9 +7,9 @@
 //! rejects answered 500, "apply the change, then drop the connection", and
 //! expiring every token now.
 
+use crate::providers::sandbox::Server;
 use crate::sync::lock;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +18,6 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::http::{self, Answer, CloseConnection};
 use crate::providers::crm::{PAYMENT_IDS, REASON_IDS};
@@ -56,9 +55,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct CrmSim {
     inner: Arc<Inner>,
-    addr: SocketAddr,
-    cancel: CancellationToken,
-    tasks: TaskTracker,
+    server: Server,
 }
 
 impl CrmSim {
@@ -70,7 +67,6 @@ impl CrmSim {
         ttl: Duration,
         cancel: CancellationToken,
     ) -> CrmSim {
-        let addr = listener.local_addr().expect("bound listener");
         let inner = Arc::new(Inner {
             username: username.into(),
             password: password.into(),
@@ -82,25 +78,13 @@ impl CrmSim {
             requests: AtomicU64::new(0),
             last: Mutex::new(None),
         });
-        let tasks = TaskTracker::new();
         let i = inner.clone();
-        tasks.spawn(http::serve(
-            listener,
-            http::Limits::sandbox(),
-            cancel.clone(),
-            tasks.clone(),
-            move |req| handle(i.clone(), req),
-        ));
-        CrmSim {
-            inner,
-            addr,
-            cancel,
-            tasks,
-        }
+        let server = Server::start(listener, cancel, move |req| handle(i.clone(), req));
+        CrmSim { inner, server }
     }
 
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.base_url()
     }
 
     pub fn set_faults(&self, f: Faults) {
@@ -146,9 +130,7 @@ impl CrmSim {
     }
 
     pub async fn shutdown(&self) {
-        self.cancel.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
+        self.server.shutdown().await;
     }
 }
 

@@ -7,9 +7,9 @@
 //! updates answered 500 or refused with a 400 problem, and "apply the
 //! change, then drop the connection before answering".
 
+use crate::providers::sandbox::Server;
 use crate::sync::lock;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -17,7 +17,6 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::http::{self, Answer, CloseConnection};
 
@@ -43,14 +42,11 @@ struct Inner {
 #[derive(Clone)]
 pub struct RestStatusSim {
     inner: Arc<Inner>,
-    addr: SocketAddr,
-    cancel: CancellationToken,
-    tasks: TaskTracker,
+    server: Server,
 }
 
 impl RestStatusSim {
     pub fn start(listener: TcpListener, api_key: &str, cancel: CancellationToken) -> RestStatusSim {
-        let addr = listener.local_addr().expect("bound listener");
         let inner = Arc::new(Inner {
             api_key: api_key.into(),
             faults: Mutex::new(Faults::default()),
@@ -58,26 +54,14 @@ impl RestStatusSim {
             requests: AtomicU64::new(0),
             last: Mutex::new(None),
         });
-        let tasks = TaskTracker::new();
         let i = inner.clone();
-        tasks.spawn(http::serve(
-            listener,
-            http::Limits::sandbox(),
-            cancel.clone(),
-            tasks.clone(),
-            move |req| handle(i.clone(), req),
-        ));
-        RestStatusSim {
-            inner,
-            addr,
-            cancel,
-            tasks,
-        }
+        let server = Server::start(listener, cancel, move |req| handle(i.clone(), req));
+        RestStatusSim { inner, server }
     }
 
     /// The base URL to configure (`…/api/v1`).
     pub fn base_url(&self) -> String {
-        format!("http://{}/api/v1", self.addr)
+        format!("{}/api/v1", self.server.base_url())
     }
 
     pub fn set_faults(&self, f: Faults) {
@@ -102,9 +86,7 @@ impl RestStatusSim {
     }
 
     pub async fn shutdown(&self) {
-        self.cancel.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
+        self.server.shutdown().await;
     }
 }
 
