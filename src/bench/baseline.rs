@@ -11,6 +11,16 @@ use tokio::sync::{mpsc, oneshot};
 
 type Job = (Vec<u8>, Vec<u8>, oneshot::Sender<Result<bool, String>>);
 
+/// sled as the store opens it (its cache, its background flush), for
+/// every baseline here.
+fn open_sled(path: &std::path::Path) -> sled::Result<sled::Db> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(crate::store::DEFAULT_CACHE_MB * 1024 * 1024)
+        .flush_every_ms(Some(1000))
+        .open()
+}
+
 #[derive(Clone)]
 pub struct SledAlone {
     tree: sled::Tree,
@@ -19,12 +29,7 @@ pub struct SledAlone {
 
 impl SledAlone {
     pub fn open(path: &std::path::Path) -> Result<SledAlone, String> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(crate::store::DEFAULT_CACHE_MB * 1024 * 1024)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| e.to_string())?;
+        let db = open_sled(path).map_err(|e| e.to_string())?;
         let tree = db.open_tree("inbox").map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::channel::<Job>(8192);
         let t = tree.clone();
@@ -90,14 +95,7 @@ fn committer(db: sled::Db, t: sled::Tree, mut rx: mpsc::Receiver<Job>) {
 /// reopened (recovery) and flushed again, as the store was. Returns how
 /// many records there are and their keys' and values' bytes.
 pub fn copy_records(src: &std::path::Path, dst: &std::path::Path) -> Result<(u64, u64), String> {
-    let open = |p: &std::path::Path| {
-        sled::Config::new()
-            .path(p)
-            .cache_capacity(crate::store::DEFAULT_CACHE_MB * 1024 * 1024)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| format!("{}: {e}", p.display()))
-    };
+    let open = |p: &std::path::Path| open_sled(p).map_err(|e| format!("{}: {e}", p.display()));
     let (mut n, mut bytes) = (0u64, 0u64);
     {
         let (from_db, to_db) = (open(src)?, open(dst)?);
