@@ -242,7 +242,9 @@ impl Provider for Crm {
 
     fn track_keys(&self, keys: &Keys) -> Result<TrackKeys, String> {
         let (name, value) = exactly_one("payment identifier", keys, &PAYMENT_IDS)?;
-        if value.len() > 64 {
+        // Characters, as the API's schema (JSON Schema `maxLength`) counts
+        // them, not bytes.
+        if value.chars().count() > 64 {
             return Err(format!("key `{name}` is longer than 64 characters"));
         }
         Ok(TrackKeys {
@@ -361,6 +363,31 @@ mod tests {
         assert!(exactly_one("p", &m(&[("code", "1")]), &PAYMENT_IDS)
             .unwrap_err()
             .contains("unknown field"));
+    }
+
+    #[test]
+    fn an_identifier_is_measured_in_characters_not_bytes() {
+        let crm = Crm::new(
+            "http://127.0.0.1:9".into(),
+            Login {
+                path: "/users/login".into(),
+                username_field: "username".into(),
+                password_field: "password".into(),
+                username: Secret::new("u"),
+                password: Secret::new("p"),
+                ttl: Duration::from_secs(600),
+                expired_token_codes: vec![],
+            },
+            Duration::from_secs(1),
+        );
+        // 64 two-byte characters: 128 bytes, within the schema's maxLength.
+        let ok = "é".repeat(64);
+        assert!(crm.track_keys(&m(&[("back_office_code", &ok)])).is_ok());
+        let long = "é".repeat(65);
+        assert!(crm
+            .track_keys(&m(&[("back_office_code", &long)]))
+            .unwrap_err()
+            .contains("longer than 64 characters"));
     }
 
     #[test]
