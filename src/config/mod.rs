@@ -7,14 +7,13 @@
 
 mod file;
 mod locate;
-mod validate;
 
+pub use crate::settings::check::ConfigError;
+use crate::settings::check::{check_url, locate_key, validate_polling, validate_reconcile};
 pub use file::*;
-use locate::{locate_key, parse_file};
-use validate::{check_url, validate_polling, validate_reconcile};
+use locate::parse_file;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,29 +25,6 @@ pub use crate::settings::{
     parse_duration, CircuitConfig, LogFormat, PollingConfig, ReconcileConfig, Secret,
     TrustSpelling, MAX_DURATION,
 };
-
-/// A configuration error, with where it is.
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigError {
-    pub file: String,
-    pub line: Option<usize>,
-    /// Dotted key, e.g. `providers.connpay.poll_interval_min`.
-    pub key: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        if let Some(key) = &self.key {
-            write!(f, ": key `{key}`")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
 
 /// The validated configuration with its secrets resolved.
 #[derive(Debug, Clone)]

@@ -1,7 +1,10 @@
 //! Plain settings types: what the config file's sections become, read by
 //! the floors below it (providers, the engine, logging) without importing
-//! the loader. `config` parses and validates the file into these; nothing
-//! here knows about files, lines or the environment.
+//! the loader. `config` parses and validates the file into these.
+//! [`check`] holds the checks and the file:line:key errors that `config`
+//! and the providers' own config sections share.
+
+pub mod check;
 
 use std::fmt;
 use std::time::Duration;
