@@ -16,7 +16,6 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineError};
 use crate::listen::admin::Admin;
 use crate::model::ProviderId;
-use crate::providers::connpay::Connpay;
 use crate::providers::Provider;
 use crate::sdnotify::Notifier;
 use crate::store::{Store, StoreError};
@@ -73,45 +72,11 @@ pub struct Daemon {
 
 /// Builds the configured providers.
 pub fn providers(config: &Config) -> Vec<Arc<dyn Provider>> {
-    let mut out: Vec<Arc<dyn Provider>> = vec![];
-    if let Some(c) = &config.connpay {
-        out.push(Arc::new(Connpay::new(
-            c.base_url.clone(),
-            c.control_key.clone(),
-            c.polling.clone(),
-        )));
-    }
-    if let Some(c) = &config.myfatoorah {
-        out.push(Arc::new(crate::providers::myfatoorah::Myfatoorah::new(
-            c.base_url.clone(),
-            c.token.clone(),
-            c.webhook_secret.clone(),
-            c.polling.clone(),
-        )));
-    }
-    if let Some(c) = &config.rest_status {
-        out.push(Arc::new(crate::providers::rest_status::RestStatus::new(
-            c.base_url.clone(),
-            c.api_key.clone(),
-            c.trust_spelling,
-            c.request_timeout,
-        )));
-    }
-    if let (Some(login), Some((url, timeout))) = (&config.connectfi, &config.connectfi_url) {
-        out.push(Arc::new(crate::providers::connectfi::Connectfi::new(
-            url.clone(),
-            login.clone(),
-            *timeout,
-        )));
-    }
-    if let (Some(login), Some((url, timeout))) = (&config.crm, &config.crm_url) {
-        out.push(Arc::new(crate::providers::crm::Crm::new(
-            url.clone(),
-            login.clone(),
-            *timeout,
-        )));
-    }
-    out
+    config
+        .providers
+        .iter()
+        .map(|c| c.provider.clone())
+        .collect()
 }
 
 /// Starts everything and returns once the store is open, the windows are

@@ -40,7 +40,7 @@ async fn the_openapi_document_lists_exactly_the_served_routes() {
     let spec = spec_routes();
     let code: BTreeSet<(String, String)> = payrecon::listen::admin::ROUTES
         .iter()
-        .chain(payrecon::listen::callback::ROUTES)
+        .chain(payrecon::listen::callback::ROUTES.iter())
         .map(|(m, p)| (m.to_string(), p.to_string()))
         .collect();
     assert_eq!(spec, code, "docs/openapi.yaml and the routers differ");

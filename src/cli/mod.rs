@@ -263,17 +263,20 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::CheckConfig { config } => match Config::load(&config, &env()) {
             Ok(c) => {
                 println!("{}: ok", config.display());
-                if let Some(cp) = &c.connpay {
-                    let p = &cp.polling;
-                    println!(
-                        "  connpay: {} (poll every {:?}-{:?} for {:?}-{:?}, {} in flight)",
-                        cp.base_url,
-                        p.poll_interval_min,
-                        p.poll_interval_max,
-                        p.poll_window_min,
-                        p.poll_window_max,
-                        p.max_in_flight
-                    );
+                for c in &c.providers {
+                    print!("  {}: {}", c.provider.id(), c.base_url);
+                    if c.provider.polls() {
+                        let p = c.provider.polling();
+                        print!(
+                            " (poll every {:?}-{:?} for {:?}-{:?}, {} in flight)",
+                            p.poll_interval_min,
+                            p.poll_interval_max,
+                            p.poll_window_min,
+                            p.poll_window_max,
+                            p.max_in_flight
+                        );
+                    }
+                    println!();
                 }
                 println!(
                     "  callbacks on {}, admin on {}",

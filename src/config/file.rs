@@ -2,10 +2,7 @@
 //! defaults (before secrets are resolved and values checked).
 
 use super::*;
-pub use crate::providers::{
-    connectfi::config::ConnectfiConfig, connpay::config::ConnpayConfig, crm::config::CrmConfig,
-    myfatoorah::config::MyfatoorahConfig, rest_status::config::RestStatusConfig,
-};
+use std::collections::BTreeMap;
 
 impl FileConfig {
     /// The default connection limits of the callback and admin listeners.
@@ -238,15 +235,11 @@ impl Default for LogConfig {
     }
 }
 
+/// `[providers.<name>]` sections as written. Each is read, checked and
+/// built by the provider registered under that name; a name no provider
+/// has is refused (by `Config::parse`, at its line).
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProvidersConfig {
-    pub connpay: Option<ConnpayConfig>,
-    pub myfatoorah: Option<MyfatoorahConfig>,
-    pub rest_status: Option<RestStatusConfig>,
-    pub connectfi: Option<ConnectfiConfig>,
-    pub crm: Option<CrmConfig>,
-}
+pub struct ProvidersConfig(pub BTreeMap<String, toml::Table>);
 
 pub(super) fn default_callback_listen() -> SocketAddr {
     ([0, 0, 0, 0], 8080).into()

@@ -8,8 +8,10 @@
 mod file;
 mod locate;
 
+use crate::providers::Configured;
 pub use crate::settings::check::ConfigError;
-use crate::settings::check::{check_url, locate_key, validate_polling, validate_reconcile};
+use crate::settings::check::{locate_key, section_header};
+use crate::settings::section::Section;
 pub use file::*;
 use locate::parse_file;
 
@@ -32,40 +34,8 @@ pub struct Config {
     pub file: FileConfig,
     pub admin_token: Option<Secret>,
     pub notify: Option<crate::engine::notify::NotifySettings>,
-    pub connpay: Option<Connpay>,
-    pub myfatoorah: Option<Myfatoorah>,
-    pub rest_status: Option<RestStatus>,
-    pub connectfi: Option<crate::providers::connectfi::Login>,
-    /// connectFi's base URL and request timeout, with `connectfi`.
-    pub connectfi_url: Option<(String, Duration)>,
-    pub crm: Option<crate::providers::crm::Login>,
-    pub crm_url: Option<(String, Duration)>,
-}
-
-/// The REST status API's settings, ready to use.
-#[derive(Debug, Clone)]
-pub struct RestStatus {
-    pub base_url: String,
-    pub api_key: Secret,
-    pub trust_spelling: TrustSpelling,
-    pub request_timeout: Duration,
-}
-
-/// MyFatoorah's settings, ready to use.
-#[derive(Debug, Clone)]
-pub struct Myfatoorah {
-    pub base_url: String,
-    pub token: Secret,
-    pub webhook_secret: Option<Secret>,
-    pub polling: PollingConfig,
-}
-
-/// ConnPay's settings, ready to use.
-#[derive(Debug, Clone)]
-pub struct Connpay {
-    pub base_url: String,
-    pub control_key: Secret,
-    pub polling: PollingConfig,
+    /// The providers that have a section, built, in registry order.
+    pub providers: Vec<Configured>,
 }
 
 impl Config {
@@ -163,102 +133,39 @@ impl Config {
             Some(var) => Some(secret("admin.token_env", var)?),
             None => None,
         };
-        let connpay = match &file.providers.connpay {
-            Some(c) => {
-                let p = "providers.connpay";
-                check_url(&c.base_url, p, &err)?;
-                validate_polling(&c.polling, &format!("{p}.polling"), &err)?;
-                validate_reconcile(&c.reconcile, &format!("{p}.reconcile"), &err)?;
-                Some(Connpay {
-                    base_url: c.base_url.trim_end_matches('/').to_string(),
-                    control_key: secret(&format!("{p}.control_key_env"), &c.control_key_env)?,
-                    polling: c.polling.clone(),
+        let registered = |name: &str| {
+            crate::providers::REGISTRY
+                .iter()
+                .any(|p| p.id.as_str() == name)
+        };
+        if let Some(unknown) = file.providers.0.keys().find(|n| !registered(n)) {
+            let known: Vec<&str> = crate::providers::REGISTRY
+                .iter()
+                .map(|p| p.id.as_str())
+                .collect();
+            let header = format!("providers.{unknown}");
+            let line = text.lines().position(|l| {
+                section_header(l.trim()).is_some_and(|h| {
+                    h == header || h.strip_prefix(&header).is_some_and(|r| r.starts_with('.'))
                 })
+            });
+            return Err(ConfigError {
+                file: name.to_string(),
+                line: line.map(|l| l + 1),
+                key: Some(header),
+                message: format!(
+                    "unknown provider `{unknown}`; this build has {}",
+                    known.join(", ")
+                ),
+            });
+        }
+        let mut providers = vec![];
+        for plugin in crate::providers::REGISTRY {
+            let section = Section::new(name, text, plugin.id.as_str(), &secret);
+            if let Some(c) = (plugin.configure)(&section)? {
+                providers.push(c);
             }
-            None => None,
-        };
-        let myfatoorah = match &file.providers.myfatoorah {
-            Some(c) => {
-                let p = "providers.myfatoorah";
-                check_url(&c.base_url, p, &err)?;
-                validate_polling(&c.polling, &format!("{p}.polling"), &err)?;
-                validate_reconcile(&c.reconcile, &format!("{p}.reconcile"), &err)?;
-                Some(Myfatoorah {
-                    base_url: c.base_url.trim_end_matches('/').to_string(),
-                    token: secret(&format!("{p}.token_env"), &c.token_env)?,
-                    webhook_secret: match &c.webhook_secret_env {
-                        Some(var) => Some(secret(&format!("{p}.webhook_secret_env"), var)?),
-                        None => None,
-                    },
-                    polling: c.polling.clone(),
-                })
-            }
-            None => None,
-        };
-        let rest_status = match &file.providers.rest_status {
-            Some(c) => {
-                let p = "providers.rest_status";
-                check_url(&c.base_url, p, &err)?;
-                Some(RestStatus {
-                    base_url: c.base_url.trim_end_matches('/').to_string(),
-                    api_key: secret(&format!("{p}.api_key_env"), &c.api_key_env)?,
-                    trust_spelling: c.trust_spelling,
-                    request_timeout: c.request_timeout,
-                })
-            }
-            None => None,
-        };
-        let (connectfi, connectfi_url) = match &file.providers.connectfi {
-            Some(c) => {
-                let p = "providers.connectfi";
-                check_url(&c.base_url, p, &err)?;
-                if !c.login_path.starts_with('/') {
-                    return Err(err(&format!("{p}.login_path"), "must start with /".into()));
-                }
-                let login = crate::providers::connectfi::Login {
-                    path: c.login_path.clone(),
-                    client_id_field: c.client_id_field.clone(),
-                    client_secret_field: c.client_secret_field.clone(),
-                    client_id: secret(&format!("{p}.client_id_env"), &c.client_id_env)?,
-                    client_secret: secret(&format!("{p}.client_secret_env"), &c.client_secret_env)?,
-                    default_ttl: c.token_ttl,
-                };
-                (
-                    Some(login),
-                    Some((
-                        c.base_url.trim_end_matches('/').to_string(),
-                        c.request_timeout,
-                    )),
-                )
-            }
-            None => (None, None),
-        };
-        let (crm, crm_url) = match &file.providers.crm {
-            Some(c) => {
-                let p = "providers.crm";
-                check_url(&c.base_url, p, &err)?;
-                if !c.login_path.starts_with('/') {
-                    return Err(err(&format!("{p}.login_path"), "must start with /".into()));
-                }
-                let login = crate::providers::crm::Login {
-                    path: c.login_path.clone(),
-                    username_field: c.username_field.clone(),
-                    password_field: c.password_field.clone(),
-                    username: secret(&format!("{p}.username_env"), &c.username_env)?,
-                    password: secret(&format!("{p}.password_env"), &c.password_env)?,
-                    ttl: c.token_ttl,
-                    expired_token_codes: c.expired_token_codes.clone(),
-                };
-                (
-                    Some(login),
-                    Some((
-                        c.base_url.trim_end_matches('/').to_string(),
-                        c.request_timeout,
-                    )),
-                )
-            }
-            None => (None, None),
-        };
+        }
         let notify = match &file.notify {
             Some(n) => {
                 let p = "notify";
@@ -319,13 +226,7 @@ impl Config {
             file,
             admin_token,
             notify,
-            connpay,
-            myfatoorah,
-            rest_status,
-            connectfi,
-            connectfi_url,
-            crm,
-            crm_url,
+            providers,
         })
     }
 }
@@ -333,14 +234,11 @@ impl Config {
 impl Config {
     /// The engine's settings from this config.
     pub fn engine_settings(&self) -> crate::engine::Settings {
-        use crate::model::ProviderId;
-        let mut reconcile = HashMap::new();
-        if let Some(c) = &self.file.providers.connpay {
-            reconcile.insert(ProviderId::Connpay, c.reconcile.clone());
-        }
-        if let Some(c) = &self.file.providers.myfatoorah {
-            reconcile.insert(ProviderId::Myfatoorah, c.reconcile.clone());
-        }
+        let reconcile = self
+            .providers
+            .iter()
+            .filter_map(|c| Some((c.provider.id(), c.reconcile.clone()?)))
+            .collect();
         crate::engine::Settings {
             action_deadline: self.file.actions.deadline,
             circuit: self.file.circuit.clone(),
@@ -374,12 +272,17 @@ poll_interval_min = "3s"
     #[test]
     fn a_good_file_loads_with_defaults_and_secrets_from_env() {
         let c = Config::parse("c.toml", GOOD, &env()).unwrap();
-        let cp = c.connpay.unwrap();
-        assert_eq!(cp.control_key.expose(), "k3y");
-        assert_eq!(cp.polling.poll_interval_max, Duration::from_secs(5));
-        assert_eq!(cp.polling.poll_window_max, Duration::from_secs(180));
-        assert_eq!(format!("{:?}", cp.control_key), "[redacted]");
+        let [cp] = &c.providers[..] else {
+            panic!("one provider: {:?}", c.providers)
+        };
+        assert_eq!(cp.provider.id(), crate::model::ProviderId::Connpay);
+        assert_eq!(cp.base_url, "http://127.0.0.1:9000");
+        let polling = cp.provider.polling();
+        assert_eq!(polling.poll_interval_max, Duration::from_secs(5));
+        assert_eq!(polling.poll_window_max, Duration::from_secs(180));
+        assert!(cp.reconcile.is_some());
         assert!(c.file.admin.listen.ip().is_loopback());
+        assert_eq!(c.admin_token, None);
     }
 
     #[test]
@@ -434,12 +337,17 @@ poll_interval_min = "3s"
             "CREDENTIALS_DIRECTORY".into(),
             dir.path().display().to_string(),
         );
-        let c = Config::parse("c.toml", GOOD, &e).unwrap();
-        assert_eq!(c.connpay.unwrap().control_key.expose(), "from-credential");
+        // The admin token reads the same variable, so the test can see
+        // which one it got; the provider's key is looked up the same way.
+        let text = format!("[admin]\ntoken_env = \"CP_KEY\"\n{GOOD}");
+        let c = Config::parse("c.toml", &text, &e).unwrap();
+        let token = c.admin_token.unwrap();
+        assert_eq!(token.expose(), "from-credential");
+        assert_eq!(format!("{token:?}"), "[redacted]");
         // No credential file of that name: the environment variable.
         std::fs::remove_file(dir.path().join("CP_KEY")).unwrap();
-        let c = Config::parse("c.toml", GOOD, &e).unwrap();
-        assert_eq!(c.connpay.unwrap().control_key.expose(), "k3y");
+        let c = Config::parse("c.toml", &text, &e).unwrap();
+        assert_eq!(c.admin_token.unwrap().expose(), "k3y");
         // An empty credential is an error naming the key.
         std::fs::write(dir.path().join("CP_KEY"), "\n").unwrap();
         let err = Config::parse("c.toml", GOOD, &e).unwrap_err();
@@ -447,6 +355,16 @@ poll_interval_min = "3s"
             err.key.as_deref(),
             Some("providers.connpay.control_key_env")
         );
+    }
+
+    #[test]
+    fn a_section_no_provider_registered_is_refused_at_its_line() {
+        let bad = GOOD.replace("[providers.connpay.polling]", "[providers.connpai]");
+        let e = Config::parse("c.toml", &bad, &env()).unwrap_err();
+        assert_eq!(e.line, Some(9), "{e}");
+        assert!(e.message.contains("unknown provider `connpai`"), "{e}");
+        assert!(e.message.contains("connpay, myfatoorah"), "{e}");
+        assert_eq!(e.file, "c.toml");
     }
 
     #[test]

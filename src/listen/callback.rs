@@ -1,14 +1,15 @@
 //! The callback listener: the only port providers reach. It verifies each
 //! callback, commits it durably, and only then answers 200.
 //!
-//! Routes: `GET|POST /callback/connpay` (query string or form) and `POST
-//! /callback/myfatoorah` (webhooks). Answers: 200 `OK` once durable (also
+//! Routes: `/callback/<name>` for each registered provider that reads
+//! callbacks (ConnPay: GET or POST, query string or form; MyFatoorah:
+//! POST webhooks). Answers: 200 `OK` once durable (also
 //! for duplicates and orphans, so the gateway stops re-sending), 400
 //! malformed, 403 signature invalid (nothing stored), 404 unknown route or
 //! provider not configured, 405 with `Allow`, 503 orphan limit or store
 //! unavailable (the gateway will re-send).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
@@ -18,12 +19,19 @@ use crate::http::{self, Answer, CloseConnection};
 use crate::model::ProviderId;
 use crate::providers::{CallbackError, RawCallback};
 
-/// The routes this listener serves (docs/openapi.yaml lists them too).
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/callback/connpay"),
-    ("POST", "/callback/connpay"),
-    ("POST", "/callback/myfatoorah"),
-];
+/// The routes this listener serves: `/callback/<name>` with the methods
+/// each registered provider reads callbacks by (docs/openapi.yaml lists
+/// them too).
+pub static ROUTES: LazyLock<Vec<(&'static str, &'static str)>> = LazyLock::new(|| {
+    crate::providers::REGISTRY
+        .iter()
+        .flat_map(|p| {
+            // Built once per process: a handful of short paths.
+            let path: &'static str = Box::leak(format!("/callback/{}", p.id).into_boxed_str());
+            p.callback_methods.iter().map(move |m| (*m, path))
+        })
+        .collect()
+});
 
 pub async fn handle(
     engine: Arc<Engine>,
@@ -38,8 +46,8 @@ async fn route(engine: Arc<Engine>, max_body: usize, req: Request<Incoming>) -> 
     let segs = http::segments(&path);
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let method = req.method().as_str().to_string();
-    if !http::allowed_methods(ROUTES, &segs).contains(&method.as_str()) {
-        return http::method_not_allowed(ROUTES, &segs, &method, &path);
+    if !http::allowed_methods(&ROUTES, &segs).contains(&method.as_str()) {
+        return http::method_not_allowed(&ROUTES, &segs, &method, &path);
     }
     let Some(pid) = segs.get(1).and_then(|name| name.parse::<ProviderId>().ok()) else {
         return not_found();

@@ -3,12 +3,22 @@
 //! statuses map to normalized states. One folder per provider: its client,
 //! callback verification and status mapping, and its sandbox (`sim`).
 
-pub mod connectfi;
-pub mod connpay;
-pub mod crm;
-pub mod myfatoorah;
-pub mod rest_status;
+pub mod plugin;
 pub mod sandbox;
+
+pub use plugin::{Configured, Plugin};
+
+/// Declares each provider's folder and lists its [`Plugin`] in
+/// [`REGISTRY`]: a new provider is a folder and one name here.
+macro_rules! providers {
+    ($($name:ident),* $(,)?) => {
+        $(pub mod $name;)*
+        /// Every provider this build knows, in the order they are listed.
+        pub static REGISTRY: &[&Plugin] = &[$(&$name::config::PLUGIN),*];
+    };
+}
+
+providers!(connpay, myfatoorah, rest_status, connectfi, crm);
 
 use std::future::Future;
 use std::pin::Pin;

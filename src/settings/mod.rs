@@ -5,6 +5,7 @@
 //! and the providers' own config sections share.
 
 pub mod check;
+pub mod section;
 
 use std::fmt;
 use std::time::Duration;

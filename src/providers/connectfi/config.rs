@@ -1,9 +1,15 @@
-//! `[providers.connectfi]` as the config file writes it; `config` reads it
-//! and checks it, the provider is built from it.
+//! `[providers.connectfi]` as the config file writes it, and the
+//! provider's registration: how it is checked and built from it.
 
 use std::time::Duration;
 
 use serde::Deserialize;
+use std::sync::Arc;
+
+use crate::model::ProviderId;
+use crate::providers::{Configured, Plugin};
+use crate::settings::check::ConfigError;
+use crate::settings::section::Section;
 
 use crate::settings::{d10m, d10s, duration};
 
@@ -38,4 +44,34 @@ fn default_cfi_id_field() -> String {
 }
 fn default_cfi_secret_field() -> String {
     "clientSecret".into()
+}
+
+pub static PLUGIN: Plugin = Plugin {
+    id: ProviderId::Connectfi,
+    callback_methods: &[],
+    configure,
+};
+
+fn configure(s: &Section<'_>) -> Result<Option<Configured>, ConfigError> {
+    let Some(c) = s.read::<ConnectfiConfig>()? else {
+        return Ok(None);
+    };
+    let base_url = s.base_url(&c.base_url)?;
+    let login = super::Login {
+        path: s.url_path("login_path", c.login_path)?,
+        client_id_field: c.client_id_field,
+        client_secret_field: c.client_secret_field,
+        client_id: s.secret("client_id_env", &c.client_id_env)?,
+        client_secret: s.secret("client_secret_env", &c.client_secret_env)?,
+        default_ttl: c.token_ttl,
+    };
+    Ok(Some(Configured {
+        provider: Arc::new(super::Connectfi::new(
+            base_url.clone(),
+            login,
+            c.request_timeout,
+        )),
+        reconcile: None,
+        base_url,
+    }))
 }

@@ -1,7 +1,13 @@
-//! `[providers.connpay]` as the config file writes it; `config` reads it
-//! and checks it, the provider is built from it.
+//! `[providers.connpay]` as the config file writes it, and the
+//! provider's registration: how it is checked and built from it.
 
 use serde::Deserialize;
+use std::sync::Arc;
+
+use crate::model::ProviderId;
+use crate::providers::{Configured, Plugin};
+use crate::settings::check::ConfigError;
+use crate::settings::section::Section;
 
 use crate::settings::{PollingConfig, ReconcileConfig};
 
@@ -18,4 +24,25 @@ pub struct ConnpayConfig {
     /// `[providers.connpay.reconcile]`.
     #[serde(default)]
     pub reconcile: ReconcileConfig,
+}
+
+pub static PLUGIN: Plugin = Plugin {
+    id: ProviderId::Connpay,
+    callback_methods: &["GET", "POST"],
+    configure,
+};
+
+fn configure(s: &Section<'_>) -> Result<Option<Configured>, ConfigError> {
+    let Some(c) = s.read::<ConnpayConfig>()? else {
+        return Ok(None);
+    };
+    let base_url = s.base_url(&c.base_url)?;
+    s.polling(&c.polling)?;
+    s.reconcile(&c.reconcile)?;
+    let control_key = s.secret("control_key_env", &c.control_key_env)?;
+    Ok(Some(Configured {
+        provider: Arc::new(super::Connpay::new(base_url.clone(), control_key, c.polling)),
+        reconcile: Some(c.reconcile),
+        base_url,
+    }))
 }

@@ -1,9 +1,15 @@
-//! `[providers.crm]` as the config file writes it; `config` reads it
-//! and checks it, the provider is built from it.
+//! `[providers.crm]` as the config file writes it, and the
+//! provider's registration: how it is checked and built from it.
 
 use std::time::Duration;
 
 use serde::Deserialize;
+use std::sync::Arc;
+
+use crate::model::ProviderId;
+use crate::providers::{Configured, Plugin};
+use crate::settings::check::ConfigError;
+use crate::settings::section::Section;
 
 use crate::settings::{d10m, d10s, duration};
 
@@ -41,4 +47,31 @@ fn default_crm_pass_field() -> String {
 }
 fn default_crm_expired() -> Vec<String> {
     vec!["INVALID_TOKEN".into(), "TOKEN_EXPIRED".into()]
+}
+
+pub static PLUGIN: Plugin = Plugin {
+    id: ProviderId::Crm,
+    callback_methods: &[],
+    configure,
+};
+
+fn configure(s: &Section<'_>) -> Result<Option<Configured>, ConfigError> {
+    let Some(c) = s.read::<CrmConfig>()? else {
+        return Ok(None);
+    };
+    let base_url = s.base_url(&c.base_url)?;
+    let login = super::Login {
+        path: s.url_path("login_path", c.login_path)?,
+        username_field: c.username_field,
+        password_field: c.password_field,
+        username: s.secret("username_env", &c.username_env)?,
+        password: s.secret("password_env", &c.password_env)?,
+        ttl: c.token_ttl,
+        expired_token_codes: c.expired_token_codes,
+    };
+    Ok(Some(Configured {
+        provider: Arc::new(super::Crm::new(base_url.clone(), login, c.request_timeout)),
+        reconcile: None,
+        base_url,
+    }))
 }

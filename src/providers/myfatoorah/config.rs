@@ -1,9 +1,15 @@
-//! `[providers.myfatoorah]` as the config file writes it; `config` reads it
-//! and checks it, the provider is built from it.
+//! `[providers.myfatoorah]` as the config file writes it, and the
+//! provider's registration: how it is checked and built from it.
 
 use std::time::Duration;
 
 use serde::Deserialize;
+use std::sync::Arc;
+
+use crate::model::ProviderId;
+use crate::providers::{Configured, Plugin};
+use crate::settings::check::ConfigError;
+use crate::settings::section::Section;
 
 use crate::settings::{PollingConfig, ReconcileConfig};
 
@@ -48,4 +54,34 @@ fn myfatoorah_polling() -> PollingConfig {
         rate_per_sec: Some(10.0),
         ..PollingConfig::default()
     }
+}
+
+pub static PLUGIN: Plugin = Plugin {
+    id: ProviderId::Myfatoorah,
+    callback_methods: &["POST"],
+    configure,
+};
+
+fn configure(s: &Section<'_>) -> Result<Option<Configured>, ConfigError> {
+    let Some(c) = s.read::<MyfatoorahConfig>()? else {
+        return Ok(None);
+    };
+    let base_url = s.base_url(&c.base_url)?;
+    s.polling(&c.polling)?;
+    s.reconcile(&c.reconcile)?;
+    let token = s.secret("token_env", &c.token_env)?;
+    let webhook_secret = match &c.webhook_secret_env {
+        Some(var) => Some(s.secret("webhook_secret_env", var)?),
+        None => None,
+    };
+    Ok(Some(Configured {
+        provider: Arc::new(super::Myfatoorah::new(
+            base_url.clone(),
+            token,
+            webhook_secret,
+            c.polling,
+        )),
+        reconcile: Some(c.reconcile),
+        base_url,
+    }))
 }
