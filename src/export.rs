@@ -56,17 +56,6 @@ pub fn parse_since(s: &str) -> Result<u64, String> {
         })
 }
 
-/// Keys that are credentials, not references; never exported.
-pub fn secret_keys_of(p: ProviderId) -> &'static [&'static str] {
-    match p {
-        ProviderId::Connpay => &[
-            crate::providers::connpay::SESSION_TOKEN,
-            crate::providers::connpay::ACCESS_TOKEN,
-        ],
-        _ => &[],
-    }
-}
-
 #[derive(Debug, Serialize)]
 struct Row<'a> {
     payment_id: &'a str,
@@ -86,7 +75,8 @@ struct Row<'a> {
 
 fn row(p: &Payment) -> Option<Row<'_>> {
     let final_ms = p.final_ms?;
-    let secret = secret_keys_of(p.provider);
+    // Keys that are credentials, not references, are never exported.
+    let secret = crate::providers::plugin(p.provider).secret_keys;
     Some(Row {
         payment_id: &p.id,
         provider: p.provider,

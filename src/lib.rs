@@ -27,6 +27,26 @@
 
 #![forbid(unsafe_code)]
 
+/// Every provider this build has, one a line: its [`model::ProviderId`]
+/// variant, its folder under `src/providers/` (which is also its name in
+/// the config file, the callback route, the API and the store), and its
+/// permanent one-byte store code. Adding a provider is its folder and one
+/// line here. Append only: stored records hold the position and the code.
+///
+/// `model` expands this into `ProviderId` and `providers` into its modules
+/// and `REGISTRY`; neither imports the other for it.
+macro_rules! with_providers {
+    ($then:ident) => {
+        $then! {
+            Connpay connpay = 1,
+            Myfatoorah myfatoorah = 2,
+            RestStatus rest_status = 3,
+            Connectfi connectfi = 4,
+            Crm crm = 5,
+        }
+    };
+}
+
 pub mod action;
 pub mod bench;
 pub mod circuit;

@@ -7,49 +7,49 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{Decision, State};
 
-/// Which provider a payment belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderId {
-    Connpay,
-    Myfatoorah,
-    RestStatus,
-    Connectfi,
-    Crm,
+/// Makes `ProviderId` from the crate's list of providers
+/// (`with_providers!` in lib.rs).
+macro_rules! provider_ids {
+    ($($variant:ident $name:ident = $code:literal,)*) => {
+        /// Which provider a payment belongs to.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum ProviderId {
+            $($variant,)*
+        }
+
+        impl ProviderId {
+            /// Every provider, in the list's order.
+            pub const ALL: &'static [ProviderId] = &[$(ProviderId::$variant,)*];
+            pub const COUNT: usize = ProviderId::ALL.len();
+
+            /// Its name in config, routes, the API and logs.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ProviderId::$variant => stringify!($name),)*
+                }
+            }
+
+            /// A one-byte code for compact store records. Never reuse a code.
+            pub fn code(self) -> u8 {
+                match self {
+                    $(ProviderId::$variant => $code,)*
+                }
+            }
+        }
+    };
 }
 
+with_providers!(provider_ids);
+
 impl ProviderId {
-    pub const ALL: [ProviderId; 5] = [
-        ProviderId::Connpay,
-        ProviderId::Myfatoorah,
-        ProviderId::RestStatus,
-        ProviderId::Connectfi,
-        ProviderId::Crm,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderId::Connpay => "connpay",
-            ProviderId::Myfatoorah => "myfatoorah",
-            ProviderId::RestStatus => "rest_status",
-            ProviderId::Connectfi => "connectfi",
-            ProviderId::Crm => "crm",
-        }
-    }
-
-    /// A one-byte code for compact store records. Never reuse a code.
-    pub fn code(self) -> u8 {
-        match self {
-            ProviderId::Connpay => 1,
-            ProviderId::Myfatoorah => 2,
-            ProviderId::RestStatus => 3,
-            ProviderId::Connectfi => 4,
-            ProviderId::Crm => 5,
-        }
+    /// Its position in the list, from 0 (an index for per-provider arrays).
+    pub fn index(self) -> usize {
+        self as usize
     }
 
     pub fn from_code(c: u8) -> Option<ProviderId> {
-        ProviderId::ALL.into_iter().find(|p| p.code() == c)
+        ProviderId::ALL.iter().copied().find(|p| p.code() == c)
     }
 }
 
@@ -63,10 +63,12 @@ impl std::str::FromStr for ProviderId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         ProviderId::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|p| p.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown provider `{s}` (known: connpay, myfatoorah, rest_status, connectfi, crm)")
+                let known: Vec<&str> = ProviderId::ALL.iter().map(|p| p.as_str()).collect();
+                format!("unknown provider `{s}` (known: {})", known.join(", "))
             })
     }
 }

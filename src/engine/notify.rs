@@ -302,10 +302,7 @@ impl Engine {
             .ok()
             .flatten()
             .map(|p| {
-                let secret = self
-                    .provider(p.provider)
-                    .map(|pr| pr.secret_keys())
-                    .unwrap_or(&[]);
+                let secret = crate::providers::plugin(p.provider).secret_keys;
                 p.keys
                     .into_iter()
                     .filter(|(k, _)| !secret.contains(&k.as_str()))

@@ -13,9 +13,9 @@ pub struct Counters {
     /// Callbacks refused because too many orphans wait (503).
     pub orphans_refused: AtomicU64,
     pub orphans_expired: AtomicU64,
-    /// Polls per provider (indexed by [`ProviderId::code`]) and outcome
+    /// Polls per provider (indexed by [`ProviderId::index`]) and outcome
     /// (indexed by [`PollOutcome`]); [`Counters::polls`] sums providers.
-    pub polls_by_provider: [[AtomicU64; 3]; 8],
+    pub polls_by_provider: [[AtomicU64; 3]; ProviderId::COUNT],
     pub sweeps: AtomicU64,
     pub drift: AtomicU64,
     pub stale: AtomicU64,
@@ -49,13 +49,12 @@ impl PollOutcome {
 
 impl Counters {
     pub(super) fn count_poll(&self, pid: ProviderId, outcome: PollOutcome) {
-        self.polls_by_provider[pid.code() as usize][outcome as usize]
-            .fetch_add(1, Ordering::Relaxed);
+        self.polls_by_provider[pid.index()][outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Polls of one provider that ended so.
     pub fn polls_of(&self, pid: ProviderId, outcome: PollOutcome) -> u64 {
-        self.polls_by_provider[pid.code() as usize][outcome as usize].load(Ordering::Relaxed)
+        self.polls_by_provider[pid.index()][outcome as usize].load(Ordering::Relaxed)
     }
 
     /// Polls of every provider that ended so.

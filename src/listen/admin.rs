@@ -403,11 +403,9 @@ impl Admin {
     }
 
     fn view(&self, mut payment: Payment, history: Option<Vec<Observation>>) -> PaymentView {
-        if let Some(p) = self.engine.provider(payment.provider) {
-            for k in p.secret_keys() {
-                if let Some(v) = payment.keys.get_mut(*k) {
-                    *v = "[redacted]".into();
-                }
+        for k in crate::providers::plugin(payment.provider).secret_keys {
+            if let Some(v) = payment.keys.get_mut(*k) {
+                *v = "[redacted]".into();
             }
         }
         PaymentView {

@@ -9,16 +9,22 @@ pub mod sandbox;
 pub use plugin::{Configured, Plugin};
 
 /// Declares each provider's folder and lists its [`Plugin`] in
-/// [`REGISTRY`]: a new provider is a folder and one name here.
-macro_rules! providers {
-    ($($name:ident),* $(,)?) => {
+/// [`REGISTRY`], from the crate's list of providers (`with_providers!` in
+/// lib.rs).
+macro_rules! plugins {
+    ($($variant:ident $name:ident = $code:literal,)*) => {
         $(pub mod $name;)*
-        /// Every provider this build knows, in the order they are listed.
-        pub static REGISTRY: &[&Plugin] = &[$(&$name::config::PLUGIN),*];
+        /// Every provider this build has, in [`ProviderId::ALL`]'s order.
+        pub static REGISTRY: &[&Plugin] = &[$(&$name::config::PLUGIN,)*];
     };
 }
 
-providers!(connpay, myfatoorah, rest_status, connectfi, crm);
+with_providers!(plugins);
+
+/// The registration of `id`.
+pub fn plugin(id: ProviderId) -> &'static Plugin {
+    REGISTRY[id.index()]
+}
 
 use std::future::Future;
 use std::pin::Pin;
@@ -185,11 +191,6 @@ pub trait Provider: Send + Sync + 'static {
     /// indexed by.
     fn lookup_by(&self, name: &str, value: &str) -> Option<String>;
 
-    /// Names of keys that must never be shown or logged. None by default.
-    fn secret_keys(&self) -> &'static [&'static str] {
-        &[]
-    }
-
     /// Asks the provider for the payment's status. The report's source is
     /// `Poll`; callers that reconcile set their own.
     fn inquire<'a>(&'a self, payment: &'a Payment) -> BoxFuture<'a, Result<Report, InquiryError>> {
@@ -268,4 +269,21 @@ pub trait Provider: Send + Sync + 'static {
 /// A lookup key in the store's `keys` tree: `provider|kind|value`.
 pub fn lookup_key(provider: ProviderId, kind: &str, value: &str) -> String {
     format!("{}|{kind}|{value}", provider.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_has_every_provider_in_order_under_its_own_name() {
+        let ids: Vec<ProviderId> = REGISTRY.iter().map(|p| p.id).collect();
+        assert_eq!(ids, ProviderId::ALL);
+        for (i, id) in ProviderId::ALL.iter().enumerate() {
+            assert_eq!(id.index(), i);
+            assert_eq!(serde_json::to_value(id).unwrap(), id.as_str());
+            assert_eq!(id.as_str().parse::<ProviderId>().unwrap(), *id);
+            assert_eq!(ProviderId::from_code(id.code()), Some(*id));
+        }
+    }
 }

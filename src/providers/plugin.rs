@@ -20,6 +20,9 @@ pub struct Plugin {
     /// The methods `/callback/<name>` answers; empty when payrecon reads
     /// no callbacks of this provider.
     pub callback_methods: &'static [&'static str],
+    /// Names of its keys that are credentials, not references: never
+    /// shown, logged, exported or sent to the platform.
+    pub secret_keys: &'static [&'static str],
     /// Reads, checks and builds `[providers.<name>]`; `None` when the
     /// file has no such section (the provider is then not used).
     pub configure: fn(&Section<'_>) -> Result<Option<Configured>, ConfigError>,

@@ -49,6 +49,7 @@ fn default_cfi_secret_field() -> String {
 pub static PLUGIN: Plugin = Plugin {
     id: ProviderId::Connectfi,
     callback_methods: &[],
+    secret_keys: &[],
     configure,
 };
 

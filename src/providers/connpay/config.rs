@@ -29,6 +29,7 @@ pub struct ConnpayConfig {
 pub static PLUGIN: Plugin = Plugin {
     id: ProviderId::Connpay,
     callback_methods: &["GET", "POST"],
+    secret_keys: &[super::SESSION_TOKEN, super::ACCESS_TOKEN],
     configure,
 };
 

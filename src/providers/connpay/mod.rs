@@ -155,10 +155,6 @@ impl Provider for Connpay {
         }
     }
 
-    fn secret_keys(&self) -> &'static [&'static str] {
-        &[SESSION_TOKEN, ACCESS_TOKEN]
-    }
-
     fn inquire<'a>(&'a self, payment: &'a Payment) -> BoxFuture<'a, Result<Report, InquiryError>> {
         Box::pin(async move {
             let k = |name: &str| payment.keys.get(name).cloned().unwrap_or_default();

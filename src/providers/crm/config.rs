@@ -52,6 +52,7 @@ fn default_crm_expired() -> Vec<String> {
 pub static PLUGIN: Plugin = Plugin {
     id: ProviderId::Crm,
     callback_methods: &[],
+    secret_keys: &[],
     configure,
 };
 

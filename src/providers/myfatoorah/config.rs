@@ -59,6 +59,7 @@ fn myfatoorah_polling() -> PollingConfig {
 pub static PLUGIN: Plugin = Plugin {
     id: ProviderId::Myfatoorah,
     callback_methods: &["POST"],
+    secret_keys: &[],
     configure,
 };
 

@@ -29,6 +29,7 @@ pub struct RestStatusConfig {
 pub static PLUGIN: Plugin = Plugin {
     id: ProviderId::RestStatus,
     callback_methods: &[],
+    secret_keys: &[],
     configure,
 };
 
