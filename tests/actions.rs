@@ -137,9 +137,9 @@ async fn track(admin: &AdminClient, id: i64, value: i64) -> String {
 }
 
 fn capture(amount: &str) -> ActionRequest {
-    ActionRequest::Capture {
+    ActionRequest::of(&payrecon::providers::myfatoorah::Request::Capture {
         amount: amount.into(),
-    }
+    })
 }
 
 #[tokio::test]
@@ -220,9 +220,9 @@ async fn invalid_actions_are_refused_locally_and_nothing_is_sent() {
         mf.admin
             .action(
                 &pay,
-                &ActionRequest::Release {
+                &ActionRequest::of(&payrecon::providers::myfatoorah::Request::Release {
                     amount: Some("5".into()),
-                },
+                }),
                 None,
             )
             .await,
@@ -233,13 +233,35 @@ async fn invalid_actions_are_refused_locally_and_nothing_is_sent() {
         mf.admin.action(&pay, &capture("ten"), None).await,
         "action_refused",
     );
+    // Checked against what MyFatoorah describes before it judges them: a
+    // missing field is a bad request, an action it does not take a refusal.
+    let bare = |name: &str| ActionRequest {
+        action: name.into(),
+        fields: Default::default(),
+    };
+    let m = refuse(
+        mf.admin.action(&pay, &bare("capture"), None).await,
+        "invalid_request",
+    );
+    assert_eq!(m, "`capture` needs `amount`");
+    let m = refuse(
+        mf.admin.action(&pay, &bare("refund"), None).await,
+        "action_refused",
+    );
+    assert_eq!(m, "myfatoorah takes capture, release, not `refund`");
     assert_eq!(mf.sim.update_requests(), 0);
 
     // One capture or release per invoice: the second is refused here.
     let a = mf.admin.action(&pay, &capture("10"), None).await.unwrap();
     let m = refuse(
         mf.admin
-            .action(&pay, &ActionRequest::Release { amount: None }, None)
+            .action(
+                &pay,
+                &ActionRequest::of(&payrecon::providers::myfatoorah::Request::Release {
+                    amount: None,
+                }),
+                None,
+            )
             .await,
         "action_conflict",
     );
@@ -265,7 +287,11 @@ async fn a_final_4xx_is_not_retried() {
     let pay = track(&mf.admin, 300, 10_000).await;
     let a = mf
         .admin
-        .action(&pay, &ActionRequest::Release { amount: None }, None)
+        .action(
+            &pay,
+            &ActionRequest::of(&payrecon::providers::myfatoorah::Request::Release { amount: None }),
+            None,
+        )
         .await
         .unwrap();
     let a = mf.settled(&a.id).await;
@@ -307,9 +333,9 @@ async fn a_dropped_answer_is_settled_by_inquiry_not_by_resending() {
         .admin
         .action(
             &pay,
-            &ActionRequest::Release {
+            &ActionRequest::of(&payrecon::providers::myfatoorah::Request::Release {
                 amount: Some("7.5".into()),
-            },
+            }),
             None,
         )
         .await

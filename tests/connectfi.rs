@@ -92,11 +92,11 @@ impl Cfi {
 }
 
 fn set(status: &str) -> ActionRequest {
-    ActionRequest::SetStatus {
+    ActionRequest::of(&payrecon::providers::connectfi::Request::SetStatus {
         status: status.into(),
         description: Some(format!("Set to {status}")),
         manual_status: None,
-    }
+    })
 }
 
 #[tokio::test]
@@ -156,11 +156,11 @@ async fn an_expired_token_is_renewed_and_fails_nothing() {
         .admin
         .action(
             &pay,
-            &ActionRequest::SetStatus {
+            &ActionRequest::of(&payrecon::providers::connectfi::Request::SetStatus {
                 status: "Settled".into(),
                 description: None,
                 manual_status: Some(false),
-            },
+            }),
             None,
         )
         .await
@@ -184,22 +184,27 @@ async fn the_schema_is_checked_before_anything_is_sent() {
     for (req, what) in [
         (set("Sent"), "cannot be set"),
         (
-            ActionRequest::SetStatus {
+            ActionRequest::of(&payrecon::providers::connectfi::Request::SetStatus {
                 status: "Completed".into(),
                 description: Some("<script>".into()),
                 manual_status: None,
-            },
+            }),
             "< or >",
         ),
         (
-            ActionRequest::SetStatus {
+            ActionRequest::of(&payrecon::providers::connectfi::Request::SetStatus {
                 status: "Completed".into(),
                 description: Some("x".repeat(101)),
                 manual_status: None,
-            },
+            }),
             "100 characters",
         ),
-        (ActionRequest::Capture { amount: "1".into() }, "set_status"),
+        (
+            ActionRequest::of(&payrecon::providers::myfatoorah::Request::Capture {
+                amount: "1".into(),
+            }),
+            "set_status",
+        ),
     ] {
         let err = c.admin.action(&pay, &req, None).await.unwrap_err();
         assert!(err.to_string().contains(what), "{err}");

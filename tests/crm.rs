@@ -88,13 +88,13 @@ impl Crm {
 }
 
 fn reject(reason: &[(&str, &str)]) -> ActionRequest {
-    ActionRequest::Reject {
+    ActionRequest::of(&payrecon::providers::crm::Request::Reject {
         rejection_reason: reason
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         fields_set: None,
-    }
+    })
 }
 
 #[tokio::test]
@@ -105,14 +105,14 @@ async fn a_draft_payment_is_rejected_as_the_seed_describes() {
         .admin
         .action(
             &pay,
-            &ActionRequest::Reject {
+            &ActionRequest::of(&payrecon::providers::crm::Request::Reject {
                 rejection_reason: [(
                     "name".to_string(),
                     "Reject Due to Business Request".to_string(),
                 )]
                 .into(),
                 fields_set: Some(vec!["id".into(), "life_cycle_state".into()]),
-            },
+            }),
             None,
         )
         .await

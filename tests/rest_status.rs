@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use payrecon::action::{Action, ActionRequest, ActionState, Trust};
+use payrecon::action::{Action, ActionRequest, ActionState};
 use payrecon::cli::client::AdminClient;
 use payrecon::config::Config;
 use payrecon::daemon::{self, Listeners};
@@ -90,14 +90,14 @@ impl Rest {
 }
 
 fn update(status: &str) -> ActionRequest {
-    ActionRequest::UpdateStatus {
+    ActionRequest::of(&payrecon::providers::rest_status::Request::UpdateStatus {
         status: status.into(),
-        trust: Trust {
+        trust: payrecon::providers::rest_status::Trust {
             seed: "seed-1".into(),
             value: "c10cd944".into(),
             alt_value: "alt-1".into(),
         },
-    }
+    })
 }
 
 #[tokio::test]
@@ -133,14 +133,14 @@ async fn a_400_problem_is_final_and_its_errors_reach_the_caller() {
     let r = Rest::start().await;
     let pay = r.track().await;
     // Refused locally: nothing sent.
-    let bad = ActionRequest::UpdateStatus {
+    let bad = ActionRequest::of(&payrecon::providers::rest_status::Request::UpdateStatus {
         status: "x".into(),
-        trust: Trust {
+        trust: payrecon::providers::rest_status::Trust {
             seed: "".into(),
             value: "v".into(),
             alt_value: "a".into(),
         },
-    };
+    });
     let err = r.admin.action(&pay, &bad, None).await.unwrap_err();
     assert!(err.to_string().contains("trust.seed"), "{err}");
     assert_eq!(r.sim.requests(), 0);

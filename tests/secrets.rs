@@ -128,9 +128,9 @@ max_delay = "50ms"
     let a = admin
         .action(
             &pay,
-            &ActionRequest::Capture {
+            &ActionRequest::of(&payrecon::providers::myfatoorah::Request::Capture {
                 amount: "10.000".into(),
-            },
+            }),
             None,
         )
         .await

@@ -100,8 +100,9 @@ struct PanicsOnce {
 }
 
 impl payrecon::providers::Provider for PanicsOnce {
+    // Stands in for connectFi, whose described actions include set_status.
     fn id(&self) -> ProviderId {
-        ProviderId::Connpay
+        ProviderId::Connectfi
     }
     fn polling(&self) -> &payrecon::config::PollingConfig {
         &self.polling
@@ -112,8 +113,8 @@ impl payrecon::providers::Provider for PanicsOnce {
     ) -> Result<payrecon::providers::TrackKeys, String> {
         let inv = keys.get("invoice_id").ok_or("no invoice_id")?;
         Ok(payrecon::providers::TrackKeys {
-            idempotency_key: format!("connpay|idem|{inv}"),
-            lookup_keys: vec![format!("connpay|inv|{inv}")],
+            idempotency_key: format!("connectfi|idem|{inv}"),
+            lookup_keys: vec![format!("connectfi|inv|{inv}")],
         })
     }
     fn lookup_by(&self, _: &str, _: &str) -> Option<String> {
@@ -193,7 +194,7 @@ async fn a_panicking_poll_or_action_is_contained_and_the_loops_go_on() {
     );
     let id = engine
         .track(payrecon::engine::TrackRequest {
-            provider: "connpay".into(),
+            provider: "connectfi".into(),
             keys: payrecon::model::Keys::from([("invoice_id".to_string(), "p-1".to_string())]),
             amount_minor: Some(100),
             currency: Some("EUR".into()),
@@ -210,7 +211,7 @@ async fn a_panicking_poll_or_action_is_contained_and_the_loops_go_on() {
     assert!(
         engine
             .counters
-            .polls_of(ProviderId::Connpay, PollOutcome::Failed)
+            .polls_of(ProviderId::Connectfi, PollOutcome::Failed)
             >= 1
     );
     wait_until("the later answers recorded", || async {
@@ -229,10 +230,12 @@ async fn a_panicking_poll_or_action_is_contained_and_the_loops_go_on() {
     // An action whose send panics is parked, never resent blindly; the
     // outbound loop goes on with the next one.
     use payrecon::action::{ActionRequest, ActionState};
-    let update = || ActionRequest::SetStatus {
-        status: "Completed".into(),
-        description: None,
-        manual_status: None,
+    let update = || {
+        ActionRequest::of(&payrecon::providers::connectfi::Request::SetStatus {
+            status: "Completed".into(),
+            description: None,
+            manual_status: None,
+        })
     };
     let (first, _) = engine.request_action(&id, update(), None).await.unwrap();
     let (second, _) = engine.request_action(&id, update(), None).await.unwrap();

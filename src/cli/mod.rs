@@ -360,7 +360,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
             client(&admin)
                 .action(
                     &payment,
-                    &ActionRequest::Capture { amount },
+                    &crate::action::ActionRequest::of(
+                        &crate::providers::myfatoorah::Request::Capture { amount },
+                    ),
                     idempotency_key.as_deref(),
                 )
                 .await,
@@ -374,7 +376,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
             client(&admin)
                 .action(
                     &payment,
-                    &ActionRequest::Release { amount },
+                    &crate::action::ActionRequest::of(
+                        &crate::providers::myfatoorah::Request::Release { amount },
+                    ),
                     idempotency_key.as_deref(),
                 )
                 .await,
@@ -388,7 +392,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             alt_trust_value,
             idempotency_key,
         } => {
-            let trust = crate::action::Trust {
+            let trust = crate::providers::rest_status::Trust {
                 seed: trust_seed,
                 value: trust_value,
                 alt_value: alt_trust_value,
@@ -397,7 +401,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 client(&admin)
                     .action(
                         &payment,
-                        &ActionRequest::UpdateStatus { status, trust },
+                        &crate::action::ActionRequest::of(
+                            &crate::providers::rest_status::Request::UpdateStatus { status, trust },
+                        ),
                         idempotency_key.as_deref(),
                     )
                     .await,
@@ -411,11 +417,13 @@ async fn dispatch(cli: Cli) -> ExitCode {
             unlocked,
             idempotency_key,
         } => {
-            let req = ActionRequest::SetStatus {
-                status,
-                description,
-                manual_status: unlocked.then_some(false),
-            };
+            let req: ActionRequest = crate::action::ActionRequest::of(
+                &crate::providers::connectfi::Request::SetStatus {
+                    status,
+                    description,
+                    manual_status: unlocked.then_some(false),
+                },
+            );
             print_json(
                 client(&admin)
                     .action(&payment, &req, idempotency_key.as_deref())
@@ -429,11 +437,12 @@ async fn dispatch(cli: Cli) -> ExitCode {
             fields_set,
             idempotency_key,
         } => {
-            let req = ActionRequest::Reject {
-                rejection_reason: [reason].into(),
-                fields_set: fields_set
-                    .map(|f| f.split(',').map(|s| s.trim().to_string()).collect()),
-            };
+            let req: ActionRequest =
+                crate::action::ActionRequest::of(&crate::providers::crm::Request::Reject {
+                    rejection_reason: [reason].into(),
+                    fields_set: fields_set
+                        .map(|f| f.split(',').map(|s| s.trim().to_string()).collect()),
+                });
             print_json(
                 client(&admin)
                     .action(&payment, &req, idempotency_key.as_deref())

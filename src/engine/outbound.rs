@@ -15,7 +15,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::Notify;
 
-use crate::action::{Action, ActionRequest, ActionState, Confirmation, SendError};
+use crate::action::{Action, ActionRequest, ActionState, Confirmation, SendError, Undescribed};
 use crate::circuit::Breaker;
 use crate::engine::{Engine, EngineError};
 use crate::model::{now_ms, Payment, Report, Source};
@@ -54,6 +54,15 @@ impl Engine {
         let provider = self
             .provider(payment.provider)
             .ok_or_else(|| EngineError::UnknownProvider(payment.provider.to_string()))?;
+        crate::action::check_described(
+            payment.provider,
+            crate::providers::plugin(payment.provider).actions,
+            &request,
+        )
+        .map_err(|e| match e {
+            Undescribed::NotTaken(m) => EngineError::ActionRefused(m),
+            Undescribed::Malformed(m) => EngineError::BadRequest(m),
+        })?;
         let now = now_ms();
         let action = Action {
             id: String::new(),

@@ -286,4 +286,19 @@ mod tests {
             assert_eq!(ProviderId::from_code(id.code()), Some(*id));
         }
     }
+
+    #[test]
+    fn every_described_action_passes_its_own_description() {
+        for p in REGISTRY {
+            for spec in p.actions {
+                crate::action::check_described(p.id, p.actions, &spec.example())
+                    .unwrap_or_else(|e| panic!("{} {}: {e}", p.id, spec.name));
+                let mut missing = spec.example();
+                missing.fields.clear();
+                let required = spec.fields.iter().any(|f| f.required);
+                let r = crate::action::check_described(p.id, p.actions, &missing);
+                assert_eq!(r.is_err(), required, "{} {}", p.id, spec.name);
+            }
+        }
+    }
 }

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::action::ActionSpec;
 use crate::model::ProviderId;
 use crate::settings::check::ConfigError;
 use crate::settings::section::Section;
@@ -23,6 +24,9 @@ pub struct Plugin {
     /// Names of its keys that are credentials, not references: never
     /// shown, logged, exported or sent to the platform.
     pub secret_keys: &'static [&'static str],
+    /// The actions it takes: requests are checked against these before
+    /// the provider judges them, and the CLI has a subcommand for each.
+    pub actions: &'static [ActionSpec],
     /// Reads, checks and builds `[providers.<name>]`; `None` when the
     /// file has no such section (the provider is then not used).
     pub configure: fn(&Section<'_>) -> Result<Option<Configured>, ConfigError>,

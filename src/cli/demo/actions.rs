@@ -122,7 +122,8 @@ pub(super) struct DemoAction {
 /// Sends status changes to the four action providers, with faults, and
 /// checks each ends as expected and each provider applied it exactly once.
 pub(super) async fn run_actions(admin: &AdminClient, sb: &ActionSandboxes) -> Result<bool, String> {
-    use crate::action::{ActionRequest, ActionState, Trust};
+    use crate::action::ActionState;
+    use crate::providers::{connectfi as cfi, crm as crm_, myfatoorah as mf, rest_status as rs};
     use crate::providers::{
         connectfi::sim as connectfi, crm::sim as crm, myfatoorah::sim as myfatoorah,
         rest_status::sim as rest_status,
@@ -134,7 +135,7 @@ pub(super) async fn run_actions(admin: &AdminClient, sb: &ActionSandboxes) -> Re
     sb.cfi.add_link("DemoLink02", "SentToPay");
     sb.crm.add_payment("D-500", "DRAFT");
     sb.crm.add_payment("D-501", "POSTED");
-    let trust = Trust {
+    let trust = rs::Trust {
         seed: "demo-seed".into(),
         value: "c10cd9445121e4ed".into(),
         alt_value: "demo-alt".into(),
@@ -147,9 +148,9 @@ pub(super) async fn run_actions(admin: &AdminClient, sb: &ActionSandboxes) -> Re
             provider: "myfatoorah",
             keys: vec![("invoice_id", "9001".into())],
             amount: Some((250_000, "KWD")),
-            request: ActionRequest::Capture {
+            request: crate::action::ActionRequest::of(&mf::Request::Capture {
                 amount: "100.000".into(),
-            },
+            }),
             expected: s,
         },
         DemoAction {
@@ -157,9 +158,9 @@ pub(super) async fn run_actions(admin: &AdminClient, sb: &ActionSandboxes) -> Re
             provider: "myfatoorah",
             keys: vec![("invoice_id", "9002".into())],
             amount: Some((80_000, "KWD")),
-            request: ActionRequest::Release {
+            request: crate::action::ActionRequest::of(&mf::Request::Release {
                 amount: Some("80.000".into()),
-            },
+            }),
             expected: s,
         },
         DemoAction {
@@ -167,9 +168,9 @@ pub(super) async fn run_actions(admin: &AdminClient, sb: &ActionSandboxes) -> Re
             provider: "myfatoorah",
             keys: vec![("invoice_id", "9003".into())],
             amount: Some((40_000, "KWD")),
-            request: ActionRequest::Capture {
+            request: crate::action::ActionRequest::of(&mf::Request::Capture {
                 amount: "40".into(),
-            },
+            }),
             expected: s,
         },
         DemoAction {
@@ -177,10 +178,10 @@ pub(super) async fn run_actions(admin: &AdminClient, sb: &ActionSandboxes) -> Re
             provider: "rest_status",
             keys: vec![("payment_id", uuid(1))],
             amount: None,
-            request: ActionRequest::UpdateStatus {
+            request: crate::action::ActionRequest::of(&rs::Request::UpdateStatus {
                 status: "completed".into(),
                 trust: trust.clone(),
-            },
+            }),
             expected: s,
         },
         DemoAction {
@@ -188,10 +189,10 @@ pub(super) async fn run_actions(admin: &AdminClient, sb: &ActionSandboxes) -> Re
             provider: "rest_status",
             keys: vec![("payment_id", uuid(2))],
             amount: None,
-            request: ActionRequest::UpdateStatus {
+            request: crate::action::ActionRequest::of(&rs::Request::UpdateStatus {
                 status: "cancelled".into(),
                 trust,
-            },
+            }),
             expected: ActionState::Unknown,
         },
         DemoAction {
@@ -199,11 +200,11 @@ pub(super) async fn run_actions(admin: &AdminClient, sb: &ActionSandboxes) -> Re
             provider: "connectfi",
             keys: vec![("transaction_id", "DemoLink01".into())],
             amount: None,
-            request: ActionRequest::SetStatus {
+            request: crate::action::ActionRequest::of(&cfi::Request::SetStatus {
                 status: "Completed".into(),
                 description: Some("paid by ACH".into()),
                 manual_status: None,
-            },
+            }),
             expected: s,
         },
         DemoAction {
@@ -211,11 +212,11 @@ pub(super) async fn run_actions(admin: &AdminClient, sb: &ActionSandboxes) -> Re
             provider: "connectfi",
             keys: vec![("transaction_id", "DemoLink02".into())],
             amount: None,
-            request: ActionRequest::SetStatus {
+            request: crate::action::ActionRequest::of(&cfi::Request::SetStatus {
                 status: "Declined".into(),
                 description: None,
                 manual_status: None,
-            },
+            }),
             expected: s,
         },
         DemoAction {
@@ -223,14 +224,14 @@ pub(super) async fn run_actions(admin: &AdminClient, sb: &ActionSandboxes) -> Re
             provider: "crm",
             keys: vec![("reference_number", "D-500".into())],
             amount: None,
-            request: ActionRequest::Reject {
+            request: crate::action::ActionRequest::of(&crm_::Request::Reject {
                 rejection_reason: [(
                     "name".to_string(),
                     "Reject Due to Business Request".to_string(),
                 )]
                 .into(),
                 fields_set: None,
-            },
+            }),
             expected: s,
         },
         DemoAction {
@@ -238,10 +239,10 @@ pub(super) async fn run_actions(admin: &AdminClient, sb: &ActionSandboxes) -> Re
             provider: "crm",
             keys: vec![("reference_number", "D-501".into())],
             amount: None,
-            request: ActionRequest::Reject {
+            request: crate::action::ActionRequest::of(&crm_::Request::Reject {
                 rejection_reason: [("id".to_string(), "R1".to_string())].into(),
                 fields_set: None,
-            },
+            }),
             expected: ActionState::Failed,
         },
     ];

@@ -50,6 +50,7 @@ pub static PLUGIN: Plugin = Plugin {
     id: ProviderId::Connectfi,
     callback_methods: &[],
     secret_keys: &[],
+    actions: super::actions::ACTIONS,
     configure,
 };
 

@@ -11,6 +11,7 @@
 //! inquiry, so its payments are not polled and an update whose answer is
 //! lost is parked as unknown.
 
+pub mod actions;
 pub mod config;
 pub mod sim;
 
@@ -20,6 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{lookup_key, post_login, BoxFuture, Provider, Report, Sent, TokenCache, TrackKeys};
+pub use actions::Request;
 use crate::action::{ActionCheck, ActionRequest, SendError};
 use crate::model::{Keys, Payment, ProviderId, Source};
 use crate::settings::{PollingConfig, Secret};
@@ -317,24 +319,18 @@ impl Provider for Connectfi {
     }
 
     fn check_action(&self, payment: &Payment, req: &ActionRequest) -> Result<ActionCheck, String> {
-        let ActionRequest::SetStatus {
+        let Request::SetStatus {
             status,
             description,
             ..
-        } = req
-        else {
-            return Err(format!(
-                "connectfi takes set_status actions, not `{}`",
-                req.name()
-            ));
-        };
+        } = req.read()?;
         if !SETTABLE.contains(&status.as_str()) {
             return Err(format!(
                 "status `{status}` cannot be set; use one of {}",
                 SETTABLE.join(", ")
             ));
         }
-        if let Some(d) = description {
+        if let Some(d) = &description {
             check_description(d)?;
         }
         check_id(
@@ -363,25 +359,22 @@ impl Provider for Connectfi {
         req: &'a ActionRequest,
     ) -> BoxFuture<'a, Sent> {
         Box::pin(async move {
-            let ActionRequest::SetStatus {
+            let Request::SetStatus {
                 status,
                 description,
                 manual_status,
-            } = req
-            else {
-                return Err(SendError::Final {
-                    message: "not a set_status action".into(),
+            } = req.read().map_err(|message| SendError::Final {
+                    message,
                     details: None,
-                });
-            };
+                })?;
             let body = SetStatus {
                 cfi_transaction_id: payment
                     .keys
                     .get("transaction_id")
                     .cloned()
                     .unwrap_or_default(),
-                status: status.clone(),
-                description: description.clone(),
+                status,
+                description,
                 manual_status: manual_status.unwrap_or(true),
             };
             let mut token = self.token(false).await?;
@@ -406,7 +399,7 @@ impl Provider for Connectfi {
                 .bytes()
                 .await
                 .map_err(|e| SendError::Ambiguous(e.without_url().to_string()))?;
-            read_answer(code, &bytes, status, body.manual_status)
+            read_answer(code, &bytes, &body.status, body.manual_status)
         })
     }
 }

@@ -30,6 +30,7 @@ pub static PLUGIN: Plugin = Plugin {
     id: ProviderId::Connpay,
     callback_methods: &["GET", "POST"],
     secret_keys: &[super::SESSION_TOKEN, super::ACCESS_TOKEN],
+    actions: &[],
     configure,
 };
 

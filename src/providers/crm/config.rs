@@ -53,6 +53,7 @@ pub static PLUGIN: Plugin = Plugin {
     id: ProviderId::Crm,
     callback_methods: &[],
     secret_keys: &[],
+    actions: super::actions::ACTIONS,
     configure,
 };
 

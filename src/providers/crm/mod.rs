@@ -12,6 +12,7 @@
 //! inquiry here, so payments are not polled and a reject whose answer is
 //! lost is parked as unknown.
 
+pub mod actions;
 pub mod config;
 pub mod sim;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{lookup_key, post_login, BoxFuture, Provider, Report, Sent, TokenCache, TrackKeys};
+pub use actions::Request;
 use crate::action::{ActionCheck, ActionRequest, SendError};
 use crate::model::{Keys, Payment, ProviderId, Source};
 use crate::settings::{PollingConfig, Secret};
@@ -260,15 +262,12 @@ impl Provider for Crm {
     }
 
     fn check_action(&self, payment: &Payment, req: &ActionRequest) -> Result<ActionCheck, String> {
-        let ActionRequest::Reject {
+        let Request::Reject {
             rejection_reason,
             fields_set,
-        } = req
-        else {
-            return Err(format!("crm takes reject actions, not `{}`", req.name()));
-        };
+        } = req.read()?;
         exactly_one("payment identifier", &payment.keys, &PAYMENT_IDS)?;
-        exactly_one("rejection reason", rejection_reason, &REASON_IDS)?;
+        exactly_one("rejection reason", &rejection_reason, &REASON_IDS)?;
         if let Some(f) = fields_set {
             if f.iter().any(|x| x.is_empty() || x.contains(',')) {
                 return Err("fields_set: field names must be non-empty and hold no comma".into());
@@ -292,16 +291,13 @@ impl Provider for Crm {
         req: &'a ActionRequest,
     ) -> BoxFuture<'a, Sent> {
         Box::pin(async move {
-            let ActionRequest::Reject {
+            let Request::Reject {
                 rejection_reason,
                 fields_set,
-            } = req
-            else {
-                return Err(SendError::Final {
-                    message: "not a reject action".into(),
-                    details: None,
-                });
-            };
+            } = req.read().map_err(|message| SendError::Final {
+                message,
+                details: None,
+            })?;
             let ids: serde_json::Map<_, _> = payment
                 .keys
                 .iter()
@@ -317,7 +313,7 @@ impl Provider for Crm {
                     "payment_identifier": ids,
                     "rejection_reason_identifier": reason,
                 });
-                if let Some(f) = fields_set {
+                if let Some(f) = &fields_set {
                     b["fields_set"] = f.join(",").into();
                 }
                 b

@@ -60,6 +60,7 @@ pub static PLUGIN: Plugin = Plugin {
     id: ProviderId::Myfatoorah,
     callback_methods: &["POST"],
     secret_keys: &[],
+    actions: super::actions::ACTIONS,
     configure,
 };
 

@@ -10,6 +10,7 @@
 //! checks amounts against is the tracked `amount_minor` (or the last
 //! inquiry's `InvoiceValue`).
 
+pub mod actions;
 pub mod config;
 mod mapping;
 pub mod sim;
@@ -26,6 +27,7 @@ use super::{
     lookup_key, BoxFuture, CallbackError, Confirmed, InquiryError, Provider, RawCallback, Sent,
     TrackKeys,
 };
+pub use actions::Request;
 use crate::action::{ActionCheck, ActionRequest, Confirmation, SendError};
 use crate::model::{Keys, Payment, ProviderId, Report, Source};
 use crate::money::{currency_scale, parse_amount};
@@ -238,9 +240,9 @@ impl Provider for Myfatoorah {
         let value = Self::invoice_value(payment).ok_or(
             "the invoice value is unknown: track the payment with amount_minor and currency",
         )?;
-        match req {
-            ActionRequest::Capture { amount } => {
-                let a = parse_amount(amount, scale)?;
+        match req.read()? {
+            Request::Capture { amount } => {
+                let a = parse_amount(&amount, scale)?;
                 if a > value {
                     return Err(format!(
                         "capture amount {amount} is more than the invoice value {}",
@@ -248,10 +250,10 @@ impl Provider for Myfatoorah {
                     ));
                 }
             }
-            ActionRequest::Release {
+            Request::Release {
                 amount: Some(amount),
             } => {
-                let a = parse_amount(amount, scale)?;
+                let a = parse_amount(&amount, scale)?;
                 if a != value {
                     return Err(format!(
                         "release amount {amount} must equal the invoice value {}",
@@ -259,13 +261,7 @@ impl Provider for Myfatoorah {
                     ));
                 }
             }
-            ActionRequest::Release { amount: None } => {}
-            other => {
-                return Err(format!(
-                    "myfatoorah takes capture and release actions, not `{}`",
-                    other.name()
-                ))
-            }
+            Request::Release { amount: None } => {}
         }
         Ok(ActionCheck {
             exclusive_key: self.exclusive_key(payment, req),
@@ -284,26 +280,21 @@ impl Provider for Myfatoorah {
         Box::pin(async move {
             let scale = currency_scale(payment.currency.as_deref());
             let value = Self::invoice_value(payment).unwrap_or(0);
-            let (operation, amount) = match req {
-                ActionRequest::Capture { amount } => {
-                    ("capture", parse_amount(amount, scale).unwrap_or(0))
+            let typed = req.read().map_err(|message| SendError::Final {
+                message,
+                details: None,
+            })?;
+            let (operation, amount) = match typed {
+                Request::Capture { amount } => {
+                    ("capture", parse_amount(&amount, scale).unwrap_or(0))
                 }
-                ActionRequest::Release { amount } => (
+                Request::Release { amount } => (
                     "release",
                     amount
                         .as_deref()
                         .and_then(|a| parse_amount(a, scale).ok())
                         .unwrap_or(value),
                 ),
-                other => {
-                    return Err(SendError::Final {
-                        message: format!(
-                            "myfatoorah takes capture and release, not {}",
-                            other.name()
-                        ),
-                        details: None,
-                    })
-                }
             };
             let (key, key_type) = Self::key(payment);
             let body = UpdateRequest {
@@ -359,8 +350,8 @@ impl Provider for Myfatoorah {
     ) -> Option<BoxFuture<'a, Confirmed>> {
         Some(Box::pin(async move {
             let inv = self.status(payment).await?;
-            let wanted = match req {
-                ActionRequest::Release { .. } => "Canceled",
+            let wanted = match req.read() {
+                Ok(Request::Release { .. }) => "Canceled",
                 _ => "Succss",
             };
             let applied = inv

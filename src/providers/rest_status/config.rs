@@ -30,6 +30,7 @@ pub static PLUGIN: Plugin = Plugin {
     id: ProviderId::RestStatus,
     callback_methods: &[],
     secret_keys: &[],
+    actions: super::actions::ACTIONS,
     configure,
 };
 

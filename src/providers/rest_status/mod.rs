@@ -7,6 +7,7 @@
 //! whose answer was lost is parked as `unknown` for an operator instead of
 //! being sent again (docs/actions.md).
 
+pub mod actions;
 pub mod config;
 pub mod sim;
 
@@ -16,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{lookup_key, BoxFuture, Provider, Report, Sent, TrackKeys};
-pub use crate::action::Trust;
+pub use actions::{Request, Trust};
 use crate::action::{ActionCheck, ActionRequest, SendError};
 use crate::model::{Keys, Payment, ProviderId, Source};
 use crate::settings::{PollingConfig, Secret, TrustSpelling};
@@ -189,12 +190,7 @@ impl Provider for RestStatus {
     }
 
     fn check_action(&self, payment: &Payment, req: &ActionRequest) -> Result<ActionCheck, String> {
-        let ActionRequest::UpdateStatus { status, trust } = req else {
-            return Err(format!(
-                "rest_status takes update_status actions, not `{}`",
-                req.name()
-            ));
-        };
+        let Request::UpdateStatus { status, trust } = req.read()?;
         if status.is_empty()
             || status.len() > 64
             || !status
@@ -230,12 +226,10 @@ impl Provider for RestStatus {
         req: &'a ActionRequest,
     ) -> BoxFuture<'a, Sent> {
         Box::pin(async move {
-            let ActionRequest::UpdateStatus { status, trust } = req else {
-                return Err(SendError::Final {
-                    message: "not an update_status action".into(),
-                    details: None,
-                });
-            };
+            let Request::UpdateStatus { status, trust } = req.read().map_err(|message| SendError::Final {
+                message,
+                details: None,
+            })?;
             let id = payment.keys.get("payment_id").cloned().unwrap_or_default();
             let resp = self
                 .client
@@ -244,8 +238,8 @@ impl Provider for RestStatus {
                 .json(&body(
                     self.api_key.expose(),
                     &id,
-                    status,
-                    trust,
+                    &status,
+                    &trust,
                     self.spelling,
                 ))
                 .send()
@@ -259,7 +253,7 @@ impl Provider for RestStatus {
                 .bytes()
                 .await
                 .map_err(|e| SendError::Ambiguous(e.without_url().to_string()))?;
-            read_answer(code, &bytes, status)
+            read_answer(code, &bytes, &status)
         })
     }
     // No confirm_action: there is nothing to ask.
