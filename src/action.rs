@@ -80,25 +80,29 @@ impl ActionSpec {
                 FieldKind::Pair => serde_json::json!({"id": "x"}),
                 FieldKind::Switch(b) => Value::from(b),
             };
-            let mut at = &mut fields;
-            let mut segs = f.path.split('.').peekable();
-            while let Some(seg) = segs.next() {
-                if segs.peek().is_none() {
-                    at.insert(seg.to_string(), v);
-                    break;
-                }
-                let next = at
-                    .entry(seg.to_string())
-                    .or_insert_with(|| Value::Object(Map::new()));
-                match next {
-                    Value::Object(m) => at = m,
-                    _ => break,
-                }
-            }
+            insert_at(&mut fields, f.path, v);
         }
         ActionRequest {
             action: self.name.to_string(),
             fields,
+        }
+    }
+}
+
+/// Sets `path` (`trust.seed`) in `fields` to `v`, making the objects on
+/// the way.
+pub fn insert_at(fields: &mut Map<String, Value>, path: &str, v: Value) {
+    match path.split_once('.') {
+        None => {
+            fields.insert(path.to_string(), v);
+        }
+        Some((head, rest)) => {
+            let next = fields
+                .entry(head.to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(m) = next {
+                insert_at(m, rest, v);
+            }
         }
     }
 }

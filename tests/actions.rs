@@ -61,6 +61,7 @@ request_timeout = "30s"
 
 struct Mf {
     callback_url: String,
+    admin_url: String,
     _dir: tempfile::TempDir,
     sim: MyfatoorahSim,
     admin: AdminClient,
@@ -99,6 +100,7 @@ impl Mf {
         .unwrap();
         Mf {
             callback_url: format!("http://{}/callback/myfatoorah", d.callback_addr),
+            admin_url: format!("http://{}", d.admin_addr),
             admin: AdminClient::new(&format!("http://{}", d.admin_addr), None),
             sim,
             cancel,
@@ -168,6 +170,37 @@ async fn a_capture_is_sent_as_the_seed_describes_and_recorded() {
     assert_eq!(last.source, Source::Action);
     assert_eq!(last.raw_status, "Paid/Succss");
     assert_eq!(v.actions.unwrap()[0].id, a.id);
+    mf.stop().await;
+}
+
+#[tokio::test]
+async fn the_binary_s_capture_subcommand_made_from_the_description_sends_one_capture() {
+    let mf = Mf::start().await;
+    let pay = mf.invoice(7001, 250_000).await;
+    let run = || async {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_payrecon"))
+            .args(["capture", &pay, "--amount", "100.000"])
+            .args(["--idempotency-key", "cli-1", "--admin-url", &mf.admin_url])
+            .env_remove("PAYRECON_ADMIN_TOKEN")
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice::<Action>(&out.stdout).unwrap()
+    };
+    let a = run().await;
+    assert_eq!(a.request, capture("100.000"));
+    assert_eq!(mf.settled(&a.id).await.state, ActionState::Succeeded);
+    assert_eq!(run().await.id, a.id, "the same key is the same action");
+    assert_eq!(mf.sim.operations(7001), 1);
+    // A required field is a required flag: a usage error, exit 2.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_payrecon"))
+        .args(["capture", &pay, "--admin-url", &mf.admin_url])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--amount"));
     mf.stop().await;
 }
 

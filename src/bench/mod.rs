@@ -50,9 +50,8 @@ pub fn main(args: Vec<String>) -> ExitCode {
     match args.first().map(String::as_str) {
         // Child modes: the daemon itself, and the sandbox in its own process.
         Some("run") => {
-            use clap::Parser;
             let argv = std::iter::once("payrecon".to_string()).chain(args);
-            return crate::cli::main(crate::cli::Cli::parse_from(argv));
+            return crate::cli::main(crate::cli::parse_from(argv));
         }
         Some("serve-sim") => return footprint::serve_sim(&args[1..]),
         Some("instr") => return instr::child(&args[1..]),

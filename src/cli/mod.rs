@@ -2,6 +2,7 @@
 //! subcommand does. Errors are printed once, whole, and give exit code 1
 //! (2 for a bad config).
 
+pub mod actions;
 pub mod client;
 pub mod demo;
 
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::action::{ActionRequest, ActionState};
+use crate::action::ActionState;
 use crate::cli::client::AdminClient;
 use crate::config::Config;
 use crate::engine::TrackRequest;
@@ -94,76 +95,6 @@ pub enum Command {
         #[arg(long)]
         after: Option<String>,
     },
-    /// Capture all or part of an authorized invoice (MyFatoorah).
-    Capture {
-        #[command(flatten)]
-        admin: AdminArgs,
-        /// The payrecon payment id.
-        payment: String,
-        /// Decimal amount in the invoice currency, e.g. 100.000.
-        #[arg(long)]
-        amount: String,
-        /// The same key returns the same action instead of a second one.
-        #[arg(long)]
-        idempotency_key: Option<String>,
-    },
-    /// Release an authorized invoice back to the customer (MyFatoorah).
-    Release {
-        #[command(flatten)]
-        admin: AdminArgs,
-        payment: String,
-        /// Must equal the invoice value when given.
-        #[arg(long)]
-        amount: Option<String>,
-        #[arg(long)]
-        idempotency_key: Option<String>,
-    },
-    /// Set a payment's status through the REST "Update Payment Status" API.
-    UpdateStatus {
-        #[command(flatten)]
-        admin: AdminArgs,
-        payment: String,
-        #[arg(long)]
-        status: String,
-        #[arg(long)]
-        trust_seed: String,
-        #[arg(long)]
-        trust_value: String,
-        #[arg(long)]
-        alt_trust_value: String,
-        #[arg(long)]
-        idempotency_key: Option<String>,
-    },
-    /// Set a connectFi payment link's status by hand.
-    SetStatus {
-        #[command(flatten)]
-        admin: AdminArgs,
-        payment: String,
-        /// Error, SentToPay, Completed, Settled, Returned or Declined.
-        #[arg(long)]
-        status: String,
-        #[arg(long)]
-        description: Option<String>,
-        /// Leave the status open to non-manual updates (manualStatus false).
-        #[arg(long)]
-        unlocked: bool,
-        #[arg(long)]
-        idempotency_key: Option<String>,
-    },
-    /// Reject a DRAFT payment at CRM.COM.
-    Reject {
-        #[command(flatten)]
-        admin: AdminArgs,
-        payment: String,
-        /// The rejection reason, NAME=VALUE with NAME id, name or alternative_code.
-        #[arg(long, value_name = "NAME=VALUE", value_parser = parse_kv)]
-        reason: (String, String),
-        /// Fields to return, comma separated.
-        #[arg(long)]
-        fields_set: Option<String>,
-        #[arg(long)]
-        idempotency_key: Option<String>,
-    },
     /// Show an action.
     ShowAction {
         #[command(flatten)]
@@ -233,8 +164,45 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))
 }
 
+/// A parsed command line: one of the fixed commands, or an action
+/// subcommand made from the providers' descriptions.
+#[derive(Debug)]
+pub enum Invocation {
+    Fixed(Cli),
+    Action(actions::ActionCommand),
+}
+
+/// The whole command line: the fixed commands and the action subcommands.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().subcommands(actions::subcommands())
+}
+
+/// Parses `args` (the program name first); prints usage and exits 2 on a
+/// usage error, as clap does.
+pub fn parse_from<I, T>(args: I) -> Invocation
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::FromArgMatches;
+    let m = command().get_matches_from(args);
+    if let Some(action) = m
+        .subcommand()
+        .and_then(|(name, sub)| actions::from_matches(name, sub))
+    {
+        return Invocation::Action(action.unwrap_or_else(|e| e.exit()));
+    }
+    Invocation::Fixed(Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit()))
+}
+
+/// Parses the process's command line.
+pub fn parse() -> Invocation {
+    parse_from(std::env::args_os())
+}
+
 /// Runs a parsed command line.
-pub fn main(cli: Cli) -> ExitCode {
+pub fn main(inv: Invocation) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -245,7 +213,16 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(dispatch(cli))
+    rt.block_on(async move {
+        match inv {
+            Invocation::Fixed(cli) => dispatch(cli).await,
+            Invocation::Action(a) => print_json(
+                client(&a.admin)
+                    .action(&a.payment, &a.request, a.idempotency_key.as_deref())
+                    .await,
+            ),
+        }
+    })
 }
 
 fn env() -> HashMap<String, String> {
@@ -351,104 +328,6 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 )
                 .await,
         ),
-        Command::Capture {
-            admin,
-            payment,
-            amount,
-            idempotency_key,
-        } => print_json(
-            client(&admin)
-                .action(
-                    &payment,
-                    &crate::action::ActionRequest::of(
-                        &crate::providers::myfatoorah::Request::Capture { amount },
-                    ),
-                    idempotency_key.as_deref(),
-                )
-                .await,
-        ),
-        Command::Release {
-            admin,
-            payment,
-            amount,
-            idempotency_key,
-        } => print_json(
-            client(&admin)
-                .action(
-                    &payment,
-                    &crate::action::ActionRequest::of(
-                        &crate::providers::myfatoorah::Request::Release { amount },
-                    ),
-                    idempotency_key.as_deref(),
-                )
-                .await,
-        ),
-        Command::UpdateStatus {
-            admin,
-            payment,
-            status,
-            trust_seed,
-            trust_value,
-            alt_trust_value,
-            idempotency_key,
-        } => {
-            let trust = crate::providers::rest_status::Trust {
-                seed: trust_seed,
-                value: trust_value,
-                alt_value: alt_trust_value,
-            };
-            print_json(
-                client(&admin)
-                    .action(
-                        &payment,
-                        &crate::action::ActionRequest::of(
-                            &crate::providers::rest_status::Request::UpdateStatus { status, trust },
-                        ),
-                        idempotency_key.as_deref(),
-                    )
-                    .await,
-            )
-        }
-        Command::SetStatus {
-            admin,
-            payment,
-            status,
-            description,
-            unlocked,
-            idempotency_key,
-        } => {
-            let req: ActionRequest = crate::action::ActionRequest::of(
-                &crate::providers::connectfi::Request::SetStatus {
-                    status,
-                    description,
-                    manual_status: unlocked.then_some(false),
-                },
-            );
-            print_json(
-                client(&admin)
-                    .action(&payment, &req, idempotency_key.as_deref())
-                    .await,
-            )
-        }
-        Command::Reject {
-            admin,
-            payment,
-            reason,
-            fields_set,
-            idempotency_key,
-        } => {
-            let req: ActionRequest =
-                crate::action::ActionRequest::of(&crate::providers::crm::Request::Reject {
-                    rejection_reason: [reason].into(),
-                    fields_set: fields_set
-                        .map(|f| f.split(',').map(|s| s.trim().to_string()).collect()),
-                });
-            print_json(
-                client(&admin)
-                    .action(&payment, &req, idempotency_key.as_deref())
-                    .await,
-            )
-        }
         Command::ShowAction { admin, id } => print_json(client(&admin).get_action(&id).await),
         Command::ResolveAction {
             admin,

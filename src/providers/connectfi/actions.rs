@@ -19,7 +19,7 @@ pub enum Request {
 
 pub const ACTIONS: &[ActionSpec] = &[ActionSpec {
     name: "set_status",
-    about: "Set a connectFi payment link's status by hand",
+    about: "Set a payment link's status by hand",
     fields: &[
         FieldSpec {
             path: "status",

@@ -20,7 +20,7 @@ pub enum Request {
 
 pub const ACTIONS: &[ActionSpec] = &[ActionSpec {
     name: "reject",
-    about: "Reject a DRAFT payment at CRM.COM",
+    about: "Reject a DRAFT payment",
     fields: &[
         FieldSpec {
             path: "rejection_reason",

@@ -24,7 +24,7 @@ pub enum Request {
 pub const ACTIONS: &[ActionSpec] = &[
     ActionSpec {
         name: "capture",
-        about: "Capture all or part of an authorized invoice (MyFatoorah)",
+        about: "Capture all or part of an authorized invoice",
         fields: &[FieldSpec {
             path: "amount",
             flag: "amount",
@@ -35,7 +35,7 @@ pub const ACTIONS: &[ActionSpec] = &[
     },
     ActionSpec {
         name: "release",
-        about: "Release an authorized invoice back to the customer (MyFatoorah)",
+        about: "Release an authorized invoice back to the customer",
         fields: &[FieldSpec {
             path: "amount",
             flag: "amount",
