@@ -5,6 +5,7 @@
 
 pub mod plugin;
 pub mod sandbox;
+pub mod scenes;
 
 pub use plugin::{Configured, Plugin};
 

@@ -11,6 +11,7 @@ use crate::settings::check::ConfigError;
 use crate::settings::section::Section;
 use crate::settings::ReconcileConfig;
 
+use super::scenes::StartDemo;
 use super::Provider;
 
 /// One provider's registration.
@@ -27,6 +28,9 @@ pub struct Plugin {
     /// The actions it takes: requests are checked against these before
     /// the provider judges them, and the CLI has a subcommand for each.
     pub actions: &'static [ActionSpec],
+    /// Starts its sandbox with the scenes `payrecon demo` runs; `None`
+    /// when it has none of its own.
+    pub demo: Option<StartDemo>,
     /// Reads, checks and builds `[providers.<name>]`; `None` when the
     /// file has no such section (the provider is then not used).
     pub configure: fn(&Section<'_>) -> Result<Option<Configured>, ConfigError>,

@@ -10,7 +10,7 @@
 mod actions;
 mod loopback;
 
-use actions::{run_actions, ActionSandboxes, DEMO_SECRETS};
+use actions::{run_actions, ActionSandboxes};
 pub use loopback::LoopbackConfig;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -176,11 +176,7 @@ pub async fn run(count: usize) -> Result<bool, String> {
             format!("whsec_{}", B64.encode(&notify_key)),
         ),
     ]);
-    env.extend(
-        DEMO_SECRETS
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string())),
-    );
+    env.extend(sandboxes.secrets());
     let config = Config::parse("demo config", &text, &env).map_err(|e| e.to_string())?;
     let listeners = Listeners::bind(&config).await.map_err(|e| e.to_string())?;
     let d = daemon::start(&config, listeners, cancel.clone())

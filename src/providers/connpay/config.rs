@@ -31,6 +31,7 @@ pub static PLUGIN: Plugin = Plugin {
     callback_methods: &["GET", "POST"],
     secret_keys: &[super::SESSION_TOKEN, super::ACCESS_TOKEN],
     actions: &[],
+    demo: None,
     configure,
 };
 

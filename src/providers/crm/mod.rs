@@ -14,6 +14,7 @@
 
 pub mod actions;
 pub mod config;
+mod demo;
 pub mod sim;
 
 use std::collections::BTreeMap;

@@ -61,6 +61,7 @@ pub static PLUGIN: Plugin = Plugin {
     callback_methods: &["POST"],
     secret_keys: &[],
     actions: super::actions::ACTIONS,
+    demo: Some(super::demo::start),
     configure,
 };
 

@@ -12,6 +12,7 @@
 
 pub mod actions;
 pub mod config;
+mod demo;
 mod mapping;
 pub mod sim;
 pub mod webhook;

@@ -31,6 +31,7 @@ pub static PLUGIN: Plugin = Plugin {
     callback_methods: &[],
     secret_keys: &[],
     actions: super::actions::ACTIONS,
+    demo: Some(super::demo::start),
     configure,
 };
 
