@@ -35,6 +35,29 @@ fn spec_routes() -> BTreeSet<(String, String)> {
     out
 }
 
+#[test]
+fn the_openapi_document_names_every_registered_provider() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml"))
+        .expect("docs/openapi.yaml");
+    let line = text
+        .lines()
+        .find(|l| {
+            l.trim_start()
+                .starts_with("Provider: {type: string, enum: [")
+        })
+        .expect("a Provider schema");
+    let listed: Vec<&str> = line
+        .split_once("enum: [")
+        .and_then(|(_, r)| r.split_once(']'))
+        .map(|(names, _)| names.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    let registered: Vec<&str> = payrecon::providers::REGISTRY
+        .iter()
+        .map(|p| p.id.as_str())
+        .collect();
+    assert_eq!(listed, registered);
+}
+
 #[tokio::test]
 async fn the_openapi_document_lists_exactly_the_served_routes() {
     let spec = spec_routes();
