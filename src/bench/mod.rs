@@ -15,6 +15,7 @@ mod footprint;
 mod ingest;
 mod instr;
 mod poll;
+mod stored;
 
 use std::io::Write;
 use std::path::Path;
@@ -101,8 +102,8 @@ pub fn main(args: Vec<String>) -> ExitCode {
         ("ingest", ingest::run),
         ("poll", poll::run),
         ("memory", footprint::memory),
-        ("restart", footprint::restart),
-        ("disk", footprint::disk),
+        ("restart", stored::restart),
+        ("disk", stored::disk),
         ("instructions", instr::run),
     ];
     for (name, f) in scenarios {

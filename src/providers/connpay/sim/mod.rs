@@ -28,6 +28,9 @@ use crate::providers::connpay::{
 };
 use crate::state::State;
 
+mod settle;
+use settle::{finalize, settle, spawn_callbacks, timer_loop};
+
 /// Times the gateway re-sends an unacknowledged callback (providers.md:
 /// up to 30 times; over 14 days there, compressed to seconds here).
 const CALLBACK_ATTEMPTS: u32 = 30;
@@ -327,134 +330,6 @@ fn phase_name(p: Phase) -> &'static str {
         Phase::Final(Outcome::Approved) => "APPROVED",
         Phase::Final(Outcome::Declined) => "DECLINED",
     }
-}
-
-/// Settles AfterMs transfers when their time comes.
-async fn timer_loop(inner: Arc<Inner>) {
-    loop {
-        tokio::select! {
-            _ = inner.cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-        }
-        let now = Instant::now();
-        let due: Vec<String> = {
-            let mut timers = lock(&inner.timers);
-            let mut due = vec![];
-            while let Some(entry) = timers.first_entry() {
-                if entry.key().0 > now {
-                    break;
-                }
-                due.push(entry.remove_entry().0 .1);
-            }
-            due
-        };
-        for inv in due {
-            settle(&inner, &inv);
-        }
-    }
-}
-
-/// Callbacks to send for a transfer that just became final: (type,
-/// status, orderid) in order, the delay before the first, and the transfer.
-type Plan = (Vec<(&'static str, &'static str, String)>, u64, NewTransfer);
-
-/// Moves a transfer to its final state; `None` if it already was final.
-fn finalize(t: &mut Transfer) -> Option<Plan> {
-    if matches!(t.phase, Phase::Final(_)) {
-        return None;
-    }
-    t.phase = Phase::Final(t.new.script.outcome);
-    let status = match t.new.script.outcome {
-        Outcome::Approved => "approved",
-        Outcome::Declined => "declined",
-    };
-    let final_cb = ("transfer", status, t.order_id.clone());
-    let mut sends = match t.new.script.callback {
-        CallbackMode::Normal => vec![final_cb],
-        CallbackMode::Duplicate => vec![final_cb.clone(), final_cb.clone(), final_cb],
-        CallbackMode::OutOfOrder => vec![final_cb, ("transfer", "processing", t.order_id.clone())],
-        CallbackMode::Never => vec![],
-    };
-    if t.new.script.reversal && t.new.script.outcome == Outcome::Approved {
-        t.reversed = true;
-        sends.push(("reversal", "approved", format!("{}r", t.order_id)));
-    }
-    Some((sends, t.new.script.callback_delay_ms, t.new.clone()))
-}
-
-/// Settles a transfer and starts its callbacks.
-fn settle(inner: &Arc<Inner>, invoice_id: &str) {
-    let plan = lock(&inner.transfers)
-        .get_mut(invoice_id)
-        .and_then(finalize);
-    if let Some(plan) = plan {
-        spawn_callbacks(inner, plan);
-    }
-}
-
-fn spawn_callbacks(inner: &Arc<Inner>, (sends, delay, transfer): Plan) {
-    if sends.is_empty() {
-        return;
-    }
-    let inner2 = inner.clone();
-    inner.tasks.spawn(async move {
-        tokio::select! {
-            _ = inner2.cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
-        }
-        for (kind, status, orderid) in sends {
-            if !send_callback(&inner2, &transfer, kind, status, &orderid).await {
-                return;
-            }
-        }
-    });
-}
-
-/// Sends one callback until it is acknowledged with 200, like the gateway.
-async fn send_callback(
-    inner: &Inner,
-    t: &NewTransfer,
-    kind: &str,
-    status: &str,
-    orderid: &str,
-) -> bool {
-    let Some(url) = lock(&inner.callback_url).clone() else {
-        return false;
-    };
-    let amount = format!("{}.{:02}", t.amount_centis / 100, t.amount_centis % 100);
-    let ctl = control(status, orderid, &t.invoice_id, &inner.key);
-    let query: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("type", kind)
-        .append_pair("status", status)
-        .append_pair("orderid", orderid)
-        .append_pair("merchant_order", &t.invoice_id)
-        .append_pair("client_orderid", &t.invoice_id)
-        .append_pair("amount", &amount)
-        .append_pair("currency", &t.currency)
-        .append_pair("descriptor", "PAYRECON SANDBOX")
-        .append_pair("control", &ctl)
-        .finish();
-    let full = format!("{url}?{query}");
-    let mut backoff = Duration::from_millis(50);
-    for _ in 0..CALLBACK_ATTEMPTS {
-        if let Some(tr) = lock(&inner.transfers).get_mut(&t.invoice_id) {
-            tr.callbacks_sent += 1;
-        }
-        let ok =
-            matches!(inner.client.get(&full).send().await, Ok(r) if r.status() == StatusCode::OK);
-        if ok {
-            if let Some(tr) = lock(&inner.transfers).get_mut(&t.invoice_id) {
-                tr.callbacks_acked += 1;
-            }
-            return true;
-        }
-        tokio::select! {
-            _ = inner.cancel.cancelled() => return false,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(1));
-    }
-    false
 }
 
 async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Answer, CloseConnection> {
