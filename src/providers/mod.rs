@@ -78,6 +78,29 @@ pub struct TrackKeys {
     pub lookup_keys: Vec<String>,
 }
 
+impl TrackKeys {
+    /// For a provider that knows a payment by one identifier, `name`, and
+    /// no other key: tracked once per value and found again by it. Gives
+    /// the value too, for the provider's own checks.
+    pub fn by_one<'k>(
+        provider: ProviderId,
+        keys: &'k Keys,
+        name: &str,
+    ) -> Result<(TrackKeys, &'k str), String> {
+        if let Some(k) = keys.keys().find(|k| *k != name) {
+            return Err(format!("unknown key `{k}` for {provider}"));
+        }
+        let v = keys
+            .get(name)
+            .ok_or_else(|| format!("missing key `{name}`"))?;
+        let track = TrackKeys {
+            idempotency_key: lookup_key(provider, "idem", v),
+            lookup_keys: vec![lookup_key(provider, name, v)],
+        };
+        Ok((track, v))
+    }
+}
+
 /// A callback as it arrived: method, headers, raw query string, raw body.
 pub struct RawCallback<'a> {
     pub method: &'a str,
@@ -286,6 +309,25 @@ mod tests {
             assert_eq!(id.as_str().parse::<ProviderId>().unwrap(), *id);
             assert_eq!(ProviderId::from_code(id.code()), Some(*id));
         }
+    }
+
+    #[test]
+    fn a_payment_known_by_one_key_is_tracked_by_it_alone() {
+        let keys = |kv: &[(&str, &str)]| -> Keys {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let k = keys(&[("payment_id", "p-1")]);
+        let (t, v) = TrackKeys::by_one(ProviderId::RestStatus, &k, "payment_id").unwrap();
+        assert_eq!(v, "p-1");
+        assert_eq!(t.idempotency_key, "rest_status|idem|p-1");
+        assert_eq!(t.lookup_keys, ["rest_status|payment_id|p-1"]);
+        let e = TrackKeys::by_one(ProviderId::RestStatus, &keys(&[]), "payment_id").unwrap_err();
+        assert_eq!(e, "missing key `payment_id`");
+        let k = keys(&[("payment_id", "p-1"), ("extra", "x")]);
+        let e = TrackKeys::by_one(ProviderId::RestStatus, &k, "payment_id").unwrap_err();
+        assert_eq!(e, "unknown key `extra` for rest_status");
     }
 
     #[test]

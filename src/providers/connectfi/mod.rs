@@ -300,19 +300,10 @@ impl Provider for Connectfi {
     }
 
     fn track_keys(&self, keys: &Keys) -> Result<TrackKeys, String> {
-        for k in keys.keys() {
-            if k != "transaction_id" {
-                return Err(format!("unknown key `{k}` for connectfi"));
-            }
-        }
-        let id = keys
-            .get("transaction_id")
-            .ok_or("missing key `transaction_id` (cFiTransactionId)")?;
+        // `transaction_id` is connectFi's cFiTransactionId.
+        let (track, id) = TrackKeys::by_one(ID, keys, "transaction_id")?;
         check_id(id)?;
-        Ok(TrackKeys {
-            idempotency_key: lookup_key(ID, "idem", id),
-            lookup_keys: vec![lookup_key(ID, "transaction_id", id)],
-        })
+        Ok(track)
     }
 
     fn lookup_by(&self, name: &str, value: &str) -> Option<String> {

@@ -173,17 +173,9 @@ impl Provider for RestStatus {
     }
 
     fn track_keys(&self, keys: &Keys) -> Result<TrackKeys, String> {
-        for k in keys.keys() {
-            if k != "payment_id" {
-                return Err(format!("unknown key `{k}` for rest_status"));
-            }
-        }
-        let id = keys.get("payment_id").ok_or("missing key `payment_id`")?;
+        let (track, id) = TrackKeys::by_one(ID, keys, "payment_id")?;
         check_payment_id(id)?;
-        Ok(TrackKeys {
-            idempotency_key: lookup_key(ID, "idem", id),
-            lookup_keys: vec![lookup_key(ID, "payment_id", id)],
-        })
+        Ok(track)
     }
 
     fn lookup_by(&self, name: &str, value: &str) -> Option<String> {
