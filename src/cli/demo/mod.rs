@@ -6,6 +6,10 @@
 //!
 //! Time runs at a tenth of ConnPay's advice: polls every 0.3-0.5 s for 4-5 s
 //! instead of 3-5 s for 2-3 minutes, so the demo takes seconds.
+//!
+//! The transfers' scripts come from `providers/connpay/demo.rs`; then every
+//! registered provider that has action scenes (`Plugin::demo`) runs them
+//! ([`actions`]).
 
 mod actions;
 mod loopback;
@@ -26,9 +30,7 @@ use crate::config::Config;
 use crate::daemon::{self, Listeners};
 use crate::engine::{PollOutcome, TrackRequest};
 use crate::model::Source;
-use crate::providers::connpay::sim::{
-    CallbackMode, ConnpaySim, Faults, NewTransfer, Outcome, Script, Settle,
-};
+use crate::providers::connpay::sim::{ConnpaySim, Faults, NewTransfer};
 use crate::state::State;
 
 /// Longest the demo waits for every transfer to settle.
@@ -36,106 +38,6 @@ const DEMO_DEADLINE: Duration = Duration::from_secs(90);
 
 const KEY_ENV: &str = "PAYRECON_DEMO_CONTROL_KEY";
 const NOTIFY_ENV: &str = "PAYRECON_DEMO_NOTIFY_SECRET";
-
-/// The scripts the demo cycles through, with a label for each.
-fn scripts() -> Vec<(&'static str, Script)> {
-    let s = Script::default;
-    vec![
-        (
-            "approved on the 2nd poll",
-            Script {
-                settle: Settle::AfterPolls(2),
-                ..s()
-            },
-        ),
-        (
-            "declined on the 3rd poll",
-            Script {
-                outcome: Outcome::Declined,
-                settle: Settle::AfterPolls(3),
-                ..s()
-            },
-        ),
-        (
-            "3-D Secure redirect, then approved",
-            Script {
-                redirect: true,
-                settle: Settle::AfterPolls(4),
-                ..s()
-            },
-        ),
-        (
-            "approved after its window",
-            Script {
-                settle: Settle::AfterMs(6500),
-                ..s()
-            },
-        ),
-        (
-            "declined after its window",
-            Script {
-                outcome: Outcome::Declined,
-                settle: Settle::AfterMs(7000),
-                ..s()
-            },
-        ),
-        (
-            "after its window, callback sent 3 times",
-            Script {
-                settle: Settle::AfterMs(6000),
-                callback: CallbackMode::Duplicate,
-                ..s()
-            },
-        ),
-        (
-            "after its window, stale callback last",
-            Script {
-                settle: Settle::AfterMs(5800),
-                callback: CallbackMode::OutOfOrder,
-                ..s()
-            },
-        ),
-        (
-            "approved, then a reversal (unsigned: held)",
-            Script {
-                settle: Settle::AfterPolls(2),
-                reversal: true,
-                ..s()
-            },
-        ),
-        (
-            "approved, callback never comes",
-            Script {
-                settle: Settle::AfterPolls(3),
-                callback: CallbackMode::Never,
-                ..s()
-            },
-        ),
-        (
-            "approved, callback 1 s late",
-            Script {
-                settle: Settle::AfterPolls(2),
-                callback_delay_ms: 1000,
-                ..s()
-            },
-        ),
-        (
-            "after its window, then a reversal (held)",
-            Script {
-                settle: Settle::AfterMs(6200),
-                reversal: true,
-                ..s()
-            },
-        ),
-        (
-            "approved on the 1st poll",
-            Script {
-                settle: Settle::AfterPolls(1),
-                ..s()
-            },
-        ),
-    ]
-}
 
 /// Runs the demo; `Ok(true)` when every transfer settled as it should.
 pub async fn run(count: usize) -> Result<bool, String> {
@@ -198,7 +100,7 @@ pub async fn run(count: usize) -> Result<bool, String> {
     );
     println!("polling every 0.3-0.5 s for 4-5 s (ConnPay's 3-5 s for 2-3 min, at 1/10 scale)\n");
 
-    let scripts = scripts();
+    let scripts = crate::providers::connpay::demo::transfer_scripts();
     let mut labels = HashMap::new();
     let started = Instant::now();
     for i in 0..count {

@@ -13,6 +13,7 @@
 //!   transfer's own type and all read the same way.
 
 pub mod config;
+pub mod demo;
 mod mapping;
 pub mod sim;
 mod wire;
