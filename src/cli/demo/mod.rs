@@ -9,7 +9,7 @@
 //!
 //! The transfers' scripts come from `providers/connpay/demo.rs`; then every
 //! registered provider that has action scenes (`Plugin::demo`) runs them
-//! ([`actions`]).
+//! (`cli/demo/actions.rs`).
 
 mod actions;
 mod loopback;
