@@ -1,7 +1,8 @@
 //! Outbound actions: the status changes the platform asks payrecon to send
-//! to a provider (each provider describes its own), and their life cycle. An action is written durably to the outbox before anything is
-//! sent, is marked `sending` durably before each attempt, and is never sent
-//! again blindly once its outcome is uncertain: see docs/actions.md.
+//! to a provider (each provider describes its own), and their life cycle.
+//! An action is written durably to the outbox before anything is sent, is
+//! marked `sending` durably before each attempt, and is never sent again
+//! blindly once its outcome is uncertain: see docs/actions.md.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
