@@ -11,7 +11,7 @@ use crate::settings::check::ConfigError;
 use crate::settings::section::Section;
 use crate::settings::ReconcileConfig;
 
-use super::scenes::StartDemo;
+use super::scenes::{StartDemo, StartSettling};
 use super::Provider;
 
 /// One provider's registration.
@@ -31,6 +31,9 @@ pub struct Plugin {
     /// Starts its sandbox with the scenes `payrecon demo` runs; `None`
     /// when it has none of its own.
     pub demo: Option<StartDemo>,
+    /// Starts its sandbox of payments that settle on their own, which
+    /// `payrecon demo` tracks; `None` when it has none.
+    pub demo_payments: Option<StartSettling>,
     /// Reads, checks and builds `[providers.<name>]`; `None` when the
     /// file has no such section (the provider is then not used).
     pub configure: fn(&Section<'_>) -> Result<Option<Configured>, ConfigError>,

@@ -1,8 +1,6 @@
 //! The daemon's config for a run on loopback: the demo's, the benchmarks'
 //! and the tests', rendered as the TOML a user would write.
 
-use super::*;
-
 /// A config for a daemon on loopback against a sandbox: the demo, the
 /// tests and the benchmarks all start the daemon through the same loader
 /// and checks as production.
@@ -36,13 +34,28 @@ impl Default for LoopbackConfig {
             admin_extra: String::new(),
             callback_extra: String::new(),
             tail: String::new(),
-            key_env: KEY_ENV.into(),
+            key_env: "PAYRECON_DEMO_CONTROL_KEY".into(),
         }
     }
 }
 
 impl LoopbackConfig {
+    /// The whole config, against a ConnPay sandbox at `base_url`.
     pub fn render(&self, store: &std::path::Path, base_url: &str) -> String {
+        let connpay = crate::providers::connpay::demo::section(
+            base_url,
+            &self.key_env,
+            (&self.interval.0, &self.interval.1),
+            (&self.window.0, &self.window.1),
+            self.max_in_flight,
+            &self.request_timeout,
+        );
+        format!("{}{connpay}\n{}\n", self.render_base(store), self.tail)
+    }
+
+    /// Everything but the providers and the tail: the store, the two
+    /// listeners on loopback, the log.
+    pub fn render_base(&self, store: &std::path::Path) -> String {
         format!(
             r#"
 [store]
@@ -60,33 +73,11 @@ listen = "127.0.0.1:0"
 
 [log]
 format = "{log_format}"
-
-[providers.connpay]
-base_url = "{base_url}"
-control_key_env = "{key_env}"
-
-[providers.connpay.polling]
-poll_interval_min = "{i0}"
-poll_interval_max = "{i1}"
-poll_window_min = "{w0}"
-poll_window_max = "{w1}"
-max_in_flight = {max_in_flight}
-request_timeout = "{request_timeout}"
-
-{tail}
 "#,
-            tail = self.tail,
             store = store.display(),
             admin_extra = self.admin_extra,
             callback_extra = self.callback_extra,
             log_format = self.log_format,
-            key_env = self.key_env,
-            i0 = self.interval.0,
-            i1 = self.interval.1,
-            w0 = self.window.0,
-            w1 = self.window.1,
-            max_in_flight = self.max_in_flight,
-            request_timeout = self.request_timeout,
         )
     }
 }

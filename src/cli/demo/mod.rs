@@ -1,15 +1,12 @@
-//! `payrecon demo`: a ConnPay sandbox and the real daemon on loopback, with
-//! the store in a temporary folder, tracking a few dozen transfers with
-//! mixed scripts and faults. It prints each final state as it is learned
-//! and ends with a summary; success means every transfer reached the state
-//! the sandbox knows to be true.
-//!
-//! Time runs at a tenth of ConnPay's advice: polls every 0.3-0.5 s for 4-5 s
-//! instead of 3-5 s for 2-3 minutes, so the demo takes seconds.
-//!
-//! The transfers' scripts come from `providers/connpay/demo.rs`; then every
-//! registered provider that has action scenes (`Plugin::demo`) runs them
-//! (`cli/demo/actions.rs`).
+//! `payrecon demo`: the real daemon on loopback with the store in a
+//! temporary folder, and every registered provider's sandbox with its
+//! scenes. Payments that settle on their own (ConnPay's transfers, on mixed
+//! scripts and faults, `Plugin::demo_payments`) are tracked and printed as
+//! their final states are learned, until payrecon knows what each sandbox
+//! knows; then each provider's scripted actions run (`Plugin::demo`,
+//! `cli/demo/actions.rs`), and the platform's notifications are checked.
+//! Success means every payment reached its true state, every action ended
+//! as expected and the platform was told of every change.
 
 mod actions;
 mod loopback;
@@ -30,30 +27,24 @@ use crate::config::Config;
 use crate::daemon::{self, Listeners};
 use crate::engine::{PollOutcome, TrackRequest};
 use crate::model::Source;
-use crate::providers::connpay::sim::{ConnpaySim, Faults, NewTransfer};
 use crate::state::State;
 
 /// Longest the demo waits for every transfer to settle.
 const DEMO_DEADLINE: Duration = Duration::from_secs(90);
 
-const KEY_ENV: &str = "PAYRECON_DEMO_CONTROL_KEY";
 const NOTIFY_ENV: &str = "PAYRECON_DEMO_NOTIFY_SECRET";
 
-/// Runs the demo; `Ok(true)` when every transfer settled as it should.
+/// Runs the demo; `Ok(true)` when every payment settled as it should,
+/// every action ended as expected and the platform heard of every change.
 pub async fn run(count: usize) -> Result<bool, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
     let cancel = CancellationToken::new();
-    let key = format!("demo-{:016x}", fastrand::u64(..));
-    let sim_listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let sim = ConnpaySim::start(sim_listener, &key, cancel.child_token());
-    sim.set_faults(Faults {
-        latency_ms: (5, 40),
-        error_rate: 0.05,
-        drop_rate: 0.03,
-    });
-
+    let mut settling = vec![];
+    for p in crate::providers::REGISTRY {
+        if let Some(start) = p.demo_payments {
+            settling.push((p.id, start(cancel.child_token()).await?));
+        }
+    }
     let sandboxes = ActionSandboxes::start(&cancel).await?;
     // The platform's receiver of notifications; it refuses the first few.
     let notify_key: Vec<u8> = (0..32).map(|_| fastrand::u8(..)).collect();
@@ -65,74 +56,85 @@ pub async fn run(count: usize) -> Result<bool, String> {
         cancel.child_token(),
     );
     platform.fail_next(3);
-    let text = LoopbackConfig::default().render(&dir.path().join("store"), &sim.base_url())
-        + &sandboxes.config()
-        + &format!(
-            "\n[notify]\nurl = \"{}\"\nsecret_env = \"{NOTIFY_ENV}\"\nmin_delay = \"50ms\"\nmax_delay = \"200ms\"\n",
-            platform.url()
-        );
-    let mut env = HashMap::from([
-        (KEY_ENV.to_string(), key),
-        (
-            NOTIFY_ENV.to_string(),
-            format!("whsec_{}", B64.encode(&notify_key)),
-        ),
-    ]);
+    let mut text = LoopbackConfig::default().render_base(&dir.path().join("store"));
+    for (_, sb) in &settling {
+        text.push_str(&sb.config());
+    }
+    text.push_str(&sandboxes.config());
+    text.push_str(&format!(
+        "\n[notify]\nurl = \"{}\"\nsecret_env = \"{NOTIFY_ENV}\"\nmin_delay = \"50ms\"\nmax_delay = \"200ms\"\n",
+        platform.url()
+    ));
+    let mut env = HashMap::from([(
+        NOTIFY_ENV.to_string(),
+        format!("whsec_{}", B64.encode(&notify_key)),
+    )]);
+    for (_, sb) in &settling {
+        env.extend(sb.secrets().into_iter().map(|(k, v)| (k.to_string(), v)));
+    }
     env.extend(sandboxes.secrets());
     let config = Config::parse("demo config", &text, &env).map_err(|e| e.to_string())?;
     let listeners = Listeners::bind(&config).await.map_err(|e| e.to_string())?;
     let d = daemon::start(&config, listeners, cancel.clone())
         .await
         .map_err(|e| e.to_string())?;
-    sim.set_callback_url(&format!("http://{}/callback/connpay", d.callback_addr));
+    for (_, sb) in &settling {
+        sb.callbacks_to(&format!("http://{}", d.callback_addr));
+    }
     let engine = d.engine.clone();
     let admin = AdminClient::new(&format!("http://{}", d.admin_addr), None);
 
     println!(
-        "payrecon demo: ConnPay sandbox on {}, daemon callbacks on {}, admin on {}",
-        sim.addr(),
+        "payrecon demo: daemon callbacks on {}, admin on {}, store in {}",
         d.callback_addr,
-        d.admin_addr
-    );
-    println!(
-        "store in {}; sandbox faults: 5-40 ms latency, 5% 503s, 3% dropped connections",
+        d.admin_addr,
         dir.path().display()
     );
-    println!("polling every 0.3-0.5 s for 4-5 s (ConnPay's 3-5 s for 2-3 min, at 1/10 scale)\n");
+    for (_, sb) in &settling {
+        println!("{}", sb.describe());
+    }
+    println!();
 
-    let scripts = crate::providers::connpay::demo::transfer_scripts();
+    // Payment id -> (its sandbox, its name there, its script).
     let mut labels = HashMap::new();
     let started = Instant::now();
-    for i in 0..count {
-        let (label, script) = scripts[i % scripts.len()].clone();
-        let t = NewTransfer::new(&format!("inv-{:04}", i + 1), script);
-        sim.add(t.clone());
-        let req = TrackRequest {
-            provider: "connpay".into(),
-            keys: t.keys(),
-            amount_minor: Some(t.amount_centis),
-            currency: Some(t.currency.clone()),
-        };
-        let view = admin.track(&req).await.map_err(|e| e.to_string())?;
-        labels.insert(view.payment.id.clone(), (t.invoice_id.clone(), label));
+    for (i, (pid, sb)) in settling.iter().enumerate() {
+        for p in sb.payments(count) {
+            let req = TrackRequest {
+                provider: pid.to_string(),
+                keys: p.keys,
+                amount_minor: p.amount.as_ref().map(|a| a.0),
+                currency: p.amount.map(|a| a.1),
+            };
+            let view = admin.track(&req).await.map_err(|e| e.to_string())?;
+            labels.insert(view.payment.id.clone(), (i, p.name, p.label));
+        }
     }
-    println!("tracked {count} transfers\n");
+    let total = labels.len();
+    println!("tracked {total} payments\n");
     println!(
         "  {:<9} {:<10} {:<9} {:>7}  script",
-        "invoice", "state", "learned", "after"
+        "payment", "state", "learned", "after"
     );
+    let truth = |id: &str| {
+        labels
+            .get(id)
+            .and_then(|(i, name, _)| settling[*i].1.truth(name))
+    };
 
     let mut shown: HashMap<String, State> = HashMap::new();
     let mut done = false;
     while started.elapsed() < DEMO_DEADLINE {
         let page = admin
-            .list(None, Some("connpay"), Some(1000), None)
+            .list(None, None, Some(1000), None)
             .await
             .map_err(|e| e.to_string())?;
         let mut settled = 0;
         for v in &page.payments {
             let p = &v.payment;
-            let (inv, label) = &labels[&p.id];
+            let Some((_, name, label)) = labels.get(&p.id) else {
+                continue;
+            };
             if p.state.is_final() && shown.get(&p.id) != Some(&p.state) {
                 let (source, at) = if p.state == State::Reversed {
                     (Source::Callback, p.updated_ms)
@@ -144,17 +146,17 @@ pub async fn run(count: usize) -> Result<bool, String> {
                 };
                 let secs = at.saturating_sub(p.created_ms) as f64 / 1000.0;
                 println!(
-                    "  {inv:<9} {:<10} {:<9} {secs:>6.1}s  {label}",
+                    "  {name:<9} {:<10} {:<9} {secs:>6.1}s  {label}",
                     p.state.as_str(),
                     source.as_str()
                 );
                 shown.insert(p.id.clone(), p.state);
             }
-            if sim.truth(inv).and_then(|t| t.expected) == Some(p.state) {
+            if truth(&p.id) == Some(p.state) {
                 settled += 1;
             }
         }
-        if settled == count {
+        if settled == total {
             done = true;
             break;
         }
@@ -169,18 +171,22 @@ pub async fn run(count: usize) -> Result<bool, String> {
     let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
     let mut by_source: BTreeMap<&str, usize> = BTreeMap::new();
     let mut wrong = vec![];
-    for v in &page.payments {
+    for v in page
+        .payments
+        .iter()
+        .filter(|v| labels.contains_key(&v.payment.id))
+    {
         let p = &v.payment;
         *by_state.entry(p.state.as_str()).or_default() += 1;
         *by_source
             .entry(p.final_source.map(|s| s.as_str()).unwrap_or("not final"))
             .or_default() += 1;
-        let (inv, _) = &labels[&p.id];
-        let truth = sim.truth(inv).and_then(|t| t.expected);
-        if truth != Some(p.state) {
+        let t = truth(&p.id);
+        if t != Some(p.state) {
+            let name = &labels[&p.id].1;
             wrong.push(format!(
-                "{inv}: payrecon says {}, sandbox says {:?}",
-                p.state, truth
+                "{name}: payrecon says {}, sandbox says {t:?}",
+                p.state
             ));
         }
     }
@@ -197,20 +203,22 @@ pub async fn run(count: usize) -> Result<bool, String> {
     for w in &wrong {
         println!("  MISMATCH {w}");
     }
-    let transfers_ok = done && wrong.is_empty();
+    let payments_ok = done && wrong.is_empty();
     let actions_ok = run_actions(&admin, &sandboxes).await?;
     let notices_ok = check_notifications(&engine, &admin, &platform).await?;
-    let ok = transfers_ok && actions_ok && notices_ok;
+    let ok = payments_ok && actions_ok && notices_ok;
     println!();
-    match (transfers_ok, actions_ok) {
-        (true, true) if notices_ok => println!("all {count} ConnPay transfers reached their true state, every action ended as expected, and the platform was told of every change"),
-        (true, true) => println!("all {count} ConnPay transfers reached their true state and every action ended as expected, but a notification went wrong"),
-        (false, _) => println!("{} of {count} ConnPay transfers did not reach their true state", wrong.len().max(1)),
-        (true, false) => println!("all {count} ConnPay transfers reached their true state, but an action did not end as expected"),
+    match (payments_ok, actions_ok) {
+        (true, true) if notices_ok => println!("all {total} payments reached their true state, every action ended as expected, and the platform was told of every change"),
+        (true, true) => println!("all {total} payments reached their true state and every action ended as expected, but a notification went wrong"),
+        (false, _) => println!("{} of {total} payments did not reach their true state", wrong.len().max(1)),
+        (true, false) => println!("all {total} payments reached their true state, but an action did not end as expected"),
     }
     cancel.cancel();
     d.wait().await;
-    sim.shutdown().await;
+    for (_, sb) in &settling {
+        sb.shutdown().await;
+    }
     sandboxes.shutdown().await;
     platform.shutdown().await;
     Ok(ok)

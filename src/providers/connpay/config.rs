@@ -32,6 +32,7 @@ pub static PLUGIN: Plugin = Plugin {
     secret_keys: &[super::SESSION_TOKEN, super::ACCESS_TOKEN],
     actions: &[],
     demo: None,
+    demo_payments: Some(super::demo::start),
     configure,
 };
 

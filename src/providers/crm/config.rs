@@ -55,6 +55,7 @@ pub static PLUGIN: Plugin = Plugin {
     secret_keys: &[],
     actions: super::actions::ACTIONS,
     demo: Some(super::demo::start),
+    demo_payments: None,
     configure,
 };
 
