@@ -191,6 +191,13 @@ async fn a_reversal_after_approval_is_recorded_and_held_unconfirmed() {
         },
     );
     let id = h.track(&t).await;
+    // Approved only once the poll window has closed, so the approval comes
+    // by callback whatever the machine's load (a poll could otherwise see
+    // it first).
+    wait_until("the poll window closed", || async {
+        h.get(&id).await.payment.window.is_some_and(|w| !w.open)
+    })
+    .await;
     h.sim.settle("rev-1");
     wait_until("the reversal recorded", || async {
         h.get(&id)
