@@ -32,7 +32,7 @@ pub trait DemoSandbox: Send + Sync {
     /// by environment variables.
     fn config(&self) -> String;
     /// The variables the section names, with their values.
-    fn secrets(&self) -> Vec<(&'static str, &'static str)>;
+    fn secrets(&self) -> Vec<(&'static str, String)>;
     fn scenes(&self) -> Vec<Scene>;
     /// Runs just before scene `i`'s action is sent: a fault for it to meet.
     fn before(&self, i: usize) {

@@ -30,11 +30,9 @@ impl ActionSandboxes {
 
     /// The secrets those sections name, by environment variable.
     pub(super) fn secrets(&self) -> impl Iterator<Item = (String, String)> + '_ {
-        self.0.iter().flat_map(|(_, sb)| {
-            sb.secrets()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
+        self.0
+            .iter()
+            .flat_map(|(_, sb)| sb.secrets().into_iter().map(|(k, v)| (k.to_string(), v)))
     }
 
     pub(super) async fn shutdown(&self) {

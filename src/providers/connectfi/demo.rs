@@ -43,8 +43,11 @@ impl DemoSandbox for Demo {
         )
     }
 
-    fn secrets(&self) -> Vec<(&'static str, &'static str)> {
-        vec![CLIENT_ID, CLIENT_SECRET]
+    fn secrets(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (CLIENT_ID.0, CLIENT_ID.1.into()),
+            (CLIENT_SECRET.0, CLIENT_SECRET.1.into()),
+        ]
     }
 
     fn scenes(&self) -> Vec<Scene> {

@@ -43,8 +43,11 @@ impl DemoSandbox for Demo {
         )
     }
 
-    fn secrets(&self) -> Vec<(&'static str, &'static str)> {
-        vec![USER, PASSWORD]
+    fn secrets(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (USER.0, USER.1.into()),
+            (PASSWORD.0, PASSWORD.1.into()),
+        ]
     }
 
     fn scenes(&self) -> Vec<Scene> {

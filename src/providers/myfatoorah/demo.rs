@@ -44,8 +44,8 @@ poll_window_max = "5s"
         )
     }
 
-    fn secrets(&self) -> Vec<(&'static str, &'static str)> {
-        vec![TOKEN]
+    fn secrets(&self) -> Vec<(&'static str, String)> {
+        vec![(TOKEN.0, TOKEN.1.into())]
     }
 
     fn scenes(&self) -> Vec<Scene> {

@@ -34,8 +34,8 @@ impl DemoSandbox for Demo {
         )
     }
 
-    fn secrets(&self) -> Vec<(&'static str, &'static str)> {
-        vec![API_KEY]
+    fn secrets(&self) -> Vec<(&'static str, String)> {
+        vec![(API_KEY.0, API_KEY.1.into())]
     }
 
     fn scenes(&self) -> Vec<Scene> {
