@@ -1,6 +1,7 @@
-//! A store written by the previous release (format 1: a sled tree per
-//! kind, JSON records) is migrated at open, and nothing in it is lost.
-//! The fixture and how it was made: tests/fixtures/README.md.
+//! Stores written by earlier releases (format 1: a sled tree per kind,
+//! JSON records; format 3: one tree, postcard records) are migrated at
+//! open, and nothing in them is lost. The fixtures and how they were made:
+//! tests/fixtures/README.md.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -177,7 +178,7 @@ async fn a_store_of_a_newer_format_is_refused_by_name() {
         let db = sled::open(dir.path()).unwrap();
         db.open_tree("records")
             .unwrap()
-            .insert(b"M\0format", b"4")
+            .insert(b"M\0format", b"5")
             .unwrap();
         db.flush().unwrap();
     }
@@ -185,5 +186,91 @@ async fn a_store_of_a_newer_format_is_refused_by_name() {
         .err()
         .expect("opened a newer format");
     let msg = err.to_string();
-    assert!(msg.contains("format 4"), "{msg}");
+    assert!(msg.contains("format 5"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_store_of_format_3_is_rewritten_compact_and_reads_as_that_release_read_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    copy_dir(&fixtures.join("store-v3"), &path);
+    let expected: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(fixtures.join("store-v3.expected.json")).unwrap())
+            .unwrap();
+    let as_then = |store: &Store| {
+        let store = store.clone();
+        let expected = expected.clone();
+        async move {
+            assert_eq!(store.payment_count(), expected.len());
+            for e in &expected {
+                let id = e["payment"]["id"].as_str().unwrap();
+                let p = store.get(id).await.unwrap().unwrap();
+                let h = store.history(id).await.unwrap();
+                assert_eq!(serde_json::to_value(&p).unwrap(), e["payment"], "{id}");
+                assert_eq!(serde_json::to_value(&h).unwrap(), e["history"], "{id}");
+            }
+            assert_eq!(store.orphan_count().await.unwrap(), 1);
+        }
+    };
+    {
+        let store = Store::open(&path).unwrap();
+        as_then(&store).await;
+        // The inbox came along: the provider re-sending is a repeat.
+        let again = CallbackRecord {
+            dedupe_key: "connpay|approved|sale|o-v3-0|v3-0".into(),
+            match_key: "connpay|inv|v3-0".into(),
+            report: Report {
+                source: Source::Callback,
+                raw_status: "approved".into(),
+                state: Some(State::Succeeded),
+                fields: BTreeMap::new(),
+                learned_keys: vec![],
+            },
+            received_ms: 1_700_000_021_000,
+            unsigned_claim: false,
+        };
+        assert!(matches!(
+            store.ingest_callback(&again).await.unwrap(),
+            Ingested::Duplicate
+        ));
+        store.close().await.unwrap();
+    }
+    // Opened again: not migrated twice, still whole, and the records are
+    // of the current format.
+    let store = reopen(&path).await;
+    as_then(&store).await;
+    let open = expected[1]["payment"]["id"].as_str().unwrap();
+    let r = Report {
+        source: Source::Poll,
+        raw_status: "APPROVED".into(),
+        state: Some(State::Succeeded),
+        fields: BTreeMap::from([("order_id".to_string(), "cp-1".to_string())]),
+        learned_keys: vec![],
+    };
+    let o = store
+        .observe(
+            open,
+            r,
+            payrecon::store::WindowChange::Close,
+            1_700_000_030_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!((o.observation.seq, o.payment.state), (1, State::Succeeded));
+    store.close().await.unwrap();
+    drop(store);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    for _ in 0..200 {
+        if let Ok(db) = sled::open(&path) {
+            let tree = db.open_tree("records").unwrap();
+            assert_eq!(&*tree.get(b"M\0format").unwrap().unwrap(), b"4");
+            for kv in tree.scan_prefix(b"P") {
+                assert_eq!(kv.unwrap().1[0], 0x02, "a payment record left in format 3");
+            }
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("store did not reopen");
 }

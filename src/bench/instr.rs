@@ -21,7 +21,7 @@ use super::baseline::SledAlone;
 use super::{check, ratio, runtime, table, Opts};
 use crate::model::{now_ms, Keys, Payment, PollWindow, Report, Source};
 use crate::state::State;
-use crate::store::{CallbackRecord, Store, WindowChange};
+use crate::store::{codec, CallbackRecord, Store, WindowChange};
 
 const SETUP: usize = 1_000;
 const LOW: usize = 200;
@@ -179,7 +179,7 @@ pub fn child(args: &[String]) -> std::process::ExitCode {
         if op == "sled-callback" {
             let sled = SledAlone::open(path)?;
             for r in records.iter().take(n) {
-                let v = crate::store::codec::Record::encode(r);
+                let v = codec::Record::encode(r);
                 sled.commit(r.dedupe_key.clone().into_bytes(), v).await?;
             }
             return Ok(());
@@ -187,14 +187,16 @@ pub fn child(args: &[String]) -> std::process::ExitCode {
         if op == "sled-get" {
             let db = sled::open(path).map_err(|e| e.to_string())?;
             let probe = Store::open(&path.join("ids")).map_err(|e| e.to_string())?;
+            let symbols = codec::Symbols::default();
             for i in 0..SETUP {
                 let (p, _, _) = payment(&probe, i, now);
-                db.insert(format!("P{i:08}"), crate::store::codec::Record::encode(&p))
+                let record = codec::payment_record(&p, &codec::History::new(0), &symbols);
+                db.insert(format!("P{i:08}"), record)
                     .map_err(|e| e.to_string())?;
             }
             for i in 0..n {
                 let raw = db.get(format!("P{i:08}")).map_err(|e| e.to_string())?;
-                let p = raw.map(|v| <Payment as crate::store::codec::Record>::decode(b"P", &v));
+                let p = raw.map(|v| codec::payment_of(b"P", &v, &symbols));
                 std::hint::black_box(p.transpose().map_err(|e| e.to_string())?);
             }
             return Ok(());

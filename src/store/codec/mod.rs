@@ -2,27 +2,34 @@
 //! record. serde stays the model; JSON stays the format of the API, logs
 //! and export.
 //!
-//! - `0x01` (formats 2 and 3): postcard of the record's fields in a fixed order
-//!   (a payment's record then carries its history: [`History`]).
-//!   postcard does not name fields, so a record is written as a tuple
-//!   here and `skip_serializing_if` (which the JSON shapes use) never
-//!   applies. Enums are written as their variant's index: new variants
-//!   are only ever appended.
+//! - `0x01`: postcard of the record's fields in a fixed order. postcard
+//!   does not name fields, so a record is written as a tuple here and
+//!   `skip_serializing_if` (which the JSON shapes use) never applies.
+//!   Enums are written as their variant's index: new variants are only
+//!   ever appended. (Formats 2 and 3 wrote payments so too: [`v3`].)
+//! - `0x02`: a payment's record with its history, its names written as
+//!   the store's [`Symbols`] ([`payment`]).
 //! - `b'J'`: JSON, for records that hold provider JSON or a tagged enum
 //!   (actions), which postcard cannot read back.
 //!
 //! A record whose first byte is neither is refused as corrupt, naming its
 //! key; nothing guesses.
 
+mod payment;
+mod symbols;
+pub mod v3;
+
 use std::collections::BTreeMap;
 
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::action::Action;
-use crate::model::{Keys, Observation, Payment, PollWindow, ProviderId, Report, Source};
-use crate::money::Mismatch;
-use crate::state::{Decision, State};
+use crate::model::{ProviderId, Report, Source};
+use crate::state::State;
 use crate::store::SweepMark;
+
+pub use payment::{history_of, is_current, payment_of, payment_record, split_payment, History};
+pub use symbols::Symbols;
 
 use super::{CallbackRecord, Notice, StoreError};
 
@@ -81,200 +88,6 @@ fn unjson<T: DeserializeOwned>(raw: &[u8]) -> Result<T, String> {
         Some((b, _)) => Err(format!("unknown record encoding 0x{b:02x}")),
         None => Err("empty record".into()),
     }
-}
-
-type MismatchRec = (String, Option<i64>, Option<String>, u64);
-
-type PaymentRec = (
-    String,
-    ProviderId,
-    Keys,
-    Option<i64>,
-    Option<String>,
-    State,
-    Option<String>,
-    u64,
-    u64,
-    Option<u64>,
-    Option<Source>,
-    Option<PollWindow>,
-    u32,
-    Option<MismatchRec>,
-);
-
-impl Record for Payment {
-    fn encode(&self) -> Vec<u8> {
-        let m = self
-            .mismatch
-            .as_ref()
-            .map(|m| (&m.reported, m.reported_minor, &m.reported_currency, m.at_ms));
-        postcard(&(
-            &self.id,
-            self.provider,
-            &self.keys,
-            self.amount_minor,
-            &self.currency,
-            self.state,
-            &self.raw_status,
-            self.created_ms,
-            self.updated_ms,
-            self.final_ms,
-            self.final_source,
-            self.window,
-            self.observations,
-            m,
-        ))
-    }
-
-    /// The payment's fields only; its history, after them, is not read.
-    fn decode_body(raw: &[u8]) -> Result<Self, String> {
-        unpostcard(raw).map(payment)
-    }
-}
-
-fn payment(r: PaymentRec) -> Payment {
-    Payment {
-        id: r.0,
-        provider: r.1,
-        keys: r.2,
-        amount_minor: r.3,
-        currency: r.4,
-        state: r.5,
-        raw_status: r.6,
-        created_ms: r.7,
-        updated_ms: r.8,
-        final_ms: r.9,
-        final_source: r.10,
-        window: r.11,
-        observations: r.12,
-        mismatch: r.13.map(|m| Mismatch {
-            reported: m.0,
-            reported_minor: m.1,
-            reported_currency: m.2,
-            at_ms: m.3,
-        }),
-    }
-}
-
-type ObservationRec = (
-    u32,
-    Source,
-    u64,
-    String,
-    Option<State>,
-    Option<Decision>,
-    BTreeMap<String, String>,
-    u32,
-    Option<u64>,
-);
-
-type ObservationRef<'a> = (
-    u32,
-    Source,
-    u64,
-    &'a String,
-    Option<State>,
-    Option<Decision>,
-    &'a BTreeMap<String, String>,
-    u32,
-    Option<u64>,
-);
-
-fn observation_ref(o: &Observation) -> ObservationRef<'_> {
-    (
-        o.seq,
-        o.source,
-        o.at_ms,
-        &o.raw_status,
-        o.state,
-        o.decision,
-        &o.fields,
-        o.repeats,
-        o.last_ms,
-    )
-}
-
-fn observation(r: ObservationRec) -> Observation {
-    Observation {
-        seq: r.0,
-        source: r.1,
-        at_ms: r.2,
-        raw_status: r.3,
-        state: r.4,
-        decision: r.5,
-        fields: r.6,
-        repeats: r.7,
-        last_ms: r.8,
-    }
-}
-
-/// An observation as its own record: format 2's history entries (read by
-/// the migration), and tests.
-impl Record for Observation {
-    fn encode(&self) -> Vec<u8> {
-        postcard(&observation_ref(self))
-    }
-
-    fn decode_body(raw: &[u8]) -> Result<Self, String> {
-        unpostcard(raw).map(observation)
-    }
-}
-
-/// A payment's history as format 3 keeps it: inside the payment's record,
-/// after the payment's fields, each observation's postcard one after
-/// another, oldest first. A new observation is written at the end; the
-/// ones before it are copied as bytes, never decoded.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct History(Vec<u8>);
-
-impl History {
-    pub fn push(&mut self, o: &Observation) {
-        let bytes = std::mem::take(&mut self.0);
-        // Writing plain values into a Vec cannot fail.
-        self.0 = postcard::to_extend(&observation_ref(o), bytes).unwrap_or_default();
-    }
-
-    pub fn from_observations<'a>(all: impl IntoIterator<Item = &'a Observation>) -> History {
-        let mut h = History::default();
-        for o in all {
-            h.push(o);
-        }
-        h
-    }
-
-    pub fn read(&self) -> Result<Vec<Observation>, String> {
-        let mut rest = &self.0[..];
-        let mut out = vec![];
-        while !rest.is_empty() {
-            let (r, more) = postcard::take_from_bytes::<ObservationRec>(rest)
-                .map_err(|e| format!("history entry {}: {e}", out.len()))?;
-            out.push(observation(r));
-            rest = more;
-        }
-        Ok(out)
-    }
-}
-
-/// A payment's record: its fields, then its history.
-pub fn payment_record(p: &Payment, h: &History) -> Vec<u8> {
-    let mut out = p.encode();
-    out.extend_from_slice(&h.0);
-    out
-}
-
-/// Reads a payment's record into the payment and its history (whose
-/// entries are decoded only when asked for).
-pub fn split_payment(key: &[u8], raw: &[u8]) -> Result<(Payment, History), StoreError> {
-    let b = body(raw).map_err(|reason| corrupt(key, reason))?;
-    let (r, rest) =
-        postcard::take_from_bytes::<PaymentRec>(b).map_err(|e| corrupt(key, e.to_string()))?;
-    Ok((payment(r), History(rest.to_vec())))
-}
-
-/// The history kept in a payment's record.
-pub fn history_of(key: &[u8], raw: &[u8]) -> Result<Vec<Observation>, StoreError> {
-    let (_, h) = split_payment(key, raw)?;
-    h.read().map_err(|reason| corrupt(key, reason))
 }
 
 type ReportRec = (

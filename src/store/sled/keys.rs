@@ -15,8 +15,12 @@
 //! | `O` | orphan id (u64 BE) | CallbackRecord |
 //! | `Q` | lookup key | the orphan ids waiting under it (u64 BE each) |
 //! | `S` | payment id | SweepMark |
+//! | `Y` | symbol number (u32 BE) | the symbol (UTF-8; codec/symbols.rs) |
 //! | `M` | name | meta value (UTF-8); `M\0format` is the store format |
 //! | `C` | kind's prefix | how many records of that kind (u64 BE) |
+
+use crate::store::codec::{corrupt, Symbols};
+use crate::store::StoreError;
 
 /// A record kind. The first ones are counted (their counts are kept
 /// under `C`, so gauges need no scan).
@@ -34,6 +38,7 @@ pub enum Kind {
     Outbox,
     OrphanIndex,
     Sweep,
+    Symbol,
     Meta,
 }
 
@@ -54,6 +59,7 @@ impl Kind {
             Kind::Outbox => b'X',
             Kind::OrphanIndex => b'Q',
             Kind::Sweep => b'S',
+            Kind::Symbol => b'Y',
             Kind::Meta => b'M',
         }
     }
@@ -68,7 +74,7 @@ const COUNTED: [Kind; Kind::COUNTED] = [
 ];
 
 /// The store format this release writes, kept under `M\0format`.
-pub const FORMAT: &str = "3";
+pub const FORMAT: &str = "4";
 pub const FORMAT_KEY: &[u8] = b"M\0format";
 
 pub fn of(kind: Kind, rest: &[u8]) -> Vec<u8> {
@@ -94,6 +100,35 @@ pub fn history(id: &str, seq: u32) -> Vec<u8> {
 
 pub fn seq_key(kind: Kind, seq: u64) -> Vec<u8> {
     of(kind, &seq.to_be_bytes())
+}
+
+pub fn symbol(id: u32) -> Vec<u8> {
+    of(Kind::Symbol, &id.to_be_bytes())
+}
+
+/// The symbols a store holds.
+pub fn load_symbols(tree: &sled::Tree) -> Result<Symbols, StoreError> {
+    let mut saved = vec![];
+    for kv in tree.scan_prefix([Kind::Symbol.prefix()]) {
+        let (k, v) = kv?;
+        let id = rest(&k)
+            .try_into()
+            .map(u32::from_be_bytes)
+            .map_err(|_| corrupt(&k, "a symbol's key is not 4 bytes".into()))?;
+        let name = String::from_utf8(v.to_vec()).map_err(|e| corrupt(&k, e.to_string()))?;
+        saved.push((id, name));
+    }
+    Symbols::from_saved(saved).map_err(|reason| corrupt(&[Kind::Symbol.prefix()], reason))
+}
+
+/// Puts the symbols not yet saved in `batch`; the number to mark saved
+/// once it is applied.
+pub fn save_symbols(symbols: &Symbols, batch: &mut sled::Batch) -> usize {
+    let (new, upto) = symbols.unsaved();
+    for (id, name) in new {
+        batch.insert(symbol(id), name.as_bytes());
+    }
+    upto
 }
 
 pub fn meta(name: &str) -> Vec<u8> {

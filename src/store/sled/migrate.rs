@@ -8,15 +8,18 @@
 //!   codec.rs; each observation its own record under `H`.
 //! - Format 3: as format 2, with each payment's history inside its record
 //!   (after the payment's fields) instead of under `H`.
+//! - Format 4: as format 3, with each payment's record in the compact
+//!   encoding of codec/payment.rs (names as the store's symbols, under `Y`).
 //!
 //! From format 1 the migration writes the new tree in batches, marks the
 //! format, flushes, and only then drops the old trees. A crash before the
 //! mark leaves the old trees whole: the next open clears the new tree and
-//! starts again. From format 2 it moves each payment's `H` records into
-//! the payment's record, in place: one atomic batch per few thousand
-//! payments writes the new records and removes the `H` ones, so a crash
-//! midway leaves every payment either moved or not, and the next open goes
-//! on (a moved payment has no `H` records left to add).
+//! starts again. From formats 2 and 3 it rewrites each payment's record in
+//! place (moving format 2's `H` records into it): one atomic batch per
+//! few thousand payments writes the new records, the symbols they name
+//! and removes the `H` ones, so a crash midway leaves every payment either
+//! rewritten or not, and the next open goes on (it skips the records
+//! already rewritten).
 
 use std::sync::atomic::Ordering;
 
@@ -26,7 +29,9 @@ use super::keys::{self, Kind};
 use super::Shared;
 use crate::action::Action;
 use crate::model::{Observation, Payment};
-use crate::store::codec::{corrupt, payment_record, split_payment, History, InboxEntry, Record};
+use crate::store::codec::{
+    corrupt, is_current, payment_record, v3, History, InboxEntry, Record, Symbols,
+};
 use crate::store::SweepMark;
 use crate::store::{CallbackRecord, Notice, StoreError};
 
@@ -48,13 +53,17 @@ const V1_TREES: [&str; 12] = [
 const BATCH: usize = 10_000;
 
 /// Brings the store in `db` to the current format, or says why not.
-pub fn to_current(db: &sled::Db, tree: &sled::Tree) -> Result<(), StoreError> {
+pub fn to_current(db: &sled::Db, tree: &sled::Tree, symbols: &Symbols) -> Result<(), StoreError> {
     if let Some(f) = tree.get(keys::FORMAT_KEY)? {
         return match &*f {
             f if f == keys::FORMAT.as_bytes() => Ok(()),
-            b"2" => {
-                tracing::info!("migrating the store from format 2 to format {}", keys::FORMAT);
-                let n = migrate_v2(tree)?;
+            old @ (b"2" | b"3") => {
+                tracing::info!(
+                    "migrating the store from format {} to format {}",
+                    String::from_utf8_lossy(old),
+                    keys::FORMAT
+                );
+                let n = rewrite_payments(tree, symbols)?;
                 tree.insert(keys::FORMAT_KEY, keys::FORMAT.as_bytes())?;
                 db.flush()?;
                 tracing::info!(payments = n, "store migrated to format {}", keys::FORMAT);
@@ -79,7 +88,7 @@ pub fn to_current(db: &sled::Db, tree: &sled::Tree) -> Result<(), StoreError> {
         keys::FORMAT
     );
     tree.clear()?;
-    let n = migrate_v1(db, tree)?;
+    let n = migrate_v1(db, tree, symbols)?;
     tree.insert(keys::FORMAT_KEY, keys::FORMAT.as_bytes())?;
     db.flush()?;
     for name in V1_TREES {
@@ -97,6 +106,7 @@ fn json<T: DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T, StoreError> {
 /// Writes batches of a migration, counting records.
 struct Out<'t> {
     tree: &'t sled::Tree,
+    symbols: &'t Symbols,
     batch: sled::Batch,
     len: usize,
     total: usize,
@@ -109,7 +119,7 @@ impl Out<'_> {
         self.len += 1;
         self.total += 1;
         if self.len >= BATCH {
-            self.tree.apply_batch(std::mem::take(&mut self.batch))?;
+            apply(self.tree, self.symbols, std::mem::take(&mut self.batch))?;
             self.len = 0;
         }
         Ok(())
@@ -119,14 +129,23 @@ impl Out<'_> {
         for (i, c) in self.counts.iter().enumerate() {
             self.batch.insert(keys::counter(i), &c.to_be_bytes());
         }
-        self.tree.apply_batch(self.batch)?;
+        apply(self.tree, self.symbols, self.batch)?;
         Ok(self.total)
     }
 }
 
-fn migrate_v1(db: &sled::Db, tree: &sled::Tree) -> Result<usize, StoreError> {
+/// Applies a batch with the symbols its records name.
+fn apply(tree: &sled::Tree, symbols: &Symbols, mut batch: sled::Batch) -> Result<(), StoreError> {
+    let upto = keys::save_symbols(symbols, &mut batch);
+    tree.apply_batch(batch)?;
+    symbols.saved_up_to(upto);
+    Ok(())
+}
+
+fn migrate_v1(db: &sled::Db, tree: &sled::Tree, symbols: &Symbols) -> Result<usize, StoreError> {
     let mut out = Out {
         tree,
+        symbols,
         batch: sled::Batch::default(),
         len: 0,
         total: 0,
@@ -140,12 +159,13 @@ fn migrate_v1(db: &sled::Db, tree: &sled::Tree) -> Result<usize, StoreError> {
         // Format 1 keyed history by (id, 0x00, seq).
         let mut prefix = k.to_vec();
         prefix.push(0);
-        let mut h = History::default();
+        let mut h = vec![];
         for kv in history.scan_prefix(prefix) {
             let (hk, hv) = kv?;
-            h.push(&json::<Observation>(&hk, &hv)?);
+            h.push(json::<Observation>(&hk, &hv)?);
         }
-        out.put(keys::of(Kind::Payment, &k), payment_record(&p, &h))?;
+        let h = History::from_observations(p.created_ms, &h, symbols);
+        out.put(keys::of(Kind::Payment, &k), payment_record(&p, &h, symbols))?;
         out.counts[Kind::Payment as usize] += 1;
     }
     for (name, kind) in [
@@ -196,35 +216,36 @@ fn migrate_v1(db: &sled::Db, tree: &sled::Tree) -> Result<usize, StoreError> {
     out.finish()
 }
 
-/// Moves every payment's `H` records of format 2 into its record.
-fn migrate_v2(tree: &sled::Tree) -> Result<usize, StoreError> {
+/// Rewrites every payment's record of format 2 or 3 in the current
+/// encoding, with format 2's `H` records moved into it.
+fn rewrite_payments(tree: &sled::Tree, symbols: &Symbols) -> Result<usize, StoreError> {
     let mut n = 0;
     let mut batch = sled::Batch::default();
     let mut len = 0;
     for kv in tree.scan_prefix([Kind::Payment.prefix()]) {
         let (k, raw) = kv?;
-        let id = keys::rest(&k);
-        // A payment moved before a crash has its history already, and no
-        // `H` records left.
-        let (p, mut h) = split_payment(&k, &raw)?;
-        let mut moved = 0;
-        for kv in tree.scan_prefix(keys::history_prefix(&String::from_utf8_lossy(id))) {
-            let (hk, hv) = kv?;
-            h.push(&Observation::decode(&hk, &hv)?);
-            batch.remove(hk);
-            moved += 1;
-        }
-        if moved > 0 {
-            batch.insert(k, payment_record(&p, &h));
-            len += moved + 1;
-        }
         n += 1;
+        // Rewritten before a crash.
+        if is_current(&raw) {
+            continue;
+        }
+        let (p, mut history) = v3::split(&k, &raw)?;
+        let id = String::from_utf8_lossy(keys::rest(&k)).into_owned();
+        for kv in tree.scan_prefix(keys::history_prefix(&id)) {
+            let (hk, hv) = kv?;
+            history.push(Observation::decode(&hk, &hv)?);
+            batch.remove(hk);
+            len += 1;
+        }
+        let h = History::from_observations(p.created_ms, &history, symbols);
+        batch.insert(k, payment_record(&p, &h, symbols));
+        len += 1;
         if len >= BATCH {
-            tree.apply_batch(std::mem::take(&mut batch))?;
+            apply(tree, symbols, std::mem::take(&mut batch))?;
             len = 0;
         }
     }
-    tree.apply_batch(batch)?;
+    apply(tree, symbols, batch)?;
     Ok(n)
 }
 
@@ -279,18 +300,19 @@ pub fn bulk_load(
                 keys::window_value(w.next_ms, payment.provider),
             );
         }
+        let h = History::from_observations(payment.created_ms, &history, &s.symbols);
         batch.insert(
             keys::of(Kind::Payment, payment.id.as_bytes()),
-            payment_record(&payment, &History::from_observations(&history)),
+            payment_record(&payment, &h, &s.symbols),
         );
         n += 1;
         if n % BATCH == 0 {
-            s.tree.apply_batch(std::mem::take(&mut batch))?;
+            apply(&s.tree, &s.symbols, std::mem::take(&mut batch))?;
         }
     }
     let total = s.counts[Kind::Payment as usize].fetch_add(n as u64, Ordering::Relaxed) + n as u64;
     batch.insert(keys::counter(Kind::Payment as usize), &total.to_be_bytes());
-    s.tree.apply_batch(batch)?;
+    apply(&s.tree, &s.symbols, batch)?;
     s.db.flush()?;
     Ok(n)
 }
@@ -314,84 +336,129 @@ mod tests {
         panic!("sled did not open");
     }
 
-    /// Rewrites the first `n` payments of a format 3 store the way format 2
-    /// kept them (the payment alone under `P`, each observation under `H`)
-    /// and marks the store format 2: what a crash midway through the
-    /// migration leaves when `n` is less than all.
-    fn to_format_2(path: &std::path::Path, n: usize) {
+    /// Rewrites the first `n` payments of a store the way format 2 (the
+    /// payment alone under `P`, each observation under `H`) or format 3
+    /// (the payment and its history, postcard) kept them, and marks the
+    /// store so: what a crash midway through the migration leaves when
+    /// `n` is less than all, what that release wrote when it is all.
+    fn to_format(path: &std::path::Path, n: usize, format: u8) {
         let db = raw(path);
         let tree = db.open_tree("records").unwrap();
+        let symbols = keys::load_symbols(&tree).unwrap();
         let payments: Vec<_> = tree
             .scan_prefix([Kind::Payment.prefix()])
-            .take(n)
             .map(|kv| kv.unwrap())
             .collect();
-        for (k, raw) in payments {
-            let (p, h) = split_payment(&k, &raw).unwrap();
-            for o in h.read().unwrap() {
-                tree.insert(keys::history(&p.id, o.seq), o.encode())
+        let all = n >= payments.len();
+        for (k, raw) in payments.into_iter().take(n) {
+            let (p, h) = crate::store::codec::split_payment(&k, &raw, &symbols).unwrap();
+            let history = h.read(&symbols).unwrap();
+            if format == 2 {
+                for o in &history {
+                    tree.insert(keys::history(&p.id, o.seq), o.encode())
+                        .unwrap();
+                }
+                tree.insert(k, v3::record(&p, &[])).unwrap();
+            } else {
+                tree.insert(k, v3::record(&p, &history)).unwrap();
+            }
+        }
+        if all {
+            for k in tree.scan_prefix([Kind::Symbol.prefix()]).keys() {
+                tree.remove(k.unwrap()).unwrap();
+            }
+        }
+        tree.insert(keys::FORMAT_KEY, format.to_string().as_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+
+    /// A store with six payments of two observations each, and what the
+    /// store API says of them.
+    async fn six_payments(path: &std::path::Path) -> Vec<(Payment, Vec<Observation>)> {
+        let store = Store::open(path).unwrap();
+        let mut before = vec![];
+        for i in 0..6 {
+            let id = store
+                .track(new_payment(&format!("inv-{i}")))
+                .await
+                .unwrap()
+                .payment
+                .id;
+            for (t, (raw, state)) in [("PROCESSING", None), ("APPROVED", Some(State::Succeeded))]
+                .into_iter()
+                .enumerate()
+            {
+                let at = 1_000 * (t as u64 + 1);
+                store
+                    .observe(
+                        &id,
+                        report(Source::Poll, raw, state),
+                        WindowChange::Next(at + 4_000),
+                        at,
+                    )
+                    .await
                     .unwrap();
             }
-            tree.insert(k, p.encode()).unwrap();
+            before.push((
+                store.get(&id).await.unwrap().unwrap(),
+                store.history(&id).await.unwrap(),
+            ));
         }
-        tree.insert(keys::FORMAT_KEY, "2").unwrap();
-        db.flush().unwrap();
+        store.close().await.unwrap();
+        before
+    }
+
+    async fn reads_as_before(path: &std::path::Path, before: &[(Payment, Vec<Observation>)]) {
+        let store = reopen(path).await;
+        for (p, history) in before {
+            assert_eq!(history.len(), 2);
+            assert_eq!(&store.get(&p.id).await.unwrap().unwrap(), p);
+            assert_eq!(&store.history(&p.id).await.unwrap(), history);
+        }
+        // It goes on as any store: a new observation on a migrated payment.
+        let (p, _) = &before[0];
+        let o = store
+            .observe(
+                &p.id,
+                report(Source::Callback, "APPROVED", Some(State::Succeeded)),
+                WindowChange::Keep,
+                9_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(o.observation.seq, 2);
+        assert_eq!(store.history(&p.id).await.unwrap().len(), 3);
+        store.close().await.unwrap();
+        drop(store);
+        let db = raw(path);
+        let tree = db.open_tree("records").unwrap();
+        assert_eq!(tree.scan_prefix([Kind::History.prefix()]).count(), 0);
+        assert_eq!(&*tree.get(keys::FORMAT_KEY).unwrap().unwrap(), b"4");
+        for kv in tree.scan_prefix([Kind::Payment.prefix()]) {
+            assert!(is_current(&kv.unwrap().1));
+        }
+    }
+
+    #[tokio::test]
+    async fn format_3_is_rewritten_in_the_compact_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = six_payments(dir.path()).await;
+        to_format(dir.path(), 6, 3);
+        reads_as_before(dir.path(), &before).await;
     }
 
     #[tokio::test]
     async fn format_2_moves_each_history_into_its_payment_even_after_a_crash_midway() {
         let dir = tempfile::tempdir().unwrap();
-        let mut before = vec![];
-        {
-            let store = Store::open(dir.path()).unwrap();
-            for i in 0..6 {
-                let id = store
-                    .track(new_payment(&format!("inv-{i}")))
-                    .await
-                    .unwrap()
-                    .payment
-                    .id;
-                for (t, (raw, state)) in
-                    [("PROCESSING", None), ("APPROVED", Some(State::Succeeded))]
-                        .into_iter()
-                        .enumerate()
-                {
-                    let at = 1_000 * (t as u64 + 1);
-                    store
-                        .observe(
-                            &id,
-                            report(Source::Poll, raw, state),
-                            WindowChange::Next(at + 4_000),
-                            at,
-                        )
-                        .await
-                        .unwrap();
-                }
-                before.push((
-                    store.get(&id).await.unwrap().unwrap(),
-                    store.history(&id).await.unwrap(),
-                ));
-            }
-            store.close().await.unwrap();
-        }
-        // Half the payments still in format 2, half already moved.
-        to_format_2(dir.path(), 3);
+        let before = six_payments(dir.path()).await;
+        // Half the payments still in format 2, half already rewritten.
+        to_format(dir.path(), 3, 2);
         {
             let db = raw(dir.path());
             let tree = db.open_tree("records").unwrap();
             assert_eq!(tree.scan_prefix([Kind::History.prefix()]).count(), 6);
         }
-        let store = reopen(dir.path()).await;
-        for (p, history) in &before {
-            assert_eq!(history.len(), 2);
-            assert_eq!(&store.get(&p.id).await.unwrap().unwrap(), p);
-            assert_eq!(&store.history(&p.id).await.unwrap(), history);
-        }
-        store.close().await.unwrap();
-        drop(store);
-        let db = raw(dir.path());
-        let tree = db.open_tree("records").unwrap();
-        assert_eq!(tree.scan_prefix([Kind::History.prefix()]).count(), 0);
-        assert_eq!(&*tree.get(keys::FORMAT_KEY).unwrap().unwrap(), b"3");
+        reads_as_before(dir.path(), &before).await;
     }
 }

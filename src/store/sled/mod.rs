@@ -34,6 +34,8 @@ pub struct Shared {
     db: sled::Db,
     tree: sled::Tree,
     policy: Arc<Policy>,
+    /// The names records write as numbers (codec/symbols.rs).
+    symbols: codec::Symbols,
     /// Records of each counted kind (keys::Kind), as committed.
     counts: [AtomicU64; Kind::COUNTED],
     flushes: AtomicU64,
@@ -89,7 +91,8 @@ impl SledStore {
             .flush_every_ms(Some(1000))
             .open()?;
         let tree = db.open_tree("records")?;
-        migrate::to_current(&db, &tree)?;
+        let symbols = keys::load_symbols(&tree)?;
+        migrate::to_current(&db, &tree, &symbols)?;
         let counts = std::array::from_fn(|i| {
             let raw = tree.get(keys::counter(i)).ok().flatten();
             AtomicU64::new(keys::read_u64(raw.as_deref()))
@@ -98,6 +101,7 @@ impl SledStore {
             db,
             tree,
             policy,
+            symbols,
             counts,
             flushes: AtomicU64::new(0),
         });
@@ -151,9 +155,18 @@ impl SledStore {
     fn history_now(&self, id: &str) -> Result<Vec<Observation>, StoreError> {
         let key = keys::of(Kind::Payment, id.as_bytes());
         match self.shared.tree.get(&key)? {
-            Some(raw) => codec::history_of(&key, &raw),
+            Some(raw) => codec::history_of(&key, &raw, &self.shared.symbols),
             None => Ok(vec![]),
         }
+    }
+
+    fn payment_now(&self, id: &str) -> Result<Option<Payment>, StoreError> {
+        let key = keys::of(Kind::Payment, id.as_bytes());
+        self.shared
+            .tree
+            .get(&key)?
+            .map(|raw| codec::payment_of(&key, &raw, &self.shared.symbols))
+            .transpose()
     }
 
     fn action_now(&self, id: &str) -> Result<Option<Action>, StoreError> {
@@ -262,7 +275,7 @@ impl Backend for SledStore {
     }
 
     fn get<'a>(&'a self, id: &'a str) -> BoxFut<'a, Option<Payment>> {
-        ready(self.read(&keys::of(Kind::Payment, id.as_bytes())))
+        ready(self.payment_now(id))
     }
 
     fn find<'a>(&'a self, lookup_key: &'a str) -> BoxFut<'a, Option<String>> {
@@ -292,7 +305,7 @@ impl Backend for SledStore {
         for kv in self.shared.tree.range((start, end)) {
             let p = match kv
                 .map_err(StoreError::from)
-                .and_then(|(k, v)| Payment::decode(&k, &v))
+                .and_then(|(k, v)| codec::payment_of(&k, &v, &self.shared.symbols))
             {
                 Ok(p) => p,
                 Err(e) => return ready(Err(e)),

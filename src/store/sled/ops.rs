@@ -18,7 +18,7 @@ use crate::store::{
 fn load(v: &View, id: &str) -> Result<(Payment, History), StoreError> {
     let key = keys::of(Kind::Payment, id.as_bytes());
     match v.get(&key)? {
-        Some(raw) => split_payment(&key, &raw),
+        Some(raw) => split_payment(&key, &raw, &v.s.symbols),
         None => Err(StoreError::NotFound(id.to_string())),
     }
 }
@@ -26,7 +26,7 @@ fn load(v: &View, id: &str) -> Result<(Payment, History), StoreError> {
 fn put_payment(v: &mut View, p: &Payment, h: &History) {
     v.put(
         keys::of(Kind::Payment, p.id.as_bytes()),
-        payment_record(p, h),
+        payment_record(p, h, &v.s.symbols),
     );
 }
 
@@ -88,13 +88,19 @@ fn record(
     if let Some(c) = &change {
         put_notice(v, p, c, at_ms)?;
     }
-    h.push(&obs);
+    h.push(&obs, &v.s.symbols)
+        .map_err(|reason| corrupt(&keys::of(Kind::Payment, p.id.as_bytes()), reason))?;
     Ok((obs, change))
 }
 
 /// Adds repeat counts held in memory to the payment and the observation
 /// they repeat.
-fn fold(p: &mut Payment, h: &mut History, carry: Option<Repeats>) -> Result<(), StoreError> {
+fn fold(
+    v: &View,
+    p: &mut Payment,
+    h: &mut History,
+    carry: Option<Repeats>,
+) -> Result<(), StoreError> {
     let Some(c) = carry else { return Ok(()) };
     if let Some(w) = p.window.as_mut() {
         w.polls += c.polls;
@@ -104,12 +110,12 @@ fn fold(p: &mut Payment, h: &mut History, carry: Option<Repeats>) -> Result<(), 
     }
     if let Some(seq) = c.seq {
         let mut all = h
-            .read()
+            .read(&v.s.symbols)
             .map_err(|reason| corrupt(&keys::of(Kind::Payment, p.id.as_bytes()), reason))?;
         if let Some(o) = all.iter_mut().find(|o| o.seq == seq) {
             o.repeats += c.repeats;
             o.last_ms = Some(o.last_ms.unwrap_or(0).max(c.last_ms));
-            *h = History::from_observations(&all);
+            *h = History::from_observations(p.created_ms, &all, &v.s.symbols);
         }
     }
     Ok(())
@@ -152,7 +158,7 @@ pub fn track(v: &mut View, new: NewPayment) -> Result<Tracked, StoreError> {
         mismatch: None,
     };
     put_key(v, &new.idempotency_key, &id);
-    let mut h = History::default();
+    let mut h = History::new(p.created_ms);
     let (mut changes, mut claims) = (vec![], vec![]);
     for k in &new.lookup_keys {
         put_key(v, k, &id);
@@ -198,7 +204,7 @@ pub fn observe(
     carry: Option<Repeats>,
 ) -> Result<Observed, StoreError> {
     let (mut p, mut h) = load(v, id)?;
-    fold(&mut p, &mut h, carry)?;
+    fold(v, &mut p, &mut h, carry)?;
     for k in &report.learned_keys {
         // Learned once, seen on every poll: written only when new.
         if find(v, k)?.is_none() {
@@ -223,7 +229,7 @@ pub fn advance(
     carry: Option<Repeats>,
 ) -> Result<Option<PollWindow>, StoreError> {
     let (mut p, mut h) = load(v, id)?;
-    fold(&mut p, &mut h, carry)?;
+    fold(v, &mut p, &mut h, carry)?;
     move_window_kv(v, &mut p, window);
     put_payment(v, &p, &h);
     Ok(p.window)
@@ -234,7 +240,7 @@ pub fn record_repeats(v: &mut View, c: Repeats) -> Result<(), StoreError> {
     let Ok((mut p, mut h)) = load(v, &c.payment_id) else {
         return Ok(());
     };
-    fold(&mut p, &mut h, Some(c))?;
+    fold(v, &mut p, &mut h, Some(c))?;
     put_payment(v, &p, &h);
     Ok(())
 }

@@ -193,12 +193,14 @@ impl<'s> View<'s> {
         }
     }
 
-    /// Writes the group as one batch, with the counters it moved.
-    fn into_batch(self) -> Option<(sled::Batch, [i64; Kind::COUNTED])> {
+    /// Writes the group as one batch, with the counters it moved and the
+    /// symbols it saves.
+    fn into_batch(self) -> Option<(sled::Batch, [i64; Kind::COUNTED], usize)> {
         if self.group.is_empty() {
             return None;
         }
         let mut batch = sled::Batch::default();
+        let symbols = keys::save_symbols(&self.s.symbols, &mut batch);
         for (i, d) in self.group_counts.iter().enumerate() {
             if *d != 0 {
                 let now = self.s.counts[i].load(Ordering::Relaxed) as i64 + d;
@@ -211,7 +213,7 @@ impl<'s> View<'s> {
                 None => batch.remove(k),
             }
         }
-        Some((batch, self.group_counts))
+        Some((batch, self.group_counts, symbols))
     }
 }
 
@@ -243,8 +245,9 @@ pub fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Cmd>) {
 }
 
 fn commit(shared: &Shared, view: View<'_>, unflushed: &mut bool) -> Result<(), String> {
-    if let Some((batch, deltas)) = view.into_batch() {
+    if let Some((batch, deltas, symbols)) = view.into_batch() {
         shared.tree.apply_batch(batch).map_err(|e| e.to_string())?;
+        shared.symbols.saved_up_to(symbols);
         for (c, d) in shared.counts.iter().zip(deltas) {
             let now = (c.load(Ordering::Relaxed) as i64 + d).max(0);
             c.store(now as u64, Ordering::Relaxed);
