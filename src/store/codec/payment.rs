@@ -329,7 +329,9 @@ fn decode_payment(r: &mut In) -> Result<Payment, String> {
 
 /// A payment's history as its record keeps it. Pushing an observation
 /// appends its bytes; reading them back needs the store's symbols.
-#[derive(Debug, Clone, Default)]
+/// Made by [`History::new`] or read from a record: its first entry's time
+/// is written from the payment's creation, which a default could not know.
+#[derive(Debug, Clone)]
 pub struct History {
     bytes: Vec<u8>,
     /// The payment's creation: the first observation's time is written
