@@ -277,6 +277,29 @@ async fn verify(store: &Store, prefix: &str, n: usize) -> Result<(), String> {
     })
 }
 
+/// The daemon's own serve loop with `handler` on a free loopback port,
+/// until `cancel`: the HTTP baselines.
+async fn serve_loopback<H, F>(cancel: &CancellationToken, handler: H) -> Result<SocketAddr, String>
+where
+    H: Fn(Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<crate::http::Answer, crate::http::CloseConnection>>
+        + Send
+        + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let a = l.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(crate::http::serve(
+        l,
+        crate::http::Limits::sandbox(),
+        cancel.clone(),
+        TaskTracker::new(),
+        handler,
+    ));
+    Ok(a)
+}
+
 pub fn run(opts: &Opts) -> Result<(), String> {
     let levels: Vec<(usize, usize)> = if opts.quick {
         vec![(1, 100), (16, 400)]
@@ -312,20 +335,9 @@ pub fn run(opts: &Opts) -> Result<(), String> {
 
     // The HTTP ceiling: the same serve loop answering 200 at once.
     let bare_cancel = CancellationToken::new();
-    let bare_addr = rt.block_on(async {
-        let l = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| e.to_string())?;
-        let a = l.local_addr().map_err(|e| e.to_string())?;
-        tokio::spawn(crate::http::serve(
-            l,
-            crate::http::Limits::sandbox(),
-            bare_cancel.clone(),
-            TaskTracker::new(),
-            |_req| async { Ok(crate::http::text(hyper::StatusCode::OK, "OK")) },
-        ));
-        Ok::<_, String>(a)
-    })?;
+    let bare_addr = rt.block_on(serve_loopback(&bare_cancel, |_req| async {
+        Ok(crate::http::text(hyper::StatusCode::OK, "OK"))
+    }))?;
 
     // The store baseline: sled alone in its own folder.
     let sled_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -337,30 +349,17 @@ pub fn run(opts: &Opts) -> Result<(), String> {
     // folder of its own before its 200. No verification, no parsing, no
     // state: what HTTP and a durable commit cost together on this machine.
     let http_sled = SledAlone::open(&sled_dir.path().join("http"))?;
-    let http_sled_addr = rt.block_on(async {
-        let l = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| e.to_string())?;
-        let a = l.local_addr().map_err(|e| e.to_string())?;
-        let sled = http_sled.clone();
-        tokio::spawn(crate::http::serve(
-            l,
-            crate::http::Limits::sandbox(),
-            bare_cancel.clone(),
-            TaskTracker::new(),
-            move |req| {
-                let sled = sled.clone();
-                async move {
-                    let q = req.uri().query().unwrap_or_default().as_bytes().to_vec();
-                    Ok(match sled.commit(q.clone(), q).await {
-                        Ok(_) => crate::http::text(hyper::StatusCode::OK, "OK"),
-                        Err(_) => crate::http::text(hyper::StatusCode::SERVICE_UNAVAILABLE, "no"),
-                    })
-                }
-            },
-        ));
-        Ok::<_, String>(a)
-    })?;
+    let sled = http_sled.clone();
+    let http_sled_addr = rt.block_on(serve_loopback(&bare_cancel, move |req| {
+        let sled = sled.clone();
+        async move {
+            let q = req.uri().query().unwrap_or_default().as_bytes().to_vec();
+            Ok(match sled.commit(q.clone(), q).await {
+                Ok(_) => crate::http::text(hyper::StatusCode::OK, "OK"),
+                Err(_) => crate::http::text(hyper::StatusCode::SERVICE_UNAVAILABLE, "no"),
+            })
+        }
+    }))?;
     let mut http_sled_expected = 0;
 
     let mut rows = vec![];

@@ -191,22 +191,18 @@ pub fn restart(opts: &Opts) -> Result<(), String> {
     // The daemon first, on the store as the writes left it: a restart after
     // a busy day, with whatever sled must replay.
     let config = write_config(dir.path(), &store_path, "1h", "2h", false)?;
-    let first = spawn_daemon(&config)?;
-    check(first.resumed as usize == open, || {
-        format!("daemon resumed {} windows of {open}", first.resumed)
-    })?;
-    let cold = first.ready_after;
-    first.stop();
-    // Again, once sled has recovered (and snapshotted) that log.
-    let warm = {
+    let ready = || -> Result<Duration, String> {
         let d = spawn_daemon(&config)?;
         check(d.resumed as usize == open, || {
             format!("daemon resumed {} windows of {open}", d.resumed)
         })?;
         let t = d.ready_after;
         d.stop();
-        t
+        Ok(t)
     };
+    let cold = ready()?;
+    // Again, once sled has recovered (and snapshotted) that log.
+    let warm = ready()?;
     // Baseline: opening the same store and reading the open windows,
     // in-process, with no daemon around it.
     let rt = runtime("loadgen", 1);

@@ -347,22 +347,24 @@ impl PartialEq for History {
     }
 }
 
-/// An entry as read: the observation without its strings, then its
-/// fields and its raw status, not yet resolved.
-type Entry = (Observation, Vec<(Text, Text)>, Text);
-
-fn entry(r: &mut In, prev_ms: u64) -> Result<Entry, String> {
+/// Reads one entry: the observation without its strings, and its raw
+/// status unresolved; each field goes to `field`, unresolved. Appending
+/// reads the entries before it only for what they wrote in full, and
+/// passes a `field` that keeps nothing.
+fn entry(
+    r: &mut In,
+    prev_ms: u64,
+    mut field: impl FnMut(Text, Text),
+) -> Result<(Observation, Text), String> {
     let seq = r.varint()? as u32;
     let source = r.small()?;
     let at_ms = undiff(r.varint()?, prev_ms);
     let raw_status = r.text()?;
     let state = r.small()?;
     let decision = r.small()?;
-    let n = r.varint()?;
-    let mut fields = Vec::with_capacity(n.min(64) as usize);
-    for _ in 0..n {
+    for _ in 0..r.varint()? {
         let k = r.text()?;
-        fields.push((k, r.text()?));
+        field(k, r.text()?);
     }
     let repeats = r.varint()? as u32;
     let last_ms = r.opt_diff(at_ms)?;
@@ -377,7 +379,7 @@ fn entry(r: &mut In, prev_ms: u64) -> Result<Entry, String> {
         repeats,
         last_ms,
     };
-    Ok((o, fields, raw_status))
+    Ok((o, raw_status))
 }
 
 impl History {
@@ -411,7 +413,7 @@ impl History {
             let mut r = In::new(&self.bytes, None);
             let mut at = self.base_ms;
             while !r.done() {
-                at = entry(&mut r, at)?.0.at_ms;
+                at = entry(&mut r, at, |_, _| {})?.0.at_ms;
             }
             self.tail = Some((r.written, at));
         }
@@ -451,7 +453,8 @@ impl History {
         let mut at = self.base_ms;
         while !r.done() {
             let err = |e: String| format!("history entry {}: {e}", out.len());
-            let (mut o, fields, status) = entry(&mut r, at).map_err(err)?;
+            let mut fields = vec![];
+            let (mut o, status) = entry(&mut r, at, |k, v| fields.push((k, v))).map_err(err)?;
             o.raw_status = r.resolve(status).map_err(err)?;
             for (k, v) in fields {
                 let k = r.resolve(k).map_err(err)?;

@@ -260,6 +260,17 @@ fn envelope<T: Serialize>(
     http::json(status, &env)
 }
 
+/// The 500 a fault injects.
+fn internal_error() -> Answer {
+    envelope::<Invoice>(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        false,
+        "Internal error",
+        vec![],
+        None,
+    )
+}
+
 fn invalid(name: &str, error: String) -> Answer {
     envelope::<Invoice>(
         StatusCode::BAD_REQUEST,
@@ -286,13 +297,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Answer, Clo
         return Err(CloseConnection);
     }
     if fastrand::f64() < faults.error_rate {
-        return Ok(envelope::<Invoice>(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            false,
-            "Internal error",
-            vec![],
-            None,
-        ));
+        return Ok(internal_error());
     }
     if auth.as_deref() != Some(&format!("Bearer {}", inner.token)) {
         return Ok(envelope::<Invoice>(
@@ -362,13 +367,7 @@ async fn update(
     *lock(&inner.last_update) = Some((serde_json::from_slice(body).unwrap_or_default(), auth));
     if faults.fail_next_updates > 0 {
         lock(&inner.faults).fail_next_updates -= 1;
-        return Ok(envelope::<Invoice>(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            false,
-            "Internal error",
-            vec![],
-            None,
-        ));
+        return Ok(internal_error());
     }
     let Ok(r) = serde_json::from_slice::<UpdateRequest>(body) else {
         return Ok(invalid(
