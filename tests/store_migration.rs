@@ -127,7 +127,7 @@ async fn a_store_of_the_previous_release_is_migrated_whole() {
         // The inbox came along: a provider re-sending is still a repeat.
         assert!(matches!(
             store
-                .ingest_callback(&callback("v1-final", "approved", State::Succeeded))
+                .ingest_callback(callback("v1-final", "approved", State::Succeeded))
                 .await
                 .unwrap(),
             Ingested::Duplicate
@@ -231,7 +231,7 @@ async fn a_store_of_format_3_is_rewritten_compact_and_reads_as_that_release_read
             unsigned_claim: false,
         };
         assert!(matches!(
-            store.ingest_callback(&again).await.unwrap(),
+            store.ingest_callback(again.clone()).await.unwrap(),
             Ingested::Duplicate
         ));
         store.close().await.unwrap();

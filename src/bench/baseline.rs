@@ -9,6 +9,8 @@ use std::collections::HashSet;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::store::flusher::Flusher;
+
 type Job = (Vec<u8>, Vec<u8>, oneshot::Sender<Result<bool, String>>);
 
 /// sled as the store opens it (its cache, its background flush), for
@@ -56,10 +58,18 @@ impl SledAlone {
     }
 }
 
-/// The committing thread. Not inlined: the instructions scenario counts
-/// this thread by its name.
+/// The committing thread: applies each group and hands it to a flusher
+/// (the store's, store/flusher.rs: the flush runs while the next group is
+/// applied). Not inlined: the instructions scenario counts this thread by
+/// its name.
 #[inline(never)]
 fn committer(db: sled::Db, t: sled::Tree, mut rx: mpsc::Receiver<Job>) {
+    let flusher = match Flusher::spawn("baseline-flush", move || {
+        db.flush().map(|_| ()).map_err(|e| e.to_string())
+    }) {
+        Ok(f) => f,
+        Err(_) => return, // every job's sender is dropped: "closed"
+    };
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < 1024 {
@@ -79,14 +89,23 @@ fn committer(db: sled::Db, t: sled::Tree, mut rx: mpsc::Receiver<Job>) {
             }
             answers.push((tx, dup));
         }
-        let res = t
-            .apply_batch(batch)
-            .and_then(|_| db.flush().map(|_| ()))
-            .map_err(|e| e.to_string());
-        for (tx, dup) in answers {
-            let _ = tx.send(res.clone().map(|_| dup));
-        }
+        let wrote = !seen.is_empty();
+        let applied = t.apply_batch(batch).map_err(|e| e.to_string());
+        flusher.send(
+            wrote && applied.is_ok(),
+            Box::new(move |flush_failed| {
+                let res = match (applied, flush_failed) {
+                    (Err(e), _) => Err(e),
+                    (Ok(()), Some(e)) => Err(e.to_string()),
+                    (Ok(()), None) => Ok(()),
+                };
+                for (tx, dup) in answers {
+                    let _ = tx.send(res.clone().map(|_| dup));
+                }
+            }),
+        );
     }
+    flusher.finish();
 }
 
 /// "sled alone" for the disk scenario: the records of the store at `src`,

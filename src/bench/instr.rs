@@ -5,10 +5,10 @@
 //! callgrind (`payrecon-bench instr OP COUNT`) that do the same set-up and
 //! perform the operation `LOW` and `HIGH` times, divided by `HIGH - LOW`:
 //! start-up and set-up cancel out. Counted: the calling thread and the
-//! store's writer thread (for the baseline, its committing thread); left
-//! out for both: sled's own background threads (the periodic flusher and
-//! its I/O pool), whose work depends on wall-clock time, which valgrind
-//! stretches differently in each run. Operations run one at a time, so
+//! store's writer and flushing threads (for the baseline, its committing
+//! and flushing threads); left out for both: sled's own background threads
+//! (the periodic flusher and its I/O pool), whose work depends on
+//! wall-clock time, which valgrind stretches differently in each run. Operations run one at a time, so
 //! each callback pays its own flush; the flush's system call is not an
 //! instruction. A repeated poll answer is counted in memory; its durable
 //! cost is the checkpoint (once a minute, per payment with repeats: one
@@ -103,6 +103,7 @@ fn count(op: &str, n: usize) -> Result<u64, String> {
             "--toggle-collect=*instr::child*",
             "--toggle-collect=*writer::run*",
             "--toggle-collect=*baseline::committer*",
+            "--toggle-collect=*flusher::run*",
         ])
         .arg(exe)
         .args(["instr", op, &n.to_string()])
@@ -222,7 +223,7 @@ pub fn child(args: &[String]) -> std::process::ExitCode {
             let id = &ids[i % SETUP];
             match op.as_str() {
                 "callback" => {
-                    store.ingest_callback(&records[i]).await.map_err(e)?;
+                    store.ingest_callback(records[i].clone()).await.map_err(e)?;
                 }
                 "poll-repeat" => {
                     // Over the same few payments: the checkpoint at close

@@ -31,7 +31,7 @@ impl Engine {
             }
         };
         let match_key = record.match_key.clone();
-        let ingested = self.store.ingest_callback(&record).await;
+        let ingested = self.store.ingest_callback(record).await;
         if let Err(StoreError::OrphanLimit(why)) = &ingested {
             self.counters
                 .orphans_refused

@@ -17,6 +17,7 @@ pub mod apply;
 mod backend;
 pub mod codec;
 mod echo;
+pub mod flusher;
 mod sled;
 mod types;
 
@@ -240,8 +241,8 @@ impl Store {
     /// Commits a verified callback: de-duplicates it, applies it to its
     /// payment or keeps it as an orphan. Durable when it returns, a
     /// duplicate included (its first copy may have been in flight).
-    pub async fn ingest_callback(&self, cb: &CallbackRecord) -> Result<Ingested, StoreError> {
-        let res = self.backend.ingest_callback(cb.clone()).await;
+    pub async fn ingest_callback(&self, cb: CallbackRecord) -> Result<Ingested, StoreError> {
+        let res = self.backend.ingest_callback(cb).await;
         if let Ok(Ingested::Applied(o)) = &res {
             self.echoes.forget_last(&o.payment.id);
         }

@@ -86,12 +86,12 @@ async fn duplicate_callbacks_leave_one_entry_and_late_news_does_not_regress() {
     let store = Store::open(dir.path()).unwrap();
     let id = store.track(new_payment("inv-2")).await.unwrap().payment.id;
     let cb = callback("inv-2", "approved", State::Succeeded);
-    let Ingested::Applied(o) = store.ingest_callback(&cb).await.unwrap() else {
+    let Ingested::Applied(o) = store.ingest_callback(cb.clone()).await.unwrap() else {
         panic!("not applied")
     };
     assert_eq!(o.change.unwrap().to, State::Succeeded);
     assert!(matches!(
-        store.ingest_callback(&cb).await.unwrap(),
+        store.ingest_callback(cb.clone()).await.unwrap(),
         Ingested::Duplicate
     ));
     let late = store
@@ -119,11 +119,11 @@ async fn orphans_are_applied_when_their_payment_is_tracked() {
     let store = Store::open(dir.path()).unwrap();
     let cb = callback("inv-3", "declined", State::Failed);
     assert!(matches!(
-        store.ingest_callback(&cb).await.unwrap(),
+        store.ingest_callback(cb.clone()).await.unwrap(),
         Ingested::Orphaned
     ));
     assert!(matches!(
-        store.ingest_callback(&cb).await.unwrap(),
+        store.ingest_callback(cb.clone()).await.unwrap(),
         Ingested::Duplicate
     ));
     assert_eq!(store.orphan_count().await.unwrap(), 1);
@@ -134,7 +134,7 @@ async fn orphans_are_applied_when_their_payment_is_tracked() {
     assert!(store.open_windows().await.unwrap().is_empty());
     // A retry after the match is still a duplicate.
     assert!(matches!(
-        store.ingest_callback(&cb).await.unwrap(),
+        store.ingest_callback(cb.clone()).await.unwrap(),
         Ingested::Duplicate
     ));
 }
@@ -152,25 +152,22 @@ async fn orphans_are_one_record_each_within_their_limits() {
     store.set_orphan_limits(3, 5);
     for kind in ["a", "b", "c"] {
         assert!(matches!(
-            store
-                .ingest_callback(&orphan("inv-o1", kind))
-                .await
-                .unwrap(),
+            store.ingest_callback(orphan("inv-o1", kind)).await.unwrap(),
             Ingested::Orphaned
         ));
     }
     // A fourth under the same key is refused, and nothing of it stored.
     let inbox = store.inbox_len();
     assert!(matches!(
-        store.ingest_callback(&orphan("inv-o1", "d")).await,
+        store.ingest_callback(orphan("inv-o1", "d")).await,
         Err(StoreError::OrphanLimit(_))
     ));
     assert_eq!(store.inbox_len(), inbox);
     for inv in ["inv-o2", "inv-o3"] {
-        store.ingest_callback(&orphan(inv, "a")).await.unwrap();
+        store.ingest_callback(orphan(inv, "a")).await.unwrap();
     }
     assert!(matches!(
-        store.ingest_callback(&orphan("inv-o4", "a")).await,
+        store.ingest_callback(orphan("inv-o4", "a")).await,
         Err(StoreError::OrphanLimit(_))
     ));
     assert_eq!(store.orphan_count().await.unwrap(), 5);
@@ -189,7 +186,7 @@ async fn replayed_orphans_grow_the_store_linearly() {
     for i in 0..2_000 {
         let s = store.clone();
         all.spawn(async move {
-            s.ingest_callback(&orphan("inv-flood", &format!("t{i}")))
+            s.ingest_callback(orphan("inv-flood", &format!("t{i}")))
                 .await
                 .unwrap();
         });
@@ -210,13 +207,13 @@ async fn expired_orphans_are_forgotten_with_their_inbox_entry() {
     old.received_ms = 1_000;
     let mut young = orphan("inv-e1", "b");
     young.received_ms = 9_000;
-    store.ingest_callback(&old).await.unwrap();
-    store.ingest_callback(&young).await.unwrap();
+    store.ingest_callback(old.clone()).await.unwrap();
+    store.ingest_callback(young.clone()).await.unwrap();
     assert_eq!(store.expire_orphans(5_000).await.unwrap(), 1);
     assert_eq!(store.orphan_count().await.unwrap(), 1);
     // The provider sending it again is heard, not taken as a repeat.
     assert!(matches!(
-        store.ingest_callback(&old).await.unwrap(),
+        store.ingest_callback(old.clone()).await.unwrap(),
         Ingested::Orphaned
     ));
     assert_eq!(store.expire_orphans(5_000).await.unwrap(), 1);
@@ -345,7 +342,7 @@ async fn repeat_counts_survive_a_clean_stop_and_a_callback_breaks_the_run() {
     // A callback comes between: the same poll answer after it is news.
     let mut cb = callback("inv-r2", "processing", State::Pending);
     cb.report.raw_status = "processing".into();
-    store.ingest_callback(&cb).await.unwrap();
+    store.ingest_callback(cb.clone()).await.unwrap();
     let after = store
         .observe(&id, poll(), WindowChange::Next(10_000), 5_000)
         .await

@@ -20,6 +20,7 @@ use writer::{Cmd, Tx};
 use crate::action::Action;
 use crate::model::{Observation, Payment, PollWindow, ProviderId, Report};
 use crate::store::codec::{self, Record};
+use crate::store::flusher::Flusher;
 use crate::store::SweepMark;
 use crate::store::{
     Backend, BoxFut, CallbackRecord, Change, Enqueued, Filter, Ingested, NewPayment, Notice,
@@ -106,11 +107,19 @@ impl SledStore {
             flushes: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
+        let cannot = |e: std::io::Error| StoreError::Flush(format!("cannot start the store: {e}"));
+        let f = shared.clone();
+        let flusher = Flusher::spawn("payrecon-flush", move || {
+            f.db.flush().map_err(|e| e.to_string())?;
+            f.flushes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .map_err(cannot)?;
         let w = shared.clone();
         let writer = std::thread::Builder::new()
             .name("payrecon-store".into())
-            .spawn(move || writer::run(w, rx))
-            .map_err(|e| StoreError::Flush(format!("cannot start the store writer: {e}")))?;
+            .spawn(move || writer::run(w, rx, flusher))
+            .map_err(cannot)?;
         Ok(SledStore {
             shared,
             tx,
@@ -346,17 +355,20 @@ impl Backend for SledStore {
         ready(self.action_now(id))
     }
 
+    /// Waits for the flush of every group applied so far, then reads:
+    /// an action is never sent on a write that a crash could still undo.
     fn outbox(&self) -> BoxFut<'_, Vec<Action>> {
-        let ids = self.shared.tree.scan_prefix([Kind::Outbox.prefix()]).keys();
-        ready(
+        Box::pin(async move {
+            self.sync().await?;
+            let ids = self.shared.tree.scan_prefix([Kind::Outbox.prefix()]).keys();
             ids.filter_map(|k| match k {
                 Ok(k) => self
                     .action_now(&String::from_utf8_lossy(keys::rest(&k)))
                     .transpose(),
                 Err(e) => Some(Err(e.into())),
             })
-            .collect(),
-        )
+            .collect()
+        })
     }
 
     fn action_counts(&self) -> BoxFut<'_, BTreeMap<String, u64>> {
@@ -385,8 +397,14 @@ impl Backend for SledStore {
         )
     }
 
+    /// Like the outbox: a notification is only ever sent about a change
+    /// that is durable (the writer answers the sync after the flush that
+    /// covers every group applied before it).
     fn notices(&self, limit: usize) -> BoxFut<'_, Vec<Notice>> {
-        ready(self.scan::<Notice>(Kind::Notice).take(limit).collect())
+        Box::pin(async move {
+            self.sync().await?;
+            self.scan::<Notice>(Kind::Notice).take(limit).collect()
+        })
     }
 
     fn meta<'a>(&'a self, key: &'a str) -> BoxFut<'a, Option<String>> {

@@ -245,13 +245,13 @@ pub fn record_repeats(v: &mut View, c: Repeats) -> Result<(), StoreError> {
     Ok(())
 }
 
-pub fn ingest(v: &mut View, cb: &CallbackRecord) -> Result<Ingested, StoreError> {
+pub fn ingest(v: &mut View, cb: CallbackRecord) -> Result<Ingested, StoreError> {
     let inbox = keys::of(Kind::Inbox, cb.dedupe_key.as_bytes());
     if v.get(&inbox)?.is_some() {
         return Ok(Ingested::Duplicate);
     }
     let Some(id) = find(v, &cb.match_key)? else {
-        put_orphan(v, cb)?;
+        put_orphan(v, &cb)?;
         let entry = InboxEntry {
             payment_id: None,
             received_ms: cb.received_ms,
@@ -265,7 +265,7 @@ pub fn ingest(v: &mut View, cb: &CallbackRecord) -> Result<Ingested, StoreError>
         v,
         &mut p,
         &mut h,
-        cb.report.clone(),
+        cb.report,
         cb.received_ms,
         cb.unsigned_claim,
     )?;

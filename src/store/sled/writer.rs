@@ -1,9 +1,11 @@
 //! The one writer. A dedicated thread owns every write: it takes what is
 //! queued (up to [`MAX_GROUP`] commands), applies each command to its view
 //! of the records (the tree, under what the group already wrote), writes
-//! the whole group as one atomic sled `Batch`, flushes once, and only then
-//! answers every command in the group. No transactions, no conflicts, no
-//! retries; reads run beside it on the tree.
+//! the whole group as one atomic sled `Batch`, and hands the group to the
+//! flusher (store/flusher.rs), which flushes once and only then answers
+//! every command in it, while this thread applies the next group. No
+//! transactions, no conflicts, no retries; reads run beside it on the
+//! tree.
 //!
 //! A command that fails leaves nothing of itself in the group.
 
@@ -18,6 +20,7 @@ use super::{ops, Shared};
 use crate::action::Action;
 use crate::model::{PollWindow, Report};
 use crate::store::codec::Record;
+use crate::store::flusher::Flusher;
 use crate::store::SweepMark;
 use crate::store::{
     CallbackRecord, Change, Enqueued, Ingested, NewPayment, Notice, Observed, Repeats, StoreError,
@@ -85,7 +88,8 @@ impl<'s> View<'s> {
     fn new(s: &'s Shared) -> Self {
         View {
             s,
-            group: HashMap::new(),
+            // Room for a group of a few dozen commands without regrowing.
+            group: HashMap::with_capacity(256),
             cmd: HashMap::new(),
             group_counts: [0; Kind::COUNTED],
             cmd_counts: [0; Kind::COUNTED],
@@ -166,7 +170,7 @@ impl<'s> View<'s> {
                 carry,
                 tx,
             } => step!(tx, ops::advance(self, &id, window, carry)),
-            Cmd::Ingest(cb, tx) => step!(tx, ops::ingest(self, &cb)),
+            Cmd::Ingest(cb, tx) => step!(tx, ops::ingest(self, cb)),
             Cmd::Enqueue(a, excl, tx) => step!(tx, ops::enqueue(self, a, excl)),
             Cmd::UpdateAction(a, reports, tx) => step!(tx, ops::update_action(self, &a, reports)),
             Cmd::UpdateNotice(n, tx) => step!(tx, ops::update_notice(self, &n)),
@@ -217,13 +221,12 @@ impl<'s> View<'s> {
     }
 }
 
-/// The writer thread's loop. Ends when every sender is gone, after a last
-/// flush.
+/// The writer thread's loop: applies groups and hands each to the
+/// flusher (store/flusher.rs), which answers it after the flush that
+/// covers it. Ends when every sender is gone, after every group is
+/// answered and a last flush.
 #[inline(never)] // counted by name in the instructions benchmark
-pub fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Cmd>) {
-    // A group applied whose flush failed: the next group flushes even if
-    // it writes nothing, so no answer relies on an unflushed write.
-    let mut unflushed = false;
+pub fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Cmd>, flusher: Flusher) {
     while let Some(first) = rx.blocking_recv() {
         let mut view = View::new(&shared);
         let mut answers = vec![view.run(first)];
@@ -233,31 +236,38 @@ pub fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Cmd>) {
                 Err(_) => break,
             }
         }
-        let failed = commit(&shared, view, &mut unflushed).err();
-        if let Some(e) = &failed {
-            tracing::error!(alert = "store_flush_failed", error = %e, "store write failed; the group's answers are errors");
-        }
-        for a in answers {
-            a(failed.as_deref());
-        }
+        let (wrote, failed) = match apply(&shared, view) {
+            Ok(wrote) => (wrote, None),
+            Err(e) => {
+                tracing::error!(alert = "store_flush_failed", error = %e, "store write failed; the group's answers are errors");
+                (false, Some(e))
+            }
+        };
+        flusher.send(
+            wrote,
+            Box::new(move |flush_failed| {
+                let failed = failed.as_deref().or(flush_failed);
+                for a in answers {
+                    a(failed);
+                }
+            }),
+        );
     }
+    flusher.finish();
     let _ = shared.db.flush();
 }
 
-fn commit(shared: &Shared, view: View<'_>, unflushed: &mut bool) -> Result<(), String> {
-    if let Some((batch, deltas, symbols)) = view.into_batch() {
-        shared.tree.apply_batch(batch).map_err(|e| e.to_string())?;
-        shared.symbols.saved_up_to(symbols);
-        for (c, d) in shared.counts.iter().zip(deltas) {
-            let now = (c.load(Ordering::Relaxed) as i64 + d).max(0);
-            c.store(now as u64, Ordering::Relaxed);
-        }
-        *unflushed = true;
+/// Writes the group's batch to the tree (not yet durable); true if it
+/// wrote anything.
+fn apply(shared: &Shared, view: View<'_>) -> Result<bool, String> {
+    let Some((batch, deltas, symbols)) = view.into_batch() else {
+        return Ok(false);
+    };
+    shared.tree.apply_batch(batch).map_err(|e| e.to_string())?;
+    shared.symbols.saved_up_to(symbols);
+    for (c, d) in shared.counts.iter().zip(deltas) {
+        let now = (c.load(Ordering::Relaxed) as i64 + d).max(0);
+        c.store(now as u64, Ordering::Relaxed);
     }
-    if *unflushed {
-        shared.db.flush().map_err(|e| e.to_string())?;
-        *unflushed = false;
-        shared.flushes.fetch_add(1, Ordering::SeqCst);
-    }
-    Ok(())
+    Ok(true)
 }
