@@ -178,7 +178,7 @@ async fn a_store_of_a_newer_format_is_refused_by_name() {
         let db = sled::open(dir.path()).unwrap();
         db.open_tree("records")
             .unwrap()
-            .insert(b"M\0format", b"5")
+            .insert(b"M\0format", b"6")
             .unwrap();
         db.flush().unwrap();
     }
@@ -186,7 +186,7 @@ async fn a_store_of_a_newer_format_is_refused_by_name() {
         .err()
         .expect("opened a newer format");
     let msg = err.to_string();
-    assert!(msg.contains("format 5"), "{msg}");
+    assert!(msg.contains("format 6"), "{msg}");
 }
 
 #[tokio::test]
@@ -264,7 +264,7 @@ async fn a_store_of_format_3_is_rewritten_compact_and_reads_as_that_release_read
     for _ in 0..200 {
         if let Ok(db) = sled::open(&path) {
             let tree = db.open_tree("records").unwrap();
-            assert_eq!(&*tree.get(b"M\0format").unwrap().unwrap(), b"4");
+            assert_eq!(&*tree.get(b"M\0format").unwrap().unwrap(), b"5");
             for kv in tree.scan_prefix(b"P") {
                 assert_eq!(kv.unwrap().1[0], 0x02, "a payment record left in format 3");
             }

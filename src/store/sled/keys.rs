@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `P` | payment id | Payment, then its history (codec.rs, `History`) |
 //! | `H` | payment id, 0x00, seq (u32 BE) | Observation (format 2 only; moved into `P` at open) |
-//! | `K` | lookup key (`connpay\|inv\|…`, `action\|idem\|…`) | payment or action id |
+//! | `K` | lookup key (`connpay\|inv\|…`, `action\|idem\|…`) | payment or action id ([`id_value`]) |
 //! | `I` | callback de-duplication key | InboxEntry |
 //! | `W` | payment id (open windows only) | next poll as written (u64 BE), provider code |
 //! | `A` | action id | Action |
@@ -74,7 +74,7 @@ const COUNTED: [Kind; Kind::COUNTED] = [
 ];
 
 /// The store format this release writes, kept under `M\0format`.
-pub const FORMAT: &str = "4";
+pub const FORMAT: &str = "5";
 pub const FORMAT_KEY: &[u8] = b"M\0format";
 
 pub fn of(kind: Kind, rest: &[u8]) -> Vec<u8> {
@@ -82,6 +82,45 @@ pub fn of(kind: Kind, rest: &[u8]) -> Vec<u8> {
     k.push(kind.prefix());
     k.extend_from_slice(rest);
     k
+}
+
+/// The prefixes of the ids payrecon makes (`new_id`), by their tag in
+/// [`id_value`].
+const ID_PREFIXES: [&str; 2] = ["pay_", "act_"];
+/// Hex digits in an id after its prefix: the 48-bit counter, then 16
+/// random bits.
+const ID_DIGITS: usize = 16;
+
+/// A `K` record's value: the id it points to. An id payrecon made (a
+/// prefix of [`ID_PREFIXES`], then 16 lowercase hex digits) is written in
+/// 9 bytes: the prefix's tag (below 0x20), then the digits' 8 bytes. Any
+/// other id is written as its text, which never starts with a byte below
+/// 0x20 (store format 4 wrote every id as text; both read the same).
+pub fn id_value(id: &str) -> Vec<u8> {
+    let packed = ID_PREFIXES.iter().enumerate().find_map(|(tag, prefix)| {
+        let digits = id.strip_prefix(prefix)?;
+        let lower_hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+        if digits.len() != ID_DIGITS || !digits.bytes().all(|b| lower_hex(&b)) {
+            return None;
+        }
+        let n = u64::from_str_radix(digits, 16).ok()?;
+        let mut v = Vec::with_capacity(9);
+        v.push(tag as u8);
+        v.extend_from_slice(&n.to_be_bytes());
+        Some(v)
+    });
+    packed.unwrap_or_else(|| id.as_bytes().to_vec())
+}
+
+/// The id a `K` record's value names (see [`id_value`]).
+pub fn id_of(v: &[u8]) -> String {
+    match v {
+        [tag, digits @ ..] if (*tag as usize) < ID_PREFIXES.len() && digits.len() == 8 => {
+            let n = u64::from_be_bytes(digits.try_into().unwrap_or_default());
+            format!("{}{n:016x}", ID_PREFIXES[*tag as usize])
+        }
+        _ => String::from_utf8_lossy(v).into_owned(),
+    }
 }
 
 pub fn history_prefix(id: &str) -> Vec<u8> {
@@ -167,4 +206,38 @@ pub fn read_ids(v: Option<&[u8]>) -> Vec<u64> {
 
 pub fn write_ids(ids: &[u64]) -> Vec<u8> {
     ids.iter().flat_map(|id| id.to_be_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_payrecon_makes_are_packed_and_read_back_exactly() {
+        for id in [
+            "pay_00000000002a1f3c",
+            "act_ffffffffffffffff",
+            "pay_0000000000000000",
+        ] {
+            let v = id_value(id);
+            assert_eq!(v.len(), 9, "{id}");
+            assert_eq!(id_of(&v), id);
+        }
+    }
+
+    #[test]
+    fn other_ids_stay_text_and_format_4_values_still_read() {
+        for id in [
+            "pay_00000000002A1F3C", // upper case would not read back the same
+            "pay_2a1f3c",
+            "pay_bench7",
+            "ord_00000000002a1f3c",
+            "",
+        ] {
+            assert_eq!(id_value(id), id.as_bytes(), "{id}");
+            assert_eq!(id_of(&id_value(id)), id);
+        }
+        // What format 4 wrote for an id payrecon made.
+        assert_eq!(id_of(b"pay_00000000002a1f3c"), "pay_00000000002a1f3c");
+    }
 }

@@ -57,6 +57,14 @@ pub fn to_current(db: &sled::Db, tree: &sled::Tree, symbols: &Symbols) -> Result
     if let Some(f) = tree.get(keys::FORMAT_KEY)? {
         return match &*f {
             f if f == keys::FORMAT.as_bytes() => Ok(()),
+            // Format 5 packs the ids in `K` values; format 4's text ids
+            // read the same, so nothing is rewritten.
+            b"4" => {
+                tree.insert(keys::FORMAT_KEY, keys::FORMAT.as_bytes())?;
+                db.flush()?;
+                tracing::info!("store format 4 is read as format {}", keys::FORMAT);
+                Ok(())
+            }
             old @ (b"2" | b"3") => {
                 tracing::info!(
                     "migrating the store from format {} to format {}",
@@ -289,7 +297,10 @@ pub fn bulk_load(
     let mut n = 0;
     for (payment, history, lookup) in items {
         for key in lookup {
-            batch.insert(keys::of(Kind::Key, key.as_bytes()), payment.id.as_bytes());
+            batch.insert(
+                keys::of(Kind::Key, key.as_bytes()),
+                keys::id_value(&payment.id),
+            );
         }
         if let Some(w) = payment
             .window
@@ -434,7 +445,7 @@ mod tests {
         let db = raw(path);
         let tree = db.open_tree("records").unwrap();
         assert_eq!(tree.scan_prefix([Kind::History.prefix()]).count(), 0);
-        assert_eq!(&*tree.get(keys::FORMAT_KEY).unwrap().unwrap(), b"4");
+        assert_eq!(&*tree.get(keys::FORMAT_KEY).unwrap().unwrap(), b"5");
         for kv in tree.scan_prefix([Kind::Payment.prefix()]) {
             assert!(is_current(&kv.unwrap().1));
         }

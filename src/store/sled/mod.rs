@@ -157,7 +157,7 @@ impl SledStore {
             .shared
             .tree
             .get(keys::of(Kind::Key, lookup_key.as_bytes()))?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+            .map(|v| keys::id_of(&v)))
     }
 
     /// A payment's history, from its record; empty for an unknown payment.
@@ -390,7 +390,7 @@ impl Backend for SledStore {
                 .scan_prefix(prefix)
                 .values()
                 .filter_map(|id| match id {
-                    Ok(id) => self.action_now(&String::from_utf8_lossy(&id)).transpose(),
+                    Ok(id) => self.action_now(&keys::id_of(&id)).transpose(),
                     Err(e) => Some(Err(e.into())),
                 })
                 .collect(),

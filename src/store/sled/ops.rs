@@ -32,11 +32,11 @@ fn put_payment(v: &mut View, p: &Payment, h: &History) {
 
 fn find(v: &View, key: &str) -> Result<Option<String>, StoreError> {
     Ok(v.get(&keys::of(Kind::Key, key.as_bytes()))?
-        .map(|id| String::from_utf8_lossy(&id).into_owned()))
+        .map(|id| keys::id_of(&id)))
 }
 
 fn put_key(v: &mut View, key: &str, id: &str) {
-    v.put(keys::of(Kind::Key, key.as_bytes()), id.as_bytes().to_vec());
+    v.put(keys::of(Kind::Key, key.as_bytes()), keys::id_value(id));
 }
 
 /// Applies a window change and mirrors an opening or closing in `W`.
