@@ -12,12 +12,15 @@
 //! - codec.rs: how records are encoded on disk
 //! - echo.rs: repeats of poll answers, counted in memory
 //! - sled/: the sled engine (one writer, one keyspace, batched commits)
+//! - pg/: the PostgreSQL engine for several instances (its pool and
+//!   schema so far; docs/postgres.md)
 
 pub mod apply;
 mod backend;
 pub mod codec;
 mod echo;
 pub mod flusher;
+pub mod pg;
 mod sled;
 mod types;
 

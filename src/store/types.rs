@@ -22,6 +22,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("store is shutting down")]
     Closed,
+    /// The database (PostgreSQL) refused or could not be reached.
+    #[error("database: {0}")]
+    Database(String),
     /// Too many orphan callbacks wait, under this key or in all; nothing
     /// was stored and the provider is asked to send it again later.
     #[error("{0}")]
