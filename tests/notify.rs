@@ -22,6 +22,10 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with("40ms").await
+}
+
+async fn setup_with(max_delay: &str) -> Setup {
     let key = [42u8; 32];
     let secret = format!(
         "whsec_{}",
@@ -33,7 +37,7 @@ async fn setup() -> Setup {
         CancellationToken::new(),
     );
     let tail = format!(
-        "[notify]\nurl = \"{}\"\nsecret_env = \"{SECRET_ENV}\"\nmin_delay = \"10ms\"\nmax_delay = \"40ms\"\n",
+        "[notify]\nurl = \"{}\"\nsecret_env = \"{SECRET_ENV}\"\nmin_delay = \"10ms\"\nmax_delay = \"{max_delay}\"\n",
         platform.url()
     );
     let h = Harness::start_with(
@@ -111,6 +115,53 @@ async fn delivered_after_three_failures_with_one_id_in_order_and_signed() {
     })
     .await;
     assert_eq!(h.get(&id).await.payment.state, State::Succeeded);
+    h.stop().await;
+    platform.shutdown().await;
+}
+
+/// A receiver that answers 302 (to a page that answers anything 200) has
+/// not taken the event: payrecon does not follow, counts a failure and
+/// sends the same event again.
+#[tokio::test]
+async fn a_redirect_is_a_failed_delivery_and_is_never_followed() {
+    let Setup { h, platform } = setup().await;
+    platform.redirect_next(2);
+    h.track(&NewTransfer::new("inv-redirect-1", two_changes()))
+        .await;
+    wait_until("two notifications delivered, outbox empty", || async {
+        platform.delivered().len() == 2 && h.engine.store().notice_backlog() == 0
+    })
+    .await;
+    let got = platform.received();
+    assert_eq!(got.len(), 4, "{got:#?}");
+    assert!(got[..2].iter().all(|r| r.status == 302));
+    assert!(got[..3].iter().all(|r| r.webhook_id == got[0].webhook_id));
+    assert_eq!(platform.moved(), 0, "a redirect was followed");
+    h.stop().await;
+    platform.shutdown().await;
+}
+
+/// A 429 with Retry-After: the next attempt waits at least that long (up
+/// to max_delay), however short the back-off would have been.
+#[tokio::test]
+async fn a_retry_after_is_honoured_up_to_max_delay() {
+    let Setup { h, platform } = setup_with("2h").await;
+    platform.throttle_next(1, 3600);
+    h.track(&NewTransfer::new("inv-throttle-1", Script::default()))
+        .await;
+    wait_until("the 429 is recorded on the notice", || async {
+        let n = h.engine.store().notices(10).await.unwrap();
+        n.first().is_some_and(|n| n.attempts == 1)
+    })
+    .await;
+    let n = h.engine.store().notices(10).await.unwrap().remove(0);
+    let wait_ms = n.next_ms.saturating_sub(payrecon::model::now_ms());
+    assert!(
+        (3_500_000..=3_600_000).contains(&wait_ms),
+        "next attempt in {wait_ms} ms, not after the receiver's hour: {n:?}"
+    );
+    assert_eq!(n.last_error.as_deref(), Some("HTTP 429 Too Many Requests"));
+    assert_eq!(platform.received().len(), 1);
     h.stop().await;
     platform.shutdown().await;
 }

@@ -55,7 +55,9 @@ pub struct NotifyConfig {
     pub min_delay: Duration,
     #[serde(default = "d1h", deserialize_with = "duration")]
     pub max_delay: Duration,
-    #[serde(default = "d10s", deserialize_with = "duration")]
+    /// One delivery's time limit: Standard Webhooks asks receivers to
+    /// answer within 15-30 s.
+    #[serde(default = "d15s", deserialize_with = "duration")]
     pub request_timeout: Duration,
     /// Deliveries in flight at once (each for a different payment).
     #[serde(default = "default_notify_in_flight")]
@@ -64,6 +66,9 @@ pub struct NotifyConfig {
 
 pub(super) fn d3d() -> Duration {
     Duration::from_secs(3 * 86_400)
+}
+pub(super) fn d15s() -> Duration {
+    Duration::from_secs(15)
 }
 pub(super) fn d1s() -> Duration {
     Duration::from_secs(1)

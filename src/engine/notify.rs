@@ -141,14 +141,53 @@ pub struct Outbox {
 enum Delivery {
     Delivered,
     Gone,
-    Failed(String),
+    /// Not delivered: why, and how long the receiver asked to wait
+    /// (`Retry-After` on a 429 or 503).
+    Failed(String, Option<Duration>),
+}
+
+/// Who delivers: receivers see it in their logs and firewalls.
+const USER_AGENT: &str = concat!("payrecon/", env!("CARGO_PKG_VERSION"));
+
+/// The wait a 429 or 503 asks for: `Retry-After` in seconds or as an HTTP
+/// date (RFC 9110), from `now_ms`. None when absent or unreadable.
+fn retry_after(r: &reqwest::Response, now_ms: u64) -> Option<Duration> {
+    let asks = [
+        reqwest::StatusCode::TOO_MANY_REQUESTS,
+        reqwest::StatusCode::SERVICE_UNAVAILABLE,
+    ];
+    if !asks.contains(&r.status()) {
+        return None;
+    }
+    let v = r
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    parse_retry_after(v, now_ms)
+}
+
+fn parse_retry_after(v: &str, now_ms: u64) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let at_ms = u64::try_from(at.timestamp_millis()).ok()?;
+    Some(Duration::from_millis(at_ms.saturating_sub(now_ms)))
 }
 
 impl Engine {
     /// The delivery loop; ends when the engine is cancelled. Idle (but
     /// alive) while no URL is configured or the URL is disabled.
     pub(crate) async fn run_notifier(self: Arc<Self>) {
-        let client = match reqwest::Client::builder().build() {
+        // No redirects: a 3xx is a failed delivery (Standard Webhooks), not
+        // a bodiless GET elsewhere that a 200 would count as delivered.
+        let client = match reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(USER_AGENT)
+            .build()
+        {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "notification client failed to start");
@@ -248,8 +287,12 @@ impl Engine {
             r = send => match r {
                 Ok(r) if r.status().is_success() => Delivery::Delivered,
                 Ok(r) if r.status() == reqwest::StatusCode::GONE => Delivery::Gone,
-                Ok(r) => Delivery::Failed(format!("HTTP {}", r.status())),
-                Err(e) => Delivery::Failed(e.without_url().to_string()),
+                Ok(r) if r.status().is_redirection() => Delivery::Failed(
+                    format!("HTTP {}: redirects are not followed; configure the final URL", r.status()),
+                    None,
+                ),
+                Ok(r) => Delivery::Failed(format!("HTTP {}", r.status()), retry_after(&r, now)),
+                Err(e) => Delivery::Failed(e.without_url().to_string(), None),
             },
             // Stays queued with the same id; sent again after the restart.
             _ = self.cancelled() => return,
@@ -265,7 +308,7 @@ impl Engine {
                 tracing::error!(alert = "notify_endpoint_disabled", url = %cfg.url, "the platform answered 410 Gone: notifications stop. Queued ones are kept; fix the endpoint or configure a new URL, then reload to resume");
                 self.store().set_meta(DISABLED_URL, Some(&cfg.url)).await
             }
-            Delivery::Failed(why) => {
+            Delivery::Failed(why, asked) => {
                 c.notices_failed.fetch_add(1, Ordering::Relaxed);
                 n.attempts += 1;
                 n.last_error = Some(why.clone());
@@ -281,6 +324,8 @@ impl Engine {
                         .build()
                         .nth(n.attempts.saturating_sub(1) as usize)
                         .unwrap_or(cfg.max_delay);
+                    // The receiver's Retry-After, when longer, up to max_delay.
+                    let delay = asked.map_or(delay, |a| delay.max(a.min(cfg.max_delay)));
                     n.next_ms = now + delay.as_millis() as u64;
                     tracing::warn!(webhook_id = %id, payment_id = %n.payment_id, attempts = n.attempts, retry_in_ms = delay.as_millis() as u64, error = %why, "notification delivery failed; will retry");
                     self.store().update_notice(&n).await
@@ -334,6 +379,26 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = 1_700_000_000_000; // 2023-11-14T22:13:20Z
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Tue, 14 Nov 2023 22:14:20 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        // A date already past: no wait beyond the back-off.
+        assert_eq!(
+            parse_retry_after("Tue, 14 Nov 2023 22:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
 
     /// The specification's test vector (standard-webhooks library tests).
     #[test]

@@ -1,6 +1,7 @@
 //! The platform's side of notifications: a receiver on loopback that
 //! verifies each Standard Webhooks request the way the specification's
-//! verifiers do, records it, and can fail on purpose (5xx, 410 Gone).
+//! verifiers do, records it, and can fail on purpose (5xx, 410 Gone, 429
+//! with Retry-After, a redirect to a page that answers anything 200).
 
 use crate::sync::lock;
 use std::net::SocketAddr;
@@ -33,7 +34,16 @@ struct State {
     received: Vec<Received>,
     fail_next: u32,
     gone: bool,
+    redirect_next: u32,
+    /// Requests answered 429 with this Retry-After (seconds).
+    throttle_next: Option<(u32, u64)>,
+    /// Requests that reached the redirect's target.
+    moved: u32,
 }
+
+/// Where a redirect points: a page that answers any request 200, as a
+/// login page or a moved site's home page would.
+const MOVED: &str = "/moved";
 
 #[derive(Clone)]
 pub struct PlatformSim {
@@ -74,6 +84,21 @@ impl PlatformSim {
         lock(&self.state).fail_next = n;
     }
 
+    /// Answers the next `n` requests 302 to a page that answers 200.
+    pub fn redirect_next(&self, n: u32) {
+        lock(&self.state).redirect_next = n;
+    }
+
+    /// Answers the next `n` requests 429 with `Retry-After: secs`.
+    pub fn throttle_next(&self, n: u32, secs: u64) {
+        lock(&self.state).throttle_next = Some((n, secs));
+    }
+
+    /// Requests that followed a redirect to the page that answers 200.
+    pub fn moved(&self) -> u32 {
+        lock(&self.state).moved
+    }
+
     /// Answers every request 410 Gone from now on.
     pub fn set_gone(&self, gone: bool) {
         lock(&self.state).gone = gone;
@@ -110,6 +135,10 @@ async fn handle(
             .unwrap_or_default()
             .to_string()
     };
+    if req.uri().path() == MOVED {
+        lock(&state).moved += 1;
+        return Ok(http::text(StatusCode::OK, "welcome"));
+    }
     let (webhook_id, signature) = (header("webhook-id"), header("webhook-signature"));
     let timestamp: u64 = header("webhook-timestamp").parse().unwrap_or(0);
     let body = match http::read_body(req, 64 * 1024).await {
@@ -120,8 +149,17 @@ async fn handle(
     let verified =
         crate::engine::notify::verify(&key, &webhook_id, timestamp, &body, &signature, now_s);
     let mut st = lock(&state);
+    let mut extra: Option<(hyper::header::HeaderName, String)> = None;
     let status = if st.gone {
         StatusCode::GONE
+    } else if st.redirect_next > 0 {
+        st.redirect_next -= 1;
+        extra = Some((hyper::header::LOCATION, MOVED.to_string()));
+        StatusCode::FOUND
+    } else if let Some((n, secs)) = st.throttle_next.filter(|(n, _)| *n > 0) {
+        st.throttle_next = Some((n - 1, secs));
+        extra = Some((hyper::header::RETRY_AFTER, secs.to_string()));
+        StatusCode::TOO_MANY_REQUESTS
     } else if st.fail_next > 0 {
         st.fail_next -= 1;
         StatusCode::SERVICE_UNAVAILABLE
@@ -138,5 +176,11 @@ async fn handle(
         verified,
         status: status.as_u16(),
     });
-    Ok(http::json(status, &serde_json::json!({})))
+    let mut answer = http::json(status, &serde_json::json!({}));
+    if let Some((name, value)) = extra {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&value) {
+            answer.headers_mut().insert(name, v);
+        }
+    }
+    Ok(answer)
 }
