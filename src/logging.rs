@@ -50,11 +50,27 @@ pub fn init(format: LogFormat, level: &str) {
     }
 }
 
-/// Checks a level filter without installing it.
+/// The levels a filter directive may end in.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a level filter without installing it. Stricter than
+/// `EnvFilter`: a directive that is not a level (`warning`, `payrecon`)
+/// would be taken as a target name, enabling that target alone and
+/// silencing everything else, alerts included; here it is an error. Every
+/// directive is a level or `target=level`.
 pub fn check_level(level: &str) -> Result<(), String> {
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let lvl = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(lvl.trim())) {
+            return Err(format!(
+                "`{lvl}` is not a level: use one of {}, or `target=level` directives",
+                LEVELS.join(", ")
+            ));
+        }
+    }
     EnvFilter::try_new(level)
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("`{level}` is not a log filter: {e}"))
 }
 
 /// Changes the level filter of the subscriber [`init`] installed.
@@ -62,5 +78,33 @@ pub fn set_level(level: &str) -> Result<(), String> {
     match SET_LEVEL.get() {
         Some(set) => set(level),
         None => Err("no subscriber of ours is installed".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_level;
+
+    #[test]
+    fn a_filter_that_would_silence_everything_is_refused() {
+        for ok in [
+            "info",
+            "WARN",
+            "info,payrecon=debug",
+            "payrecon::engine=trace,hyper=off",
+            "error",
+        ] {
+            assert_eq!(check_level(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "warning",
+            "payrecon",
+            "info,verbose",
+            "payrecon=loud",
+            "info,=x",
+        ] {
+            let e = check_level(bad).unwrap_err();
+            assert!(e.contains("is not a level"), "{bad}: {e}");
+        }
     }
 }

@@ -123,12 +123,7 @@ impl Config {
                 )),
             }
         };
-        crate::logging::check_level(&file.log.level).map_err(|e| {
-            err(
-                "log.level",
-                format!("`{}` is not a log filter: {e}", file.log.level),
-            )
-        })?;
+        crate::logging::check_level(&file.log.level).map_err(|e| err("log.level", e))?;
         let admin_token = match &file.admin.token_env {
             Some(var) => Some(secret("admin.token_env", var)?),
             None => None,
@@ -292,6 +287,15 @@ poll_interval_min = "3s"
             .to_string()
             .starts_with("c.toml:10: key `providers.connpay.polling.pol_interval_min`"));
         assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn a_log_level_that_would_silence_every_alert_names_the_key_and_line() {
+        let bad = format!("{GOOD}\n[log]\nlevel = \"warning\"\n");
+        let e = Config::parse("c.toml", &bad, &env()).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("log.level"), "{e}");
+        assert_eq!(e.line, Some(13), "{e}");
+        assert!(e.message.contains("`warning` is not a level"), "{e}");
     }
 
     #[test]
