@@ -190,5 +190,52 @@ async fn track_show_and_list_talk_to_a_running_daemon() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("404") && err.contains("not_found"), "{err}");
+
+    // `payrecon list | head`: the reader goes before the output is
+    // written. No panic, exit 0.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = tokio::process::Command::new(bin)
+        .args(["list", "--admin-url", &admin])
+        .stdout(std::process::Stdio::from(writer))
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?} {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
     h.stop().await;
+}
+
+#[tokio::test]
+async fn a_401_names_the_token_variable_and_a_refused_connection_says_so() {
+    let env = std::collections::HashMap::from([(
+        "TEST_ADMIN_TOKEN".to_string(),
+        "s3cret-token".to_string(),
+    )]);
+    let h = Harness::start_with(Polling::default(), "token_env = \"TEST_ADMIN_TOKEN\"", env).await;
+    let bin = env!("CARGO_BIN_EXE_payrecon");
+    let admin = format!("http://{}", h.admin_addr);
+    let out = tokio::process::Command::new(bin)
+        .args(["show", "--admin-url", &admin, "pay_any"])
+        .env_remove("PAYRECON_ADMIN_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("401") && err.contains("PAYRECON_ADMIN_TOKEN"),
+        "{err}"
+    );
+    h.stop().await;
+    // Nothing listens there now: the cause, not only "error sending request".
+    let out = tokio::process::Command::new(bin)
+        .args(["show", "--admin-url", &admin, "pay_any"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(err.contains("connection refused"), "{err}");
 }

@@ -184,7 +184,7 @@ impl AdminClient {
         }
         let transport = |e: reqwest::Error| ClientError::Transport {
             url: self.base.clone(),
-            reason: e.without_url().to_string(),
+            reason: causes(&e.without_url()),
         };
         let req = rb.build().map_err(transport)?;
         // A GET changes nothing, so one failed to send (a keep-alive
@@ -208,14 +208,37 @@ impl AdminClient {
         if !status.is_success() {
             let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             let field = |k: &str| v["error"][k].as_str().unwrap_or("").to_string();
+            let mut message = field("message");
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                message += &format!(
+                    " (set {} to the token the daemon's admin.token_env names)",
+                    super::ADMIN_TOKEN_ENV
+                );
+            }
             return Err(ClientError::Api {
                 status: status.as_u16(),
                 code: field("code"),
-                message: field("message"),
+                message,
             });
         }
         Ok(bytes.to_vec())
     }
+}
+
+/// An error with its causes, outermost first: reqwest's own message
+/// ("error sending request") says little without the one that says why
+/// ("Connection refused").
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        let c_text = c.to_string();
+        if !out.contains(&c_text) {
+            out += &format!(": {c_text}");
+        }
+        next = c.source();
+    }
+    out
 }
 
 /// Percent-encodes one path segment.

@@ -234,17 +234,29 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Writes a command's output. A reader that has gone (`payrecon list |
+/// head`) is not an error: the rest is not wanted.
+fn print_out(bytes: impl AsRef<[u8]>) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes.as_ref()).and_then(|_| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
 async fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run { config } => run(config).await,
         Command::CheckConfig { config } => match Config::load(&config, &env()) {
             Ok(c) => {
-                println!("{}: ok", config.display());
+                let mut text = format!("{}: ok\n", config.display());
                 for c in &c.providers {
-                    print!("  {}: {}", c.provider.id(), c.base_url);
+                    text += &format!("  {}: {}", c.provider.id(), c.base_url);
                     if c.provider.polls() {
                         let p = c.provider.polling();
-                        print!(
+                        text += &format!(
                             " (poll every {:?}-{:?} for {:?}-{:?}, {} in flight)",
                             p.poll_interval_min,
                             p.poll_interval_max,
@@ -253,13 +265,13 @@ async fn dispatch(cli: Cli) -> ExitCode {
                             p.max_in_flight
                         );
                     }
-                    println!();
+                    text.push('\n');
                 }
-                println!(
-                    "  callbacks on {}, admin on {}",
+                text += &format!(
+                    "  callbacks on {}, admin on {}\n",
                     c.file.callback.listen, c.file.admin.listen
                 );
-                ExitCode::SUCCESS
+                print_out(text)
             }
             Err(e) => {
                 eprintln!("payrecon: {e}");
@@ -392,10 +404,7 @@ async fn export(
     };
     let Some(path) = path else {
         return match client(&admin).export(&since, &format).await {
-            Ok(body) => match std::io::stdout().write_all(&body) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(e),
-            },
+            Ok(body) => print_out(&body),
             Err(e) => fail(e),
         };
     };
@@ -438,10 +447,10 @@ fn client(a: &AdminArgs) -> AdminClient {
 
 fn print_json<T: serde::Serialize, E: std::fmt::Display>(r: Result<T, E>) -> ExitCode {
     match r {
-        Ok(v) => {
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            ExitCode::SUCCESS
-        }
+        Ok(v) => print_out(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        )),
         Err(e) => fail(e),
     }
 }
