@@ -86,14 +86,29 @@ pub async fn start(
     listeners: Listeners,
     cancel: CancellationToken,
 ) -> Result<Daemon, DaemonError> {
-    let path = config.file.store.path.clone();
-    let store = Store::open_with(
-        &path,
-        config.file.store.cache_mb,
-        config.file.store.compression,
-    )
-    .map_err(|source| DaemonError::Store {
-        path: path.display().to_string(),
+    let st = &config.file.store;
+    let (store, path) = match st.backend {
+        crate::config::StoreBackend::Sled => {
+            let path = st.path.display().to_string();
+            let store = Store::open_with(&st.path, st.cache_mb, st.compression);
+            (store, path)
+        }
+        crate::config::StoreBackend::Postgres => {
+            let url = st.url.clone().unwrap_or_default();
+            let settings = crate::store::pg::PgSettings {
+                url: url.clone(),
+                password: config
+                    .store_password
+                    .as_ref()
+                    .map(|p| p.expose().to_string()),
+                pool_size: st.pool_size,
+                schema: None,
+            };
+            (Store::open_postgres(&settings).await, url)
+        }
+    };
+    let store = store.map_err(|source| DaemonError::Store {
+        path: path.clone(),
         source,
     })?;
     store.set_orphan_limits(
@@ -107,7 +122,7 @@ pub async fn start(
         cancel.clone(),
     );
     let resumed = engine.resume().await.map_err(|source| DaemonError::Store {
-        path: path.display().to_string(),
+        path: path.clone(),
         source,
     })?;
 
@@ -156,7 +171,7 @@ pub async fn start(
     ));
     let cron = start_cron(config, &engine).await?;
     let notifier = Notifier::from_env();
-    tracing::info!(%callback_addr, %admin_addr, resumed_windows = resumed, store = %path.display(), "payrecon ready");
+    tracing::info!(%callback_addr, %admin_addr, resumed_windows = resumed, store = %path, "payrecon ready");
     notifier.send("READY=1\nSTATUS=serving");
     // Pings start after READY=1, the first one half a period later.
     if let Some(period) = notifier.watchdog() {
@@ -260,6 +275,9 @@ impl Daemon {
         let restart_only = [
             ("callback.listen", o.callback.listen != n.callback.listen),
             ("admin.listen", o.admin.listen != n.admin.listen),
+            ("store.backend", o.store.backend != n.store.backend),
+            ("store.url", o.store.url != n.store.url),
+            ("store.pool_size", o.store.pool_size != n.store.pool_size),
             ("store.path", o.store.path != n.store.path),
             ("store.cache_mb", o.store.cache_mb != n.store.cache_mb),
             (

@@ -117,8 +117,24 @@ pub(super) fn d5m() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// The sled folder. Created if missing.
+    /// Which engine: sled (embedded, one instance; the default) or
+    /// PostgreSQL (several instances on one database; docs/postgres.md).
+    #[serde(default)]
+    pub backend: StoreBackend,
+    /// The sled folder. Created if missing. Needed with sled only.
+    #[serde(default)]
     pub path: PathBuf,
+    /// PostgreSQL: `postgres://user@host:5432/database`, without the
+    /// password.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// PostgreSQL: names the password (an environment variable or a
+    /// systemd credential), if the server asks for one.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// PostgreSQL: connections this instance keeps at most.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
     /// sled's page cache, MiB.
     #[serde(default = "default_cache_mb")]
     pub cache_mb: u64,
@@ -127,6 +143,18 @@ pub struct StoreConfig {
     /// (BENCHMARKS.md). Off by default. Fixed when the store is created.
     #[serde(default)]
     pub compression: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    #[default]
+    Sled,
+    Postgres,
+}
+
+pub(super) fn default_pool_size() -> usize {
+    crate::store::pg::DEFAULT_POOL_SIZE
 }
 
 pub(super) fn default_cache_mb() -> u64 {

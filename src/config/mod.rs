@@ -33,6 +33,8 @@ pub use crate::settings::{
 pub struct Config {
     pub file: FileConfig,
     pub admin_token: Option<Secret>,
+    /// PostgreSQL's password (`store.password_env`), when it has one.
+    pub store_password: Option<Secret>,
     pub notify: Option<crate::engine::notify::NotifySettings>,
     /// The providers that have a section, built, in registry order.
     pub providers: Vec<Configured>,
@@ -128,6 +130,38 @@ impl Config {
             Some(var) => Some(secret("admin.token_env", var)?),
             None => None,
         };
+        let st = &file.store;
+        let store_password = match st.backend {
+            file::StoreBackend::Sled => {
+                if st.path.as_os_str().is_empty() {
+                    return Err(err("store.path", "the sled store needs a folder".into()));
+                }
+                None
+            }
+            file::StoreBackend::Postgres => {
+                let Some(url) = &st.url else {
+                    return Err(err(
+                        "store.url",
+                        "backend = \"postgres\" needs the database's URL".into(),
+                    ));
+                };
+                if st.pool_size == 0 {
+                    return Err(err("store.pool_size", "must be at least 1".into()));
+                }
+                let password = match &st.password_env {
+                    Some(var) => Some(secret("store.password_env", var)?),
+                    None => None,
+                };
+                let check = crate::store::pg::PgSettings {
+                    url: url.clone(),
+                    password: None,
+                    pool_size: st.pool_size,
+                    schema: None,
+                };
+                crate::store::pg::pool(&check).map_err(|e| err("store.url", e.to_string()))?;
+                password
+            }
+        };
         // Every registered provider has a ProviderId (a test holds the
         // registry to ProviderId::ALL), so a name that parses is known.
         let unknown = file.providers.0.keys().find_map(|n| {
@@ -214,6 +248,7 @@ impl Config {
         Ok(Config {
             file,
             admin_token,
+            store_password,
             notify,
             providers,
         })
@@ -296,6 +331,38 @@ poll_interval_min = "3s"
         assert_eq!(e.key.as_deref(), Some("log.level"), "{e}");
         assert_eq!(e.line, Some(13), "{e}");
         assert!(e.message.contains("`warning` is not a level"), "{e}");
+    }
+
+    #[test]
+    fn the_postgres_engine_needs_a_url_without_a_password() {
+        let pg = |lines: &str| GOOD.replace("path = \"/tmp/x\"", lines);
+        let e = Config::parse("c.toml", &pg("backend = \"postgres\""), &env()).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("store.url"), "{e}");
+        let e = Config::parse(
+            "c.toml",
+            &pg("backend = \"postgres\"\nurl = \"postgres://u:hunter2@db/p\""),
+            &env(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("store.url"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = Config::parse(
+            "c.toml",
+            &pg("backend = \"postgres\"\nurl = \"postgres://u@db/p\"\npassword_env = \"NO_SUCH_VAR\""),
+            &env(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("store.password_env"), "{e}");
+        let c = Config::parse(
+            "c.toml",
+            &pg("backend = \"postgres\"\nurl = \"postgres://u@db/p\""),
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(c.file.store.backend, StoreBackend::Postgres);
+        // sled needs its folder.
+        let e = Config::parse("c.toml", &pg("cache_mb = 8"), &env()).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("store.path"), "{e}");
     }
 
     #[test]

@@ -46,6 +46,14 @@ pub const DEFAULT_CACHE_MB: u64 = 64;
 /// polls themselves; a crash loses only counts (docs/states.md).
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+fn default_policy() -> Arc<Policy> {
+    Arc::new(Policy {
+        notify: AtomicBool::new(false),
+        orphans_per_key: AtomicU64::new(DEFAULT_ORPHANS_PER_KEY),
+        orphans_total: AtomicU64::new(DEFAULT_ORPHANS_TOTAL),
+    })
+}
+
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
@@ -68,12 +76,18 @@ impl Store {
         cache_mb: u64,
         compression: bool,
     ) -> Result<Store, StoreError> {
-        let policy = Arc::new(Policy {
-            notify: AtomicBool::new(false),
-            orphans_per_key: AtomicU64::new(DEFAULT_ORPHANS_PER_KEY),
-            orphans_total: AtomicU64::new(DEFAULT_ORPHANS_TOTAL),
-        });
+        let policy = default_policy();
         let backend = sled::SledStore::open(path, cache_mb, compression, policy.clone())?;
+        Ok(Store::with_backend(Arc::new(backend), policy))
+    }
+
+    /// Opens the PostgreSQL store (docs/postgres.md): connects, brings the
+    /// schema up to date, and counts the gauges once.
+    pub async fn open_postgres(settings: &pg::PgSettings) -> Result<Store, StoreError> {
+        let pool = pg::pool(settings)?;
+        pg::migrate(&pool).await?;
+        let policy = default_policy();
+        let backend = pg::PgStore::open(pool, policy.clone()).await?;
         Ok(Store::with_backend(Arc::new(backend), policy))
     }
 

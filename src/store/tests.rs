@@ -1,9 +1,51 @@
-//! The store, through its public face, on a real sled store on disk.
+//! The store, through its public face: on a real sled store on disk, and
+//! the tests marked so also on PostgreSQL when `PAYRECON_TEST_DATABASE_URL`
+//! names a server (a schema of their own, dropped at the end).
 
 use super::*;
 use crate::model::{Keys, PollWindow, ProviderId, Source};
 use crate::state::{Decision, State};
 use std::collections::BTreeMap;
+
+/// An engine a test runs on: sled in a temporary folder, or PostgreSQL
+/// in a schema of its own.
+pub(super) struct Each {
+    dir: tempfile::TempDir,
+    pg: Option<pg::tests::Scratch>,
+}
+
+impl Each {
+    /// The store opened again on the same data (the caller has dropped
+    /// its last handle on the previous one).
+    pub async fn reopen(&self) -> Store {
+        match &self.pg {
+            None => reopen(self.dir.path()).await,
+            Some(s) => Store::open_postgres(&s.settings).await.unwrap(),
+        }
+    }
+
+    pub async fn done(self) {
+        if let Some(s) = self.pg {
+            s.drop().await;
+        }
+    }
+}
+
+/// sled always; PostgreSQL too when the tests have a server.
+pub(super) async fn each_engine() -> Vec<(Each, Store)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sled = Store::open(dir.path()).unwrap();
+    let mut out = vec![(Each { dir, pg: None }, sled)];
+    if let Some(s) = pg::tests::Scratch::new().await {
+        let store = Store::open_postgres(&s.settings).await.unwrap();
+        let each = Each {
+            dir: tempfile::tempdir().unwrap(),
+            pg: Some(s),
+        };
+        out.push((each, store));
+    }
+    out
+}
 
 pub(super) fn report(source: Source, raw: &str, state: Option<State>) -> Report {
     Report {
@@ -82,61 +124,65 @@ pub(super) async fn reopen(path: &std::path::Path) -> Store {
 
 #[tokio::test]
 async fn duplicate_callbacks_leave_one_entry_and_late_news_does_not_regress() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let id = store.track(new_payment("inv-2")).await.unwrap().payment.id;
-    let cb = callback("inv-2", "approved", State::Succeeded);
-    let Ingested::Applied(o) = store.ingest_callback(cb.clone()).await.unwrap() else {
-        panic!("not applied")
-    };
-    assert_eq!(o.change.unwrap().to, State::Succeeded);
-    assert!(matches!(
-        store.ingest_callback(cb.clone()).await.unwrap(),
-        Ingested::Duplicate
-    ));
-    let late = store
-        .observe(
-            &id,
-            report(Source::Poll, "PROCESSING", Some(State::Pending)),
-            WindowChange::Keep,
-            9,
-        )
-        .await
-        .unwrap();
-    assert!(late.change.is_none());
-    assert_eq!(late.observation.decision, Some(Decision::Backwards));
-    let p = store.get(&id).await.unwrap().unwrap();
-    assert_eq!(p.state, State::Succeeded);
-    assert_eq!(p.final_source, Some(Source::Callback));
-    assert!(!p.window.unwrap().open, "final closes the window");
-    assert!(store.open_windows().await.unwrap().is_empty());
-    assert_eq!(store.history(&id).await.unwrap().len(), 2);
+    for (e, store) in each_engine().await {
+        let id = store.track(new_payment("inv-2")).await.unwrap().payment.id;
+        let cb = callback("inv-2", "approved", State::Succeeded);
+        let Ingested::Applied(o) = store.ingest_callback(cb.clone()).await.unwrap() else {
+            panic!("not applied")
+        };
+        assert_eq!(o.change.unwrap().to, State::Succeeded);
+        assert!(matches!(
+            store.ingest_callback(cb.clone()).await.unwrap(),
+            Ingested::Duplicate
+        ));
+        let late = store
+            .observe(
+                &id,
+                report(Source::Poll, "PROCESSING", Some(State::Pending)),
+                WindowChange::Keep,
+                9,
+            )
+            .await
+            .unwrap();
+        assert!(late.change.is_none());
+        assert_eq!(late.observation.decision, Some(Decision::Backwards));
+        let p = store.get(&id).await.unwrap().unwrap();
+        assert_eq!(p.state, State::Succeeded);
+        assert_eq!(p.final_source, Some(Source::Callback));
+        assert!(!p.window.unwrap().open, "final closes the window");
+        assert!(store.open_windows().await.unwrap().is_empty());
+        assert_eq!(store.history(&id).await.unwrap().len(), 2);
+        drop(store);
+        e.done().await;
+    }
 }
 
 #[tokio::test]
 async fn orphans_are_applied_when_their_payment_is_tracked() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let cb = callback("inv-3", "declined", State::Failed);
-    assert!(matches!(
-        store.ingest_callback(cb.clone()).await.unwrap(),
-        Ingested::Orphaned
-    ));
-    assert!(matches!(
-        store.ingest_callback(cb.clone()).await.unwrap(),
-        Ingested::Duplicate
-    ));
-    assert_eq!(store.orphan_count().await.unwrap(), 1);
-    let t = store.track(new_payment("inv-3")).await.unwrap();
-    assert_eq!(t.payment.state, State::Failed);
-    assert_eq!(t.changes.len(), 1);
-    assert_eq!(store.orphan_count().await.unwrap(), 0);
-    assert!(store.open_windows().await.unwrap().is_empty());
-    // A retry after the match is still a duplicate.
-    assert!(matches!(
-        store.ingest_callback(cb.clone()).await.unwrap(),
-        Ingested::Duplicate
-    ));
+    for (e, store) in each_engine().await {
+        let cb = callback("inv-3", "declined", State::Failed);
+        assert!(matches!(
+            store.ingest_callback(cb.clone()).await.unwrap(),
+            Ingested::Orphaned
+        ));
+        assert!(matches!(
+            store.ingest_callback(cb.clone()).await.unwrap(),
+            Ingested::Duplicate
+        ));
+        assert_eq!(store.orphan_count().await.unwrap(), 1);
+        let t = store.track(new_payment("inv-3")).await.unwrap();
+        assert_eq!(t.payment.state, State::Failed);
+        assert_eq!(t.changes.len(), 1);
+        assert_eq!(store.orphan_count().await.unwrap(), 0);
+        assert!(store.open_windows().await.unwrap().is_empty());
+        // A retry after the match is still a duplicate.
+        assert!(matches!(
+            store.ingest_callback(cb.clone()).await.unwrap(),
+            Ingested::Duplicate
+        ));
+        drop(store);
+        e.done().await;
+    }
 }
 
 fn orphan(inv: &str, kind: &str) -> CallbackRecord {
@@ -147,34 +193,36 @@ fn orphan(inv: &str, kind: &str) -> CallbackRecord {
 
 #[tokio::test]
 async fn orphans_are_one_record_each_within_their_limits() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    store.set_orphan_limits(3, 5);
-    for kind in ["a", "b", "c"] {
+    for (e, store) in each_engine().await {
+        store.set_orphan_limits(3, 5);
+        for kind in ["a", "b", "c"] {
+            assert!(matches!(
+                store.ingest_callback(orphan("inv-o1", kind)).await.unwrap(),
+                Ingested::Orphaned
+            ));
+        }
+        // A fourth under the same key is refused, and nothing of it stored.
+        let inbox = store.inbox_len();
         assert!(matches!(
-            store.ingest_callback(orphan("inv-o1", kind)).await.unwrap(),
-            Ingested::Orphaned
+            store.ingest_callback(orphan("inv-o1", "d")).await,
+            Err(StoreError::OrphanLimit(_))
         ));
+        assert_eq!(store.inbox_len(), inbox);
+        for inv in ["inv-o2", "inv-o3"] {
+            store.ingest_callback(orphan(inv, "a")).await.unwrap();
+        }
+        assert!(matches!(
+            store.ingest_callback(orphan("inv-o4", "a")).await,
+            Err(StoreError::OrphanLimit(_))
+        ));
+        assert_eq!(store.orphan_count().await.unwrap(), 5);
+        // Tracking applies and removes them, in the order they came.
+        let t = store.track(new_payment("inv-o1")).await.unwrap();
+        assert_eq!(t.payment.observations, 3);
+        assert_eq!(store.orphan_count().await.unwrap(), 2);
+        drop(store);
+        e.done().await;
     }
-    // A fourth under the same key is refused, and nothing of it stored.
-    let inbox = store.inbox_len();
-    assert!(matches!(
-        store.ingest_callback(orphan("inv-o1", "d")).await,
-        Err(StoreError::OrphanLimit(_))
-    ));
-    assert_eq!(store.inbox_len(), inbox);
-    for inv in ["inv-o2", "inv-o3"] {
-        store.ingest_callback(orphan(inv, "a")).await.unwrap();
-    }
-    assert!(matches!(
-        store.ingest_callback(orphan("inv-o4", "a")).await,
-        Err(StoreError::OrphanLimit(_))
-    ));
-    assert_eq!(store.orphan_count().await.unwrap(), 5);
-    // Tracking applies and removes them, in the order they came.
-    let t = store.track(new_payment("inv-o1")).await.unwrap();
-    assert_eq!(t.payment.observations, 3);
-    assert_eq!(store.orphan_count().await.unwrap(), 2);
 }
 
 #[tokio::test]
@@ -201,25 +249,27 @@ async fn replayed_orphans_grow_the_store_linearly() {
 
 #[tokio::test]
 async fn expired_orphans_are_forgotten_with_their_inbox_entry() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let mut old = orphan("inv-e1", "a");
-    old.received_ms = 1_000;
-    let mut young = orphan("inv-e1", "b");
-    young.received_ms = 9_000;
-    store.ingest_callback(old.clone()).await.unwrap();
-    store.ingest_callback(young.clone()).await.unwrap();
-    assert_eq!(store.expire_orphans(5_000).await.unwrap(), 1);
-    assert_eq!(store.orphan_count().await.unwrap(), 1);
-    // The provider sending it again is heard, not taken as a repeat.
-    assert!(matches!(
-        store.ingest_callback(old.clone()).await.unwrap(),
-        Ingested::Orphaned
-    ));
-    assert_eq!(store.expire_orphans(5_000).await.unwrap(), 1);
-    assert_eq!(store.expire_orphans(5_000).await.unwrap(), 0);
-    let t = store.track(new_payment("inv-e1")).await.unwrap();
-    assert_eq!(t.payment.observations, 1, "only the young one is left");
+    for (e, store) in each_engine().await {
+        let mut old = orphan("inv-e1", "a");
+        old.received_ms = 1_000;
+        let mut young = orphan("inv-e1", "b");
+        young.received_ms = 9_000;
+        store.ingest_callback(old.clone()).await.unwrap();
+        store.ingest_callback(young.clone()).await.unwrap();
+        assert_eq!(store.expire_orphans(5_000).await.unwrap(), 1);
+        assert_eq!(store.orphan_count().await.unwrap(), 1);
+        // The provider sending it again is heard, not taken as a repeat.
+        assert!(matches!(
+            store.ingest_callback(old.clone()).await.unwrap(),
+            Ingested::Orphaned
+        ));
+        assert_eq!(store.expire_orphans(5_000).await.unwrap(), 1);
+        assert_eq!(store.expire_orphans(5_000).await.unwrap(), 0);
+        let t = store.track(new_payment("inv-e1")).await.unwrap();
+        assert_eq!(t.payment.observations, 1, "only the young one is left");
+        drop(store);
+        e.done().await;
+    }
 }
 
 #[tokio::test]
@@ -246,128 +296,134 @@ async fn orphan_lists_of_the_oldest_layout_are_migrated_at_open() {
 
 #[tokio::test]
 async fn concurrent_syncs_share_flushes() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let mut tasks = vec![];
-    for i in 0..50 {
-        let s = store.clone();
-        tasks.push(tokio::spawn(async move {
-            s.track(new_payment(&format!("inv-c{i}"))).await.unwrap();
-            s.sync().await.unwrap();
-        }));
+    for (e, store) in each_engine().await {
+        let mut tasks = vec![];
+        for i in 0..50 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.track(new_payment(&format!("inv-c{i}"))).await.unwrap();
+                s.sync().await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(store.list(None, None, None, 100).await.unwrap().len(), 50);
+        let page = store.list(None, None, None, 20).await.unwrap();
+        let next = store
+            .list(None, None, Some(&page[19].id), 100)
+            .await
+            .unwrap();
+        assert_eq!(next.len(), 30);
+        drop(store);
+        e.done().await;
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert_eq!(store.list(None, None, None, 100).await.unwrap().len(), 50);
-    let page = store.list(None, None, None, 20).await.unwrap();
-    let next = store
-        .list(None, None, Some(&page[19].id), 100)
-        .await
-        .unwrap();
-    assert_eq!(next.len(), 30);
 }
 
 #[tokio::test]
 async fn a_repeated_poll_answer_is_counted_not_recorded() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let id = store.track(new_payment("inv-r1")).await.unwrap().payment.id;
-    let poll = |raw: &str| report(Source::Poll, raw, Some(State::Pending));
-    let first = store
-        .observe(&id, poll("PROCESSING"), WindowChange::Next(2_000), 1_000)
-        .await
-        .unwrap();
-    assert!(!first.repeat);
-    let flushes = store.flushed_tickets();
-    for i in 0..5u64 {
-        let o = store
-            .observe(
-                &id,
-                poll("PROCESSING"),
-                WindowChange::Next(3_000 + i),
-                2_000 + i,
-            )
+    for (e, store) in each_engine().await {
+        let id = store.track(new_payment("inv-r1")).await.unwrap().payment.id;
+        let poll = |raw: &str| report(Source::Poll, raw, Some(State::Pending));
+        let first = store
+            .observe(&id, poll("PROCESSING"), WindowChange::Next(2_000), 1_000)
             .await
             .unwrap();
-        assert!(o.repeat && o.change.is_none());
-        assert_eq!(o.observation.seq, first.observation.seq);
+        assert!(!first.repeat);
+        let flushes = store.flushed_tickets();
+        for i in 0..5u64 {
+            let o = store
+                .observe(
+                    &id,
+                    poll("PROCESSING"),
+                    WindowChange::Next(3_000 + i),
+                    2_000 + i,
+                )
+                .await
+                .unwrap();
+            assert!(o.repeat && o.change.is_none());
+            assert_eq!(o.observation.seq, first.observation.seq);
+        }
+        assert_eq!(store.flushed_tickets(), flushes, "a repeat wrote nothing");
+        // Readers see the counts held in memory.
+        let p = store.get(&id).await.unwrap().unwrap();
+        assert_eq!(p.window.unwrap().polls, 6);
+        assert_eq!(p.window.unwrap().next_ms, 3_004);
+        let h = store.history(&id).await.unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(
+            (h[0].at_ms, h[0].repeats, h[0].last_ms),
+            (1_000, 5, Some(2_004))
+        );
+        // Something new is recorded, and the counts are written with it.
+        let moved = store
+            .observe(&id, poll("WAITING_3DS"), WindowChange::Next(9_000), 8_000)
+            .await
+            .unwrap();
+        assert!(!moved.repeat);
+        assert_eq!(moved.payment.window.unwrap().polls, 7);
+        store.close().await.unwrap();
+        drop(store);
+        let store = e.reopen().await;
+        let h = store.history(&id).await.unwrap();
+        let seen: Vec<_> = h
+            .iter()
+            .map(|o| (o.raw_status.as_str(), o.repeats))
+            .collect();
+        assert_eq!(seen, [("PROCESSING", 5), ("WAITING_3DS", 0)]);
+        assert_eq!(h[0].last_ms, Some(2_004));
+        assert_eq!(
+            store.get(&id).await.unwrap().unwrap().window.unwrap().polls,
+            7
+        );
+        drop(store);
+        e.done().await;
     }
-    assert_eq!(store.flushed_tickets(), flushes, "a repeat wrote nothing");
-    // Readers see the counts held in memory.
-    let p = store.get(&id).await.unwrap().unwrap();
-    assert_eq!(p.window.unwrap().polls, 6);
-    assert_eq!(p.window.unwrap().next_ms, 3_004);
-    let h = store.history(&id).await.unwrap();
-    assert_eq!(h.len(), 1);
-    assert_eq!(
-        (h[0].at_ms, h[0].repeats, h[0].last_ms),
-        (1_000, 5, Some(2_004))
-    );
-    // Something new is recorded, and the counts are written with it.
-    let moved = store
-        .observe(&id, poll("WAITING_3DS"), WindowChange::Next(9_000), 8_000)
-        .await
-        .unwrap();
-    assert!(!moved.repeat);
-    assert_eq!(moved.payment.window.unwrap().polls, 7);
-    store.close().await.unwrap();
-    drop(store);
-    let store = reopen(dir.path()).await;
-    let h = store.history(&id).await.unwrap();
-    let seen: Vec<_> = h
-        .iter()
-        .map(|o| (o.raw_status.as_str(), o.repeats))
-        .collect();
-    assert_eq!(seen, [("PROCESSING", 5), ("WAITING_3DS", 0)]);
-    assert_eq!(h[0].last_ms, Some(2_004));
-    assert_eq!(
-        store.get(&id).await.unwrap().unwrap().window.unwrap().polls,
-        7
-    );
 }
 
 #[tokio::test]
 async fn repeat_counts_survive_a_clean_stop_and_a_callback_breaks_the_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let id = store.track(new_payment("inv-r2")).await.unwrap().payment.id;
-    let poll = || report(Source::Poll, "PROCESSING", Some(State::Pending));
-    for t in 0..3 {
-        store
-            .observe(&id, poll(), WindowChange::Next(10_000), 1_000 + t)
+    for (e, store) in each_engine().await {
+        let id = store.track(new_payment("inv-r2")).await.unwrap().payment.id;
+        let poll = || report(Source::Poll, "PROCESSING", Some(State::Pending));
+        for t in 0..3 {
+            store
+                .observe(&id, poll(), WindowChange::Next(10_000), 1_000 + t)
+                .await
+                .unwrap();
+        }
+        // A callback comes between: the same poll answer after it is news.
+        let mut cb = callback("inv-r2", "processing", State::Pending);
+        cb.report.raw_status = "processing".into();
+        store.ingest_callback(cb.clone()).await.unwrap();
+        let after = store
+            .observe(&id, poll(), WindowChange::Next(10_000), 5_000)
             .await
             .unwrap();
+        assert!(!after.repeat);
+        store
+            .observe(&id, poll(), WindowChange::Next(10_000), 6_000)
+            .await
+            .unwrap();
+        // Only the stop writes the last repeat.
+        store.close().await.unwrap();
+        drop(store);
+        let store = e.reopen().await;
+        let h = store.history(&id).await.unwrap();
+        let seen: Vec<_> = h.iter().map(|o| (o.source, o.repeats, o.last_ms)).collect();
+        assert_eq!(
+            seen,
+            [
+                (Source::Poll, 2, Some(1_002)),
+                (Source::Callback, 0, None),
+                (Source::Poll, 1, Some(6_000)),
+            ]
+        );
+        assert_eq!(
+            store.get(&id).await.unwrap().unwrap().window.unwrap().polls,
+            5
+        );
+        drop(store);
+        e.done().await;
     }
-    // A callback comes between: the same poll answer after it is news.
-    let mut cb = callback("inv-r2", "processing", State::Pending);
-    cb.report.raw_status = "processing".into();
-    store.ingest_callback(cb.clone()).await.unwrap();
-    let after = store
-        .observe(&id, poll(), WindowChange::Next(10_000), 5_000)
-        .await
-        .unwrap();
-    assert!(!after.repeat);
-    store
-        .observe(&id, poll(), WindowChange::Next(10_000), 6_000)
-        .await
-        .unwrap();
-    // Only the stop writes the last repeat.
-    store.close().await.unwrap();
-    drop(store);
-    let store = reopen(dir.path()).await;
-    let h = store.history(&id).await.unwrap();
-    let seen: Vec<_> = h.iter().map(|o| (o.source, o.repeats, o.last_ms)).collect();
-    assert_eq!(
-        seen,
-        [
-            (Source::Poll, 2, Some(1_002)),
-            (Source::Callback, 0, None),
-            (Source::Poll, 1, Some(6_000)),
-        ]
-    );
-    assert_eq!(
-        store.get(&id).await.unwrap().unwrap().window.unwrap().polls,
-        5
-    );
 }

@@ -49,6 +49,28 @@ pub struct NewPayment {
     pub now_ms: u64,
 }
 
+impl NewPayment {
+    /// The payment as tracking creates it: pending, nothing observed.
+    pub fn into_payment(self, id: String) -> Payment {
+        Payment {
+            id,
+            provider: self.provider,
+            keys: self.keys,
+            amount_minor: self.amount_minor,
+            currency: self.currency,
+            state: crate::state::State::Pending,
+            raw_status: None,
+            created_ms: self.now_ms,
+            updated_ms: self.now_ms,
+            final_ms: None,
+            final_source: None,
+            window: self.window,
+            observations: 0,
+            mismatch: None,
+        }
+    }
+}
+
 /// Which payments a listing keeps; every field left empty keeps all.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {

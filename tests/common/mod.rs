@@ -40,6 +40,8 @@ pub struct Polling {
     pub tail: String,
     /// Lines for the `[callback]` table.
     pub callback: String,
+    /// Lines for the `[store]` table (another engine).
+    pub store: String,
 }
 
 impl Default for Polling {
@@ -51,6 +53,7 @@ impl Default for Polling {
             request_timeout: "2s",
             tail: String::new(),
             callback: String::new(),
+            store: String::new(),
         }
     }
 }
@@ -122,7 +125,8 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let cancel = CancellationToken::new();
         let sim = start_sim(&cancel).await;
-        let text = config_text(&dir.path().join("store"), &sim.base_url(), &p, extra_admin);
+        let text = config_text(&dir.path().join("store"), &sim.base_url(), &p, extra_admin)
+            .replacen("[store]\n", &format!("[store]\n{}\n", p.store), 1);
         env.insert(KEY_ENV.into(), CONTROL_KEY.into());
         let config = Config::parse("test config", &text, &env).unwrap();
         let listeners = Listeners::bind(&config).await.unwrap();

@@ -1,8 +1,8 @@
 //! The PostgreSQL engine, for several payrecon instances on one database
-//! (docs/postgres.md). This first step holds the connection pool and the
-//! schema: versioned migrations in `migrations/`, embedded in the binary
-//! and run at start, one instance at a time. The [`crate::store::Backend`]
-//! implementation comes next; until then `store.backend` offers sled only.
+//! (docs/postgres.md): the connection pool and the schema here (versioned
+//! migrations in `migrations/`, embedded in the binary and run at start,
+//! one instance at a time); the [`crate::store::Backend`] in engine.rs,
+//! each write one transaction (ops.rs); bulk loads in bulk.rs.
 
 use std::time::Duration;
 
@@ -10,6 +10,12 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 use super::StoreError;
+
+mod bulk;
+mod engine;
+mod ops;
+
+pub use engine::PgStore;
 
 mod embedded {
     refinery::embed_migrations!("src/store/pg/migrations");
@@ -126,4 +132,4 @@ pub fn schema_version() -> u32 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -6,7 +6,7 @@ use super::keys::{self, Kind};
 use super::writer::View;
 use crate::action::{Action, ActionState};
 use crate::model::{Observation, Payment, PollWindow, Report};
-use crate::state::{Decision, State};
+use crate::state::Decision;
 use crate::store::apply::{apply, move_window};
 use crate::store::codec::{corrupt, payment_record, split_payment, History, InboxEntry, Record};
 use crate::store::{
@@ -121,7 +121,7 @@ fn fold(
     Ok(())
 }
 
-pub fn track(v: &mut View, new: NewPayment) -> Result<Tracked, StoreError> {
+pub fn track(v: &mut View, mut new: NewPayment) -> Result<Tracked, StoreError> {
     if let Some(id) = find(v, &new.idempotency_key)? {
         return Ok(Tracked {
             payment: load(v, &id)?.0,
@@ -141,26 +141,13 @@ pub fn track(v: &mut View, new: NewPayment) -> Result<Tracked, StoreError> {
         }
     }
     let id = super::new_id(&v.s.db, "pay_")?;
-    let mut p = Payment {
-        id: id.clone(),
-        provider: new.provider,
-        keys: new.keys,
-        amount_minor: new.amount_minor,
-        currency: new.currency,
-        state: State::Pending,
-        raw_status: None,
-        created_ms: new.now_ms,
-        updated_ms: new.now_ms,
-        final_ms: None,
-        final_source: None,
-        window: new.window,
-        observations: 0,
-        mismatch: None,
-    };
-    put_key(v, &new.idempotency_key, &id);
+    let idempotency_key = std::mem::take(&mut new.idempotency_key);
+    let lookup_keys = std::mem::take(&mut new.lookup_keys);
+    let mut p = new.into_payment(id.clone());
+    put_key(v, &idempotency_key, &id);
     let mut h = History::new(p.created_ms);
     let (mut changes, mut claims) = (vec![], vec![]);
-    for k in &new.lookup_keys {
+    for k in &lookup_keys {
         put_key(v, k, &id);
         for cb in take_orphans(v, k)? {
             let (obs, change) = record(

@@ -1,0 +1,66 @@
+//! Writes without the engine's checks, for imports and benchmarks
+//! (`Store::bulk_load`): a thousand payments per transaction.
+
+use deadpool_postgres::Pool;
+
+use super::ops::{i, json, E};
+use crate::model::{Observation, Payment};
+use crate::store::StoreError;
+
+const BATCH: usize = 1_000;
+
+pub async fn load(
+    pool: &Pool,
+    items: Vec<(Payment, Vec<Observation>, Vec<String>)>,
+) -> Result<usize, StoreError> {
+    let mut c = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Database(format!("no connection: {e}")))?;
+    let n = items.len();
+    for chunk in items.chunks(BATCH) {
+        let t = c.transaction().await.map_err(|e| E::from(e).into_store())?;
+        for (p, history, keys) in chunk {
+            let run = async {
+                t.execute(
+                    "INSERT INTO payments (id, provider, state, created_ms, updated_ms, record) \
+                     VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)",
+                    &[
+                        &p.id,
+                        &p.provider.to_string(),
+                        &p.state.as_str(),
+                        &i(p.created_ms),
+                        &i(p.updated_ms),
+                        &json(p),
+                    ],
+                )
+                .await?;
+                for o in history {
+                    t.execute(
+                        "INSERT INTO observations (payment_id, seq, record) VALUES ($1, $2, $3::text::jsonb)",
+                        &[&p.id, &(o.seq as i32), &json(o)],
+                    )
+                    .await?;
+                }
+                for k in keys {
+                    t.execute(
+                        "INSERT INTO lookup_keys (key, target_id) VALUES ($1, $2)",
+                        &[k, &p.id],
+                    )
+                    .await?;
+                }
+                if let Some(w) = p.window.filter(|w| w.open && !p.state.is_final()) {
+                    t.execute(
+                        "INSERT INTO windows (payment_id, provider, next_ms) VALUES ($1, $2, $3)",
+                        &[&p.id, &p.provider.to_string(), &i(w.next_ms)],
+                    )
+                    .await?;
+                }
+                Ok::<(), tokio_postgres::Error>(())
+            };
+            run.await.map_err(|e| E::from(e).into_store())?;
+        }
+        t.commit().await.map_err(|e| E::from(e).into_store())?;
+    }
+    Ok(n)
+}

@@ -1,0 +1,535 @@
+//! What each write does, inside one PostgreSQL transaction. The state
+//! machine is the shared one (`store/apply.rs`); a payment is read `FOR
+//! UPDATE`, so two instances applying reports to it take turns, and every
+//! key (lookup, idempotency, de-duplication) is taken by a unique
+//! constraint, so two instances never both take it.
+
+use std::sync::atomic::Ordering;
+
+use deadpool_postgres::Transaction;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::action::{Action, ActionState};
+use crate::model::{Observation, Payment, Report};
+use crate::state::Decision;
+use crate::store::apply::{apply, move_window};
+use crate::store::{
+    CallbackRecord, Change, Enqueued, Ingested, NewPayment, Notice, Observed, Policy, Repeats,
+    StoreError, Tracked, WindowChange,
+};
+
+/// An error inside a transaction: the database's (which may call for the
+/// transaction to run again) or the store's own.
+#[derive(Debug)]
+pub enum E {
+    Pg(tokio_postgres::Error),
+    Store(StoreError),
+}
+
+impl From<tokio_postgres::Error> for E {
+    fn from(e: tokio_postgres::Error) -> E {
+        E::Pg(e)
+    }
+}
+
+impl From<StoreError> for E {
+    fn from(e: StoreError) -> E {
+        E::Store(e)
+    }
+}
+
+impl E {
+    /// Another instance got there first (a key taken, a lock order
+    /// crossed): run the transaction again and it will see what won.
+    pub fn retryable(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        matches!(self, E::Pg(e) if e.code().is_some_and(|c| [
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+        ].contains(c)))
+    }
+
+    pub fn into_store(self) -> StoreError {
+        match self {
+            E::Pg(e) => StoreError::Database(e.to_string()),
+            E::Store(e) => e,
+        }
+    }
+}
+
+pub type R<T> = Result<T, E>;
+
+pub fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("records serialize")
+}
+
+pub fn from_json<T: DeserializeOwned>(what: &str, raw: &str) -> Result<T, StoreError> {
+    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt {
+        key: what.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+pub fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+async fn load(t: &Transaction<'_>, id: &str) -> R<Payment> {
+    let row = t
+        .query_opt(
+            "SELECT record::text FROM payments WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+    Ok(from_json(id, row.get(0))?)
+}
+
+async fn put_payment(t: &Transaction<'_>, p: &Payment) -> R<()> {
+    t.execute(
+        "UPDATE payments SET state = $2, updated_ms = $3, record = $4::text::jsonb WHERE id = $1",
+        &[&p.id, &p.state.as_str(), &i(p.updated_ms), &json(p)],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn find(t: &impl tokio_postgres::GenericClient, key: &str) -> R<Option<String>> {
+    Ok(
+        t.query_opt("SELECT target_id FROM lookup_keys WHERE key = $1", &[&key])
+            .await?
+            .map(|r| r.get(0)),
+    )
+}
+
+async fn put_key(t: &Transaction<'_>, key: &str, id: &str) -> R<()> {
+    t.execute(
+        "INSERT INTO lookup_keys (key, target_id) VALUES ($1, $2)",
+        &[&key, &id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Opens, keeps or closes the payment's row in `windows` as its window is.
+async fn mirror_window(t: &Transaction<'_>, p: &Payment, was_open: bool) -> R<()> {
+    let open = p.window.is_some_and(|w| w.open) && !p.state.is_final();
+    if was_open && !open {
+        t.execute("DELETE FROM windows WHERE payment_id = $1", &[&p.id])
+            .await?;
+    }
+    Ok(())
+}
+
+async fn move_window_row(t: &Transaction<'_>, p: &mut Payment, change: WindowChange) -> R<()> {
+    let was_open = p.window.is_some_and(|w| w.open);
+    move_window(p, change);
+    mirror_window(t, p, was_open).await
+}
+
+async fn put_notice(
+    t: &Transaction<'_>,
+    policy: &Policy,
+    p: &Payment,
+    c: &Change,
+    at_ms: u64,
+) -> R<()> {
+    if !policy.notify.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let seq: i64 = t
+        .query_one(
+            "SELECT nextval(pg_get_serial_sequence('notices', 'seq'))",
+            &[],
+        )
+        .await?
+        .get(0);
+    let n = Notice {
+        seq: seq as u64,
+        payment_id: p.id.clone(),
+        provider: p.provider,
+        from: c.from,
+        to: c.to,
+        source: c.source,
+        at_ms,
+        amount_minor: p.amount_minor,
+        currency: p.currency.clone(),
+        attempts: 0,
+        next_ms: 0,
+        last_error: None,
+    };
+    t.execute(
+        "INSERT INTO notices (seq, payment_id, record) VALUES ($1, $2, $3::text::jsonb)",
+        &[&seq, &p.id, &json(&n)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Applies a report, records its observation and queues its notice.
+async fn record(
+    t: &Transaction<'_>,
+    policy: &Policy,
+    p: &mut Payment,
+    report: Report,
+    at_ms: u64,
+    unsigned_claim: bool,
+) -> R<(Observation, Option<Change>)> {
+    let (obs, change) = apply(p, report, at_ms, unsigned_claim);
+    if let Some(c) = &change {
+        put_notice(t, policy, p, c, at_ms).await?;
+    }
+    t.execute(
+        "INSERT INTO observations (payment_id, seq, record) VALUES ($1, $2, $3::text::jsonb)",
+        &[&p.id, &(obs.seq as i32), &json(&obs)],
+    )
+    .await?;
+    Ok((obs, change))
+}
+
+/// Adds repeat counts held in memory to the payment and the observation
+/// they repeat.
+async fn fold(t: &Transaction<'_>, p: &mut Payment, carry: Option<Repeats>) -> R<()> {
+    let Some(c) = carry else { return Ok(()) };
+    if let Some(w) = p.window.as_mut() {
+        w.polls += c.polls;
+        if let Some(n) = c.next_ms {
+            w.next_ms = n;
+        }
+    }
+    let Some(seq) = c.seq else { return Ok(()) };
+    let row = t
+        .query_opt(
+            "SELECT record::text FROM observations WHERE payment_id = $1 AND seq = $2 FOR UPDATE",
+            &[&p.id, &(seq as i32)],
+        )
+        .await?;
+    if let Some(row) = row {
+        let mut o: Observation = from_json(&p.id, row.get(0))?;
+        o.repeats += c.repeats;
+        o.last_ms = Some(o.last_ms.unwrap_or(0).max(c.last_ms));
+        t.execute(
+            "UPDATE observations SET record = $3::text::jsonb WHERE payment_id = $1 AND seq = $2",
+            &[&p.id, &(seq as i32), &json(&o)],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn track(
+    t: &Transaction<'_>,
+    policy: &Policy,
+    mut new: NewPayment,
+    id: String,
+) -> R<Tracked> {
+    if let Some(existing) = find(&**t, &new.idempotency_key).await? {
+        return Ok(Tracked {
+            payment: load(t, &existing).await?,
+            created: false,
+            changes: vec![],
+            claims: vec![],
+        });
+    }
+    for k in &new.lookup_keys {
+        if let Some(existing) = find(&**t, k).await? {
+            return Err(StoreError::AlreadyTracked {
+                key: k.clone(),
+                existing,
+            }
+            .into());
+        }
+    }
+    let idempotency_key = std::mem::take(&mut new.idempotency_key);
+    let lookup_keys = std::mem::take(&mut new.lookup_keys);
+    let mut p = new.into_payment(id.clone());
+    t.execute(
+        "INSERT INTO payments (id, provider, state, created_ms, updated_ms, record) VALUES ($1, $2, $3, $4, $4, $5::text::jsonb)",
+        &[&p.id, &p.provider.to_string(), &p.state.as_str(), &i(p.created_ms), &json(&p)],
+    )
+    .await?;
+    put_key(t, &idempotency_key, &id).await?;
+    let (mut changes, mut claims) = (vec![], vec![]);
+    for k in &lookup_keys {
+        put_key(t, k, &id).await?;
+        let orphans = t
+            .query(
+                "DELETE FROM orphans WHERE match_key = $1 RETURNING id, record::text",
+                &[k],
+            )
+            .await?;
+        let mut orphans: Vec<(i64, String)> =
+            orphans.iter().map(|r| (r.get(0), r.get(1))).collect();
+        orphans.sort_by_key(|o| o.0);
+        for (_, raw) in orphans {
+            let cb: CallbackRecord = from_json(k, &raw)?;
+            t.execute(
+                "UPDATE inbox SET payment_id = $2 WHERE dedupe_key = $1",
+                &[&cb.dedupe_key, &id],
+            )
+            .await?;
+            let (obs, change) = record(
+                t,
+                policy,
+                &mut p,
+                cb.report,
+                cb.received_ms,
+                cb.unsigned_claim,
+            )
+            .await?;
+            if obs.decision == Some(Decision::Unconfirmed) {
+                claims.extend(obs.state);
+            }
+            changes.extend(change);
+        }
+    }
+    match p.window.as_mut() {
+        Some(w) if w.open && !p.state.is_final() => {
+            t.execute(
+                "INSERT INTO windows (payment_id, provider, next_ms) VALUES ($1, $2, $3)",
+                &[&id, &p.provider.to_string(), &i(w.next_ms)],
+            )
+            .await?;
+        }
+        Some(w) => w.open = false,
+        None => {}
+    }
+    put_payment(t, &p).await?;
+    Ok(Tracked {
+        payment: p,
+        created: true,
+        changes,
+        claims,
+    })
+}
+
+pub async fn observe(
+    t: &Transaction<'_>,
+    policy: &Policy,
+    id: &str,
+    report: Report,
+    window: WindowChange,
+    now_ms: u64,
+    carry: Option<Repeats>,
+) -> R<Observed> {
+    let mut p = load(t, id).await?;
+    fold(t, &mut p, carry).await?;
+    for k in &report.learned_keys {
+        t.execute(
+            "INSERT INTO lookup_keys (key, target_id) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[k, &id],
+        )
+        .await?;
+    }
+    let (observation, change) = record(t, policy, &mut p, report, now_ms, false).await?;
+    move_window_row(t, &mut p, window).await?;
+    put_payment(t, &p).await?;
+    Ok(Observed {
+        payment: p,
+        observation,
+        change,
+        repeat: false,
+    })
+}
+
+pub async fn advance(
+    t: &Transaction<'_>,
+    id: &str,
+    window: WindowChange,
+    carry: Option<Repeats>,
+) -> R<Option<crate::model::PollWindow>> {
+    let mut p = load(t, id).await?;
+    fold(t, &mut p, carry).await?;
+    move_window_row(t, &mut p, window).await?;
+    put_payment(t, &p).await?;
+    Ok(p.window)
+}
+
+pub async fn record_repeats(t: &Transaction<'_>, counts: &[Repeats]) -> R<()> {
+    for c in counts {
+        let Ok(mut p) = load(t, &c.payment_id).await else {
+            continue;
+        };
+        fold(t, &mut p, Some(c.clone())).await?;
+        put_payment(t, &p).await?;
+    }
+    Ok(())
+}
+
+pub async fn ingest(t: &Transaction<'_>, policy: &Policy, cb: &CallbackRecord) -> R<Ingested> {
+    let taken = t
+        .execute(
+            "INSERT INTO inbox (dedupe_key, received_ms) VALUES ($1, $2) ON CONFLICT (dedupe_key) DO NOTHING",
+            &[&cb.dedupe_key, &i(cb.received_ms)],
+        )
+        .await?;
+    if taken == 0 {
+        return Ok(Ingested::Duplicate);
+    }
+    let Some(id) = find(&**t, &cb.match_key).await? else {
+        put_orphan(t, policy, cb).await?;
+        return Ok(Ingested::Orphaned);
+    };
+    let mut p = load(t, &id).await?;
+    let (observation, change) = record(
+        t,
+        policy,
+        &mut p,
+        cb.report.clone(),
+        cb.received_ms,
+        cb.unsigned_claim,
+    )
+    .await?;
+    move_window_row(t, &mut p, WindowChange::Keep).await?;
+    put_payment(t, &p).await?;
+    t.execute(
+        "UPDATE inbox SET payment_id = $2 WHERE dedupe_key = $1",
+        &[&cb.dedupe_key, &id],
+    )
+    .await?;
+    Ok(Ingested::Applied(Box::new(Observed {
+        payment: p,
+        observation,
+        change,
+        repeat: false,
+    })))
+}
+
+async fn put_orphan(t: &Transaction<'_>, policy: &Policy, cb: &CallbackRecord) -> R<()> {
+    let per_key = policy.orphans_per_key.load(Ordering::Relaxed);
+    let total = policy.orphans_total.load(Ordering::Relaxed);
+    let under: i64 = t
+        .query_one(
+            "SELECT count(*) FROM orphans WHERE match_key = $1",
+            &[&cb.match_key],
+        )
+        .await?
+        .get(0);
+    if under as u64 >= per_key {
+        return Err(StoreError::OrphanLimit(format!(
+            "{per_key} callbacks already wait for an unknown payment under this key"
+        ))
+        .into());
+    }
+    let all: i64 = t
+        .query_one("SELECT count(*) FROM orphans", &[])
+        .await?
+        .get(0);
+    if all as u64 >= total {
+        return Err(StoreError::OrphanLimit(format!(
+            "{total} callbacks already wait for unknown payments"
+        ))
+        .into());
+    }
+    t.execute(
+        "INSERT INTO orphans (match_key, received_ms, record) VALUES ($1, $2, $3::text::jsonb)",
+        &[&cb.match_key, &i(cb.received_ms), &json(cb)],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn expire_orphans(t: &Transaction<'_>, before_ms: u64) -> R<usize> {
+    let gone = t
+        .query(
+            "DELETE FROM orphans WHERE received_ms < $1 RETURNING record::text",
+            &[&i(before_ms)],
+        )
+        .await?;
+    for row in &gone {
+        let cb: CallbackRecord = from_json("orphan", row.get(0))?;
+        t.execute("DELETE FROM inbox WHERE dedupe_key = $1", &[&cb.dedupe_key])
+            .await?;
+    }
+    Ok(gone.len())
+}
+
+pub async fn load_action(t: &impl tokio_postgres::GenericClient, id: &str) -> R<Option<Action>> {
+    let row = t
+        .query_opt("SELECT record::text FROM actions WHERE id = $1", &[&id])
+        .await?;
+    Ok(row.map(|r| from_json(id, r.get(0))).transpose()?)
+}
+
+pub async fn enqueue(
+    t: &Transaction<'_>,
+    mut action: Action,
+    exclusive_key: Option<String>,
+    id: String,
+) -> R<Enqueued> {
+    t.query_one(
+        "SELECT 1 FROM payments WHERE id = $1 FOR UPDATE",
+        &[&action.payment_id],
+    )
+    .await
+    .map_err(|_| StoreError::NotFound(action.payment_id.clone()))?;
+    let idem = action
+        .idempotency_key
+        .as_ref()
+        .map(|k| format!("action|idem|{}|{k}", action.payment_id));
+    if let Some(k) = &idem {
+        if let Some(existing) = find(&**t, k).await? {
+            let a = load_action(&**t, &existing).await?;
+            return Ok(Enqueued::Existing(a.ok_or(StoreError::NotFound(existing))?));
+        }
+    }
+    if let Some(k) = &exclusive_key {
+        if let Some(holder) = find(&**t, k).await? {
+            let a = load_action(&**t, &holder)
+                .await?
+                .ok_or(StoreError::NotFound(holder))?;
+            if a.state != ActionState::Failed {
+                return Ok(Enqueued::Refused(a));
+            }
+            t.execute("DELETE FROM lookup_keys WHERE key = $1", &[k])
+                .await?;
+        }
+    }
+    action.id = id;
+    for k in exclusive_key.iter().chain(idem.iter()) {
+        put_key(t, k, &action.id).await?;
+    }
+    t.execute(
+        "INSERT INTO actions (id, payment_id, state, final, record) VALUES ($1, $2, $3, $4, $5::text::jsonb)",
+        &[
+            &action.id,
+            &action.payment_id,
+            &action.state.as_str(),
+            &action.state.is_final(),
+            &json(&action),
+        ],
+    )
+    .await?;
+    Ok(Enqueued::Created(action))
+}
+
+pub async fn update_action(
+    t: &Transaction<'_>,
+    policy: &Policy,
+    action: &Action,
+    reports: Vec<Report>,
+) -> R<Vec<Change>> {
+    t.execute(
+        "UPDATE actions SET state = $2, final = $3, record = $4::text::jsonb WHERE id = $1",
+        &[
+            &action.id,
+            &action.state.as_str(),
+            &action.state.is_final(),
+            &json(action),
+        ],
+    )
+    .await?;
+    let mut changes = vec![];
+    if !reports.is_empty() {
+        let mut p = load(t, &action.payment_id).await?;
+        for r in reports {
+            let (_, c) = record(t, policy, &mut p, r, action.updated_ms, false).await?;
+            changes.extend(c);
+        }
+        move_window_row(t, &mut p, WindowChange::Keep).await?;
+        put_payment(t, &p).await?;
+    }
+    Ok(changes)
+}

@@ -1,0 +1,164 @@
+//! The daemon on the PostgreSQL engine (docs/postgres.md), against this
+//! machine's server when `PAYRECON_TEST_DATABASE_URL` names one (`.ci/run`
+//! sets it); each test in a schema of its own, dropped at the end.
+//! Without the variable they say so and pass.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::*;
+use payrecon::model::Source;
+use payrecon::providers::connpay::sim::{CallbackMode, NewTransfer, Script, Settle};
+use payrecon::state::{Decision, State};
+use payrecon::store::pg::{pool, PgSettings};
+
+/// A schema of its own on the test database, and the `[store]` lines
+/// that point a daemon at it.
+struct Schema {
+    url: String,
+    name: String,
+}
+
+impl Schema {
+    async fn new() -> Option<Schema> {
+        let Ok(url) = std::env::var("PAYRECON_TEST_DATABASE_URL") else {
+            eprintln!("PAYRECON_TEST_DATABASE_URL is not set: PostgreSQL tests skipped");
+            return None;
+        };
+        let name = format!("payrecon_it_{:016x}", fastrand::u64(..));
+        Self::admin(&url)
+            .get()
+            .await
+            .expect("the test database answers")
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
+            .await
+            .unwrap();
+        Some(Schema { url, name })
+    }
+
+    fn admin(url: &str) -> deadpool_postgres::Pool {
+        pool(&PgSettings {
+            url: url.to_string(),
+            password: None,
+            pool_size: 1,
+            schema: None,
+        })
+        .unwrap()
+    }
+
+    /// `[store]` lines: the schema through the URL's `options`, as an
+    /// operator would give a schema other than `public`.
+    fn store_lines(&self) -> String {
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        format!(
+            "backend = \"postgres\"\nurl = \"{}{sep}options=-csearch_path%3D{}\"\npool_size = 4",
+            self.url, self.name
+        )
+    }
+
+    async fn drop(self) {
+        Self::admin(&self.url)
+            .get()
+            .await
+            .unwrap()
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn payments_settle_by_polls_and_callbacks_on_postgres() {
+    let Some(schema) = Schema::new().await else {
+        return;
+    };
+    let h = Harness::start(Polling {
+        window: ("300ms", "300ms"),
+        store: schema.store_lines(),
+        ..Default::default()
+    })
+    .await;
+    let polled = NewTransfer::new(
+        "pg-poll-1",
+        Script {
+            settle: Settle::AfterPolls(3),
+            redirect: true,
+            callback: CallbackMode::Never,
+            ..Default::default()
+        },
+    );
+    let dup = NewTransfer::new(
+        "pg-dup-1",
+        Script {
+            settle: Settle::Manual,
+            callback: CallbackMode::Duplicate,
+            ..Default::default()
+        },
+    );
+    let polled_id = h.track(&polled).await;
+    let dup_id = h.track(&dup).await;
+    wait_until("the polled payment is final", || async {
+        h.get(&polled_id).await.payment.state.is_final()
+    })
+    .await;
+    let v = h.get(&polled_id).await;
+    assert_eq!(v.payment.state, State::Succeeded);
+    assert_eq!(v.payment.final_source, Some(Source::Poll));
+    let raws: Vec<_> = v
+        .history
+        .unwrap()
+        .iter()
+        .map(|o| o.raw_status.clone())
+        .collect();
+    assert_eq!(raws, ["PROCESSING", "REDIRECT_REQUEST", "APPROVED"]);
+
+    h.sim.settle("pg-dup-1");
+    wait_until("three deliveries acknowledged", || async {
+        h.sim.truth("pg-dup-1").unwrap().callbacks_acked == 3
+    })
+    .await;
+    let v = h.get(&dup_id).await;
+    assert_eq!(v.payment.state, State::Succeeded);
+    let callbacks: Vec<_> = v
+        .history
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.source == Source::Callback)
+        .collect();
+    assert_eq!(callbacks.len(), 1, "three deliveries, one observation");
+    assert_eq!(callbacks[0].decision, Some(Decision::Advance));
+    assert_eq!(
+        h.engine
+            .counters
+            .callbacks_duplicate
+            .load(Ordering::Relaxed),
+        2
+    );
+    // Both payments are listed, found by their keys, and out of windows.
+    assert_eq!(
+        h.admin
+            .list(None, None, Some(10), None)
+            .await
+            .unwrap()
+            .payments
+            .len(),
+        2
+    );
+    assert!(h.engine.store().open_windows().await.unwrap().is_empty());
+    h.stop().await;
+    // They are in the database, not in a sled folder.
+    let stored: i64 = Schema::admin(&schema.url)
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            &format!("SELECT count(*) FROM {}.payments", schema.name),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 2);
+    schema.drop().await;
+}
