@@ -182,6 +182,24 @@ pub struct Notice {
 }
 
 impl Notice {
+    /// The notice of a change to `p`, queued as `seq`.
+    pub fn of_change(seq: u64, p: &Payment, c: &Change, at_ms: u64) -> Notice {
+        Notice {
+            seq,
+            payment_id: p.id.clone(),
+            provider: p.provider,
+            from: c.from,
+            to: c.to,
+            source: c.source,
+            at_ms,
+            amount_minor: p.amount_minor,
+            currency: p.currency.clone(),
+            attempts: 0,
+            next_ms: 0,
+            last_error: None,
+        }
+    }
+
     /// The Standard Webhooks `webhook-id`: the same on every retry.
     pub fn webhook_id(&self) -> String {
         format!("msg_{:016x}", self.seq)

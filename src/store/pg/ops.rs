@@ -146,20 +146,7 @@ async fn put_notice(
         )
         .await?
         .get(0);
-    let n = Notice {
-        seq: seq as u64,
-        payment_id: p.id.clone(),
-        provider: p.provider,
-        from: c.from,
-        to: c.to,
-        source: c.source,
-        at_ms,
-        amount_minor: p.amount_minor,
-        currency: p.currency.clone(),
-        attempts: 0,
-        next_ms: 0,
-        last_error: None,
-    };
+    let n = Notice::of_change(seq as u64, p, c, at_ms);
     t.execute(
         "INSERT INTO notices (seq, payment_id, record) VALUES ($1, $2, $3::text::jsonb)",
         &[&seq, &p.id, &json(&n)],

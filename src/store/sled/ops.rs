@@ -55,20 +55,7 @@ fn put_notice(v: &mut View, p: &Payment, c: &Change, at_ms: u64) -> Result<(), S
         return Ok(());
     }
     let seq = v.s.db.generate_id()?;
-    let n = Notice {
-        seq,
-        payment_id: p.id.clone(),
-        provider: p.provider,
-        from: c.from,
-        to: c.to,
-        source: c.source,
-        at_ms,
-        amount_minor: p.amount_minor,
-        currency: p.currency.clone(),
-        attempts: 0,
-        next_ms: 0,
-        last_error: None,
-    };
+    let n = Notice::of_change(seq, p, c, at_ms);
     v.put(keys::seq_key(Kind::Notice, seq), n.encode());
     v.count(Kind::Notice, 1);
     Ok(())
