@@ -7,6 +7,9 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
+use payrecon::engine::PollOutcome;
+use payrecon::model::ProviderId;
+
 use common::*;
 use payrecon::model::Source;
 use payrecon::providers::connpay::sim::{CallbackMode, NewTransfer, Script, Settle};
@@ -160,5 +163,69 @@ async fn payments_settle_by_polls_and_callbacks_on_postgres() {
         .unwrap()
         .get(0);
     assert_eq!(stored, 2);
+    schema.drop().await;
+}
+
+/// Two instances on one database: each window is polled by the instance
+/// holding its lease, never by both; when that instance stops, its
+/// windows are free once the lease runs out and the other takes them.
+#[tokio::test]
+async fn two_instances_poll_each_window_once_and_take_over_a_stopped_one_s() {
+    let Some(schema) = Schema::new().await else {
+        return;
+    };
+    let polling = || Polling {
+        request_timeout: "300ms",
+        store: schema.store_lines(),
+        ..Default::default()
+    };
+    let sim_cancel = tokio_util::sync::CancellationToken::new();
+    let sim = start_sim(&sim_cancel).await;
+    let a = Harness::start_on_sim(&sim, polling()).await;
+    let open = |i: usize| {
+        NewTransfer::new(
+            &format!("pg-two-{i}"),
+            Script {
+                settle: Settle::Manual,
+                callback: CallbackMode::Never,
+                ..Default::default()
+            },
+        )
+    };
+    for i in 0..6 {
+        a.track(&open(i)).await;
+    }
+    wait_until("a polls every window", || async {
+        (0..6).all(|i| a.sim.truth(&format!("pg-two-{i}")).unwrap().polls >= 2)
+    })
+    .await;
+    // b starts: it schedules every open window, and finds each leased.
+    let b = Harness::start_on_sim(&sim, polling()).await;
+    wait_until("b finds every window leased to a", || async {
+        b.engine
+            .counters
+            .windows_leased_elsewhere
+            .load(Ordering::Relaxed)
+            >= 6
+    })
+    .await;
+    let polled = |h: &Harness| {
+        h.engine
+            .counters
+            .polls_of(ProviderId::Connpay, PollOutcome::Ok)
+    };
+    assert_eq!(polled(&b), 0, "b polled a window a holds");
+    // a stops; its leases run out (2 x 40 ms + 300 ms) and b adopts them.
+    let before: Vec<u32> = (0..6)
+        .map(|i| a.sim.truth(&format!("pg-two-{i}")).unwrap().polls)
+        .collect();
+    a.stop().await;
+    wait_until("b polls every window a left", || async {
+        (0..6).all(|i| sim.truth(&format!("pg-two-{i}")).unwrap().polls > before[i])
+    })
+    .await;
+    assert!(polled(&b) >= 6);
+    b.stop().await;
+    sim.shutdown().await;
     schema.drop().await;
 }

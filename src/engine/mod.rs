@@ -106,6 +106,9 @@ pub struct Engine {
     outbound: crate::engine::outbound::Outbound,
     /// Milliseconds; a reload changes it for actions queued afterwards.
     action_deadline_ms: AtomicU64,
+    /// This process among the instances sharing a database: the owner
+    /// named on the window leases it holds.
+    instance: String,
     pub counters: Counters,
 }
 
@@ -155,6 +158,7 @@ impl Engine {
             cancel: cancel.clone(),
             outbound: Default::default(),
             action_deadline_ms: AtomicU64::new(action_deadline.as_millis() as u64),
+            instance: format!("inst_{}_{:08x}", std::process::id(), fastrand::u32(..)),
             counters: Counters::default(),
         });
         let weak: Weak<Engine> = Arc::downgrade(&engine);
@@ -169,6 +173,7 @@ impl Engine {
         let _ = engine.scheduler.set(scheduler);
         engine.tasks.spawn(engine.clone().run_outbound());
         engine.tasks.spawn(engine.clone().run_notifier());
+        engine.tasks.spawn(engine.clone().adopt_free_windows());
         if let Some(ttl) = orphan_ttl {
             engine.tasks.spawn(engine.clone().expire_orphans(ttl));
         }

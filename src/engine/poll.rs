@@ -4,6 +4,17 @@
 
 use super::*;
 
+/// How often an instance looks for windows nobody holds.
+const FREE_WINDOWS_EVERY: Duration = Duration::from_secs(5);
+
+/// A window's lease: two of the provider's longest intervals and an
+/// inquiry's time limit, renewed at every poll. An instance that dies
+/// leaves its windows free within this, and they are adopted within
+/// [`FREE_WINDOWS_EVERY`] after.
+fn lease_ms(p: &crate::settings::PollingConfig) -> u64 {
+    (p.poll_interval_max * 2 + p.request_timeout).as_millis() as u64
+}
+
 impl Engine {
     /// After a reload: open windows of `pid` whose next poll lies further
     /// out than the new longest interval are moved in, so a shorter
@@ -31,6 +42,47 @@ impl Engine {
             }
         }
         Ok(moved)
+    }
+
+    /// Every [`FREE_WINDOWS_EVERY`], claims the windows no instance holds
+    /// (their instance died: its leases ran out) and schedules them. A
+    /// store one instance owns (sled) has none.
+    pub(super) async fn adopt_free_windows(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.cancelled() => return,
+                _ = tokio::time::sleep(FREE_WINDOWS_EVERY) => {}
+            }
+            // One claim for every provider: the longest lease of them.
+            let pollings: HashMap<ProviderId, crate::settings::PollingConfig> = self
+                .provider_ids()
+                .into_iter()
+                .filter_map(|pid| Some((pid, self.provider(pid)?.polling().clone())))
+                .collect();
+            let Some(lease) = pollings.values().map(lease_ms).max() else {
+                continue;
+            };
+            let now = now_ms();
+            let claimed = self
+                .store
+                .claim_free_windows(&self.instance, now, now + lease, 1_000)
+                .await;
+            match claimed {
+                Ok(ws) => {
+                    for (id, pid) in ws {
+                        // Another's window of a provider not configured
+                        // here: its lease runs out again for another.
+                        let Some(polling) = pollings.get(&pid) else {
+                            continue;
+                        };
+                        tracing::info!(payment_id = %id, provider = %pid, "window taken over: no instance held its lease");
+                        let at = now + uniform_ms(Duration::ZERO, polling.poll_interval_max);
+                        self.scheduler().schedule(id, pid, instant_at(at));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "free windows not claimed; trying again"),
+            }
+        }
     }
 
     /// [`Engine::poll`], with a panic in it taken as a failed poll: the
@@ -197,6 +249,30 @@ impl Engine {
         else {
             return;
         };
+        // With several instances on one database, the one holding the
+        // window's lease polls it (docs/postgres.md); another leaves it.
+        let polling = provider.polling();
+        let now = now_ms();
+        match self
+            .store
+            .claim_window(&id, &self.instance, now, now + lease_ms(polling))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                self.counters
+                    .windows_leased_elsewhere
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(payment_id = %id, "another instance holds this window's lease; left to it");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(payment_id = %id, error = %e, "window lease not taken; trying again at the next interval");
+                let next = now + uniform_ms(polling.poll_interval_min, polling.poll_interval_max);
+                self.scheduler().schedule(id, pid, instant_at(next));
+                return;
+            }
+        }
         let span = tracing::info_span!("poll", payment_id = %id, provider = %payment.provider);
         let breaker = self.breakers[&pid].clone();
         let result = if breaker.allow() {

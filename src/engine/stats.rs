@@ -22,6 +22,8 @@ pub struct Counters {
     pub notices_delivered: AtomicU64,
     pub notices_failed: AtomicU64,
     pub transitions: AtomicU64,
+    /// Polls left to another instance, which held the window's lease.
+    pub windows_leased_elsewhere: AtomicU64,
     /// Poll schedule lag: start of the inquiry minus its due time.
     pub poll_lag: LagHistogram,
 }

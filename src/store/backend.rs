@@ -85,6 +85,34 @@ pub trait Backend: Send + Sync + 'static {
     fn record_repeats(&self, counts: Vec<Repeats>) -> BoxFut<'_, ()>;
     /// Resolves once every write answered before it is durable.
     fn sync(&self) -> BoxFut<'_, ()>;
+
+    /// Takes or renews the lease on a payment's window for `owner`, until
+    /// `until_ms`: true when `owner` may poll it now (no other instance
+    /// holds an unexpired lease). An engine one instance owns (sled)
+    /// always says yes.
+    fn claim_window<'a>(
+        &'a self,
+        _id: &'a str,
+        _owner: &'a str,
+        _now_ms: u64,
+        _until_ms: u64,
+    ) -> BoxFut<'a, bool> {
+        Box::pin(std::future::ready(Ok(true)))
+    }
+
+    /// Claims for `owner` up to `limit` windows that no instance holds
+    /// (never claimed, or their lease ran out: an instance died): what
+    /// `owner` should start polling. None where one instance owns the
+    /// store (it schedules every window at start).
+    fn claim_free_windows<'a>(
+        &'a self,
+        _owner: &'a str,
+        _now_ms: u64,
+        _until_ms: u64,
+        _limit: usize,
+    ) -> BoxFut<'a, Vec<(String, ProviderId)>> {
+        Box::pin(std::future::ready(Ok(vec![])))
+    }
     /// Writes without checks, for imports and benchmarks (see
     /// [`super::Store::bulk_load`]).
     fn bulk_load(

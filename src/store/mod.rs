@@ -116,6 +116,31 @@ impl Store {
         store
     }
 
+    /// Takes or renews `owner`'s lease on a payment's window until
+    /// `until_ms`: true when `owner` may poll it now (Backend::claim_window).
+    pub async fn claim_window(
+        &self,
+        id: &str,
+        owner: &str,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<bool, StoreError> {
+        self.backend.claim_window(id, owner, now_ms, until_ms).await
+    }
+
+    /// Claims windows no instance holds (Backend::claim_free_windows).
+    pub async fn claim_free_windows(
+        &self,
+        owner: &str,
+        now_ms: u64,
+        until_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(String, ProviderId)>, StoreError> {
+        self.backend
+            .claim_free_windows(owner, now_ms, until_ms, limit)
+            .await
+    }
+
     /// Waits until every write answered so far is on disk. Writes are
     /// durable when they resolve; this is for callers that must be sure
     /// after a read (a duplicate's acknowledgement).

@@ -427,3 +427,65 @@ async fn repeat_counts_survive_a_clean_stop_and_a_callback_breaks_the_run() {
         e.done().await;
     }
 }
+
+#[tokio::test]
+async fn a_window_is_leased_to_one_instance_at_a_time() {
+    for (e, store) in each_engine().await {
+        let a = store.track(new_payment("inv-l1")).await.unwrap().payment.id;
+        let shared = e.pg.is_some();
+        // Instance "a" polls it; "b" may not while a's lease runs.
+        assert!(store.claim_window(&a, "a", 1_000, 5_000).await.unwrap());
+        assert_eq!(
+            store.claim_window(&a, "b", 2_000, 6_000).await.unwrap(),
+            !shared
+        );
+        assert!(store.claim_window(&a, "a", 3_000, 7_000).await.unwrap());
+        // a stops renewing (it died): after the lease, b takes it.
+        assert!(store.claim_window(&a, "b", 7_001, 11_000).await.unwrap());
+        assert_eq!(
+            store.claim_window(&a, "a", 8_000, 12_000).await.unwrap(),
+            !shared
+        );
+        // Windows nobody holds: claimed once, by one of two instances
+        // asking together, and not again while the lease runs.
+        let mut ids = vec![];
+        for i in 0..20 {
+            let t = store
+                .track(new_payment(&format!("inv-l2-{i}")))
+                .await
+                .unwrap();
+            ids.push(t.payment.id);
+        }
+        let (x, y) = tokio::join!(
+            store.claim_free_windows("x", 9_000, 20_000, 100),
+            store.claim_free_windows("y", 9_000, 20_000, 100)
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        if shared {
+            let mut all: Vec<String> = x.iter().chain(&y).map(|w| w.0.clone()).collect();
+            all.sort();
+            let mut want = ids.clone();
+            want.sort();
+            assert_eq!(all, want, "each free window claimed once");
+            assert!(store
+                .claim_free_windows("z", 10_000, 30_000, 100)
+                .await
+                .unwrap()
+                .is_empty());
+            // b's lease on the first ran out at 11 000.
+            let later = store
+                .claim_free_windows("z", 11_001, 30_000, 100)
+                .await
+                .unwrap();
+            assert_eq!(later.len(), 1);
+            assert_eq!(later[0].0, a);
+        } else {
+            assert!(
+                x.is_empty() && y.is_empty(),
+                "one instance owns a sled store"
+            );
+        }
+        drop(store);
+        e.done().await;
+    }
+}

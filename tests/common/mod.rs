@@ -110,6 +110,8 @@ pub struct Harness {
     pub admin_addr: SocketAddr,
     pub cancel: CancellationToken,
     daemon: Option<Daemon>,
+    /// Whether `stop` ends the sandbox too (not when others share it).
+    owns_sim: bool,
 }
 
 impl Harness {
@@ -120,11 +122,30 @@ impl Harness {
     pub async fn start_with(
         p: Polling,
         extra_admin: &str,
-        mut env: HashMap<String, String>,
+        env: HashMap<String, String>,
     ) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
         let cancel = CancellationToken::new();
         let sim = start_sim(&cancel).await;
+        Harness::start_on(p, extra_admin, env, sim, cancel).await
+    }
+
+    /// A daemon polling a sandbox the caller started and stops (several
+    /// daemons on one sandbox: instances sharing a database).
+    pub async fn start_on_sim(sim: &ConnpaySim, p: Polling) -> Harness {
+        let mut h =
+            Harness::start_on(p, "", HashMap::new(), sim.clone(), CancellationToken::new()).await;
+        h.owns_sim = false;
+        h
+    }
+
+    async fn start_on(
+        p: Polling,
+        extra_admin: &str,
+        mut env: HashMap<String, String>,
+        sim: ConnpaySim,
+        cancel: CancellationToken,
+    ) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
         let text = config_text(&dir.path().join("store"), &sim.base_url(), &p, extra_admin)
             .replacen("[store]\n", &format!("[store]\n{}\n", p.store), 1);
         env.insert(KEY_ENV.into(), CONTROL_KEY.into());
@@ -143,6 +164,7 @@ impl Harness {
             dir,
             cancel,
             daemon: Some(d),
+            owns_sim: true,
         }
     }
 
@@ -166,7 +188,9 @@ impl Harness {
         if let Some(d) = self.daemon.take() {
             d.wait().await;
         }
-        self.sim.shutdown().await;
+        if self.owns_sim {
+            self.sim.shutdown().await;
+        }
     }
 }
 

@@ -146,6 +146,19 @@ impl PgStore {
     }
 }
 
+/// A `windows` row's payment id and provider (its first two columns).
+fn window_of(r: &tokio_postgres::Row) -> Result<(String, ProviderId), StoreError> {
+    let id: String = r.get(0);
+    let provider: String = r.get(1);
+    let p = provider
+        .parse::<ProviderId>()
+        .map_err(|_| StoreError::Corrupt {
+            key: format!("windows/{id}"),
+            reason: format!("unknown provider `{provider}`"),
+        })?;
+    Ok((id, p))
+}
+
 async fn count(pool: &Pool, g: &Gauges) -> R<()> {
     let c = pool
         .get()
@@ -350,6 +363,58 @@ impl Backend for PgStore {
         })
     }
 
+    fn claim_window<'a>(
+        &'a self,
+        id: &'a str,
+        owner: &'a str,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> BoxFut<'a, bool> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            let n = c
+                .execute(
+                    "UPDATE windows SET lease_owner = $2, lease_until_ms = $3 \
+                     WHERE payment_id = $1 \
+                       AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until_ms < $4)",
+                    &[&id, &owner, &i(until_ms), &i(now_ms)],
+                )
+                .await
+                .map_err(|e| E::from(e).into_store())?;
+            Ok(n == 1)
+        })
+    }
+
+    fn claim_free_windows<'a>(
+        &'a self,
+        owner: &'a str,
+        now_ms: u64,
+        until_ms: u64,
+        limit: usize,
+    ) -> BoxFut<'a, Vec<(String, ProviderId)>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            let rows = c
+                .query(
+                    "UPDATE windows SET lease_owner = $1, lease_until_ms = $2 \
+                     WHERE payment_id IN ( \
+                         SELECT payment_id FROM windows \
+                         WHERE lease_owner IS NULL OR lease_until_ms < $3 \
+                         ORDER BY next_ms LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                     RETURNING payment_id, provider",
+                    &[
+                        &owner,
+                        &i(until_ms),
+                        &i(now_ms),
+                        &(limit.min(i64::MAX as usize) as i64),
+                    ],
+                )
+                .await
+                .map_err(|e| E::from(e).into_store())?;
+            rows.iter().map(window_of).collect()
+        })
+    }
+
     fn sync(&self) -> BoxFut<'_, ()> {
         // Every write resolved after its commit.
         Box::pin(std::future::ready(Ok(())))
@@ -444,14 +509,7 @@ impl Backend for PgStore {
                 .map_err(|e| E::from(e).into_store())?;
             rows.iter()
                 .map(|r| {
-                    let id: String = r.get(0);
-                    let provider: String = r.get(1);
-                    let p = provider
-                        .parse::<ProviderId>()
-                        .map_err(|_| StoreError::Corrupt {
-                            key: format!("windows/{id}"),
-                            reason: format!("unknown provider `{provider}`"),
-                        })?;
+                    let (id, p) = window_of(r)?;
                     Ok((id, p, r.get::<_, i64>(2).max(0) as u64))
                 })
                 .collect()
