@@ -149,6 +149,18 @@ async fn payments_settle_by_polls_and_callbacks_on_postgres() {
         2
     );
     assert!(h.engine.store().open_windows().await.unwrap().is_empty());
+    // Another instance sweeping ConnPay: this one skips its sweep, and
+    // sweeps once the other gives the lease up.
+    let store = h.engine.store().clone();
+    let now = payrecon::model::now_ms();
+    assert!(store
+        .take_lease("sweep:connpay", "other", now, now + 60_000)
+        .await
+        .unwrap());
+    let busy = h.engine.reconcile(ProviderId::Connpay).await.unwrap_err();
+    assert!(busy.to_string().contains("another instance"), "{busy}");
+    store.release_lease("sweep:connpay", "other").await.unwrap();
+    h.engine.reconcile(ProviderId::Connpay).await.unwrap();
     h.stop().await;
     // They are in the database, not in a sled folder.
     let stored: i64 = Schema::admin(&schema.url)

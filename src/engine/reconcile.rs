@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// How long a provider's sweep lease lasts (renewed at every page of
+/// payments): an instance that dies mid-sweep holds it at most this long.
+const SWEEP_LEASE_MS: u64 = 10 * 60 * 1000;
+
 impl Engine {
     pub(super) fn sweep_settings(&self, id: ProviderId) -> ReconcileConfig {
         read(&self.reconcile).get(&id).cloned().unwrap_or_default()
@@ -22,6 +26,31 @@ impl Engine {
                 "a reconciliation sweep of {pid} is already running"
             )));
         };
+        // Several instances on one database: one sweeps, the others skip.
+        let lease = format!("sweep:{pid}");
+        let now = now_ms();
+        if !self
+            .store
+            .take_lease(&lease, &self.instance, now, now + SWEEP_LEASE_MS)
+            .await?
+        {
+            return Err(EngineError::Busy(format!(
+                "a reconciliation sweep of {pid} is running on another instance"
+            )));
+        }
+        let swept = self.sweep(pid, provider).await;
+        if let Err(e) = self.store.release_lease(&lease, &self.instance).await {
+            tracing::warn!(provider = %pid, error = %e, "sweep lease not released; it runs out on its own");
+        }
+        swept
+    }
+
+    /// The sweep itself, once this instance holds the provider's lease.
+    async fn sweep(
+        self: &Arc<Self>,
+        pid: ProviderId,
+        provider: Arc<dyn Provider>,
+    ) -> Result<SweepReport, EngineError> {
         self.counters.sweeps.fetch_add(1, Ordering::Relaxed);
         let settings = self.sweep_settings(pid);
         let breaker = self.breakers[&pid].clone();
@@ -43,6 +72,16 @@ impl Engine {
                 .list(None, Some(pid), after.as_deref(), 500)
                 .await?;
             let Some(last) = page.last() else { break };
+            let now = now_ms();
+            let lease = format!("sweep:{pid}");
+            if !self
+                .store
+                .take_lease(&lease, &self.instance, now, now + SWEEP_LEASE_MS)
+                .await?
+            {
+                tracing::warn!(provider = %pid, "sweep lease lost to another instance; this sweep stops");
+                break 'pages;
+            }
             after = Some(last.id.clone());
             for p in page {
                 if p.state.is_final() || p.window.is_some_and(|w| w.open) {

@@ -100,6 +100,24 @@ pub trait Backend: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(true)))
     }
 
+    /// Takes or renews the lease called `name` (work one instance does at
+    /// a time: a provider's sweep) for `owner` until `until_ms`: true when
+    /// `owner` holds it now. An engine one instance owns always says yes.
+    fn take_lease<'a>(
+        &'a self,
+        _name: &'a str,
+        _owner: &'a str,
+        _now_ms: u64,
+        _until_ms: u64,
+    ) -> BoxFut<'a, bool> {
+        Box::pin(std::future::ready(Ok(true)))
+    }
+
+    /// Gives up `owner`'s lease called `name`, if it holds it.
+    fn release_lease<'a>(&'a self, _name: &'a str, _owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// Claims for `owner` up to `limit` windows that no instance holds
     /// (never claimed, or their lease ran out: an instance died): what
     /// `owner` should start polling. None where one instance owns the

@@ -128,6 +128,22 @@ impl Store {
         self.backend.claim_window(id, owner, now_ms, until_ms).await
     }
 
+    /// Takes or renews a named lease (Backend::take_lease).
+    pub async fn take_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<bool, StoreError> {
+        self.backend.take_lease(name, owner, now_ms, until_ms).await
+    }
+
+    /// Gives up a named lease (Backend::release_lease).
+    pub async fn release_lease(&self, name: &str, owner: &str) -> Result<(), StoreError> {
+        self.backend.release_lease(name, owner).await
+    }
+
     /// Claims windows no instance holds (Backend::claim_free_windows).
     pub async fn claim_free_windows(
         &self,

@@ -489,3 +489,49 @@ async fn a_window_is_leased_to_one_instance_at_a_time() {
         e.done().await;
     }
 }
+
+#[tokio::test]
+async fn a_named_lease_has_one_holder_until_it_runs_out_or_is_given_up() {
+    for (e, store) in each_engine().await {
+        let shared = e.pg.is_some();
+        assert!(store
+            .take_lease("sweep:connpay", "a", 1_000, 5_000)
+            .await
+            .unwrap());
+        assert_eq!(
+            store
+                .take_lease("sweep:connpay", "b", 2_000, 6_000)
+                .await
+                .unwrap(),
+            !shared
+        );
+        // Renewed by its holder; another name is another lease.
+        assert!(store
+            .take_lease("sweep:connpay", "a", 3_000, 9_000)
+            .await
+            .unwrap());
+        assert!(store
+            .take_lease("sweep:crm", "b", 3_000, 9_000)
+            .await
+            .unwrap());
+        assert_eq!(
+            store
+                .take_lease("sweep:connpay", "b", 8_000, 12_000)
+                .await
+                .unwrap(),
+            !shared
+        );
+        // Run out: b takes it; given up: a takes it back at once.
+        assert!(store
+            .take_lease("sweep:connpay", "b", 9_001, 12_000)
+            .await
+            .unwrap());
+        store.release_lease("sweep:connpay", "b").await.unwrap();
+        assert!(store
+            .take_lease("sweep:connpay", "a", 9_002, 12_000)
+            .await
+            .unwrap());
+        drop(store);
+        e.done().await;
+    }
+}

@@ -132,6 +132,18 @@ impl PgStore {
         row.map(|r| from_json(arg, r.get(0))).transpose()
     }
 
+    /// One statement outside a transaction; the rows it touched.
+    async fn exec(
+        &self,
+        sql: &str,
+        args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let c = self.client().await?;
+        c.execute(sql, args)
+            .await
+            .map_err(|e| E::from(e).into_store())
+    }
+
     async fn many<T: serde::de::DeserializeOwned>(
         &self,
         sql: &str,
@@ -276,13 +288,11 @@ impl Backend for PgStore {
 
     fn update_notice(&self, n: Notice) -> BoxFut<'_, ()> {
         Box::pin(async move {
-            let c = self.client().await?;
-            c.execute(
+            self.exec(
                 "UPDATE notices SET next_ms = $2, record = $3::text::jsonb WHERE seq = $1 AND NOT dead",
                 &[&i(n.seq), &i(n.next_ms), &ops::json(&n)],
             )
-            .await
-            .map_err(|e| E::from(e).into_store())?;
+            .await?;
             Ok(())
         })
     }
@@ -338,14 +348,12 @@ impl Backend for PgStore {
 
     fn set_sweep_mark(&self, id: String, mark: SweepMark) -> BoxFut<'_, ()> {
         Box::pin(async move {
-            let c = self.client().await?;
-            c.execute(
+            self.exec(
                 "INSERT INTO sweep_marks (payment_id, mark) VALUES ($1, $2::text::jsonb) \
                  ON CONFLICT (payment_id) DO UPDATE SET mark = EXCLUDED.mark",
                 &[&id, &ops::json(&mark)],
             )
-            .await
-            .map_err(|e| E::from(e).into_store())?;
+            .await?;
             Ok(())
         })
     }
@@ -371,17 +379,46 @@ impl Backend for PgStore {
         until_ms: u64,
     ) -> BoxFut<'a, bool> {
         Box::pin(async move {
-            let c = self.client().await?;
-            let n = c
-                .execute(
+            let n = self
+                .exec(
                     "UPDATE windows SET lease_owner = $2, lease_until_ms = $3 \
                      WHERE payment_id = $1 \
                        AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until_ms < $4)",
                     &[&id, &owner, &i(until_ms), &i(now_ms)],
                 )
-                .await
-                .map_err(|e| E::from(e).into_store())?;
+                .await?;
             Ok(n == 1)
+        })
+    }
+
+    fn take_lease<'a>(
+        &'a self,
+        name: &'a str,
+        owner: &'a str,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> BoxFut<'a, bool> {
+        Box::pin(async move {
+            let n = self
+                .exec(
+                    "INSERT INTO leases (name, owner, until_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, until_ms = EXCLUDED.until_ms \
+                     WHERE leases.owner = EXCLUDED.owner OR leases.until_ms < $4",
+                    &[&name, &owner, &i(until_ms), &i(now_ms)],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn release_lease<'a>(&'a self, name: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            self.exec(
+                "DELETE FROM leases WHERE name = $1 AND owner = $2",
+                &[&name, &owner],
+            )
+            .await?;
+            Ok(())
         })
     }
 
