@@ -38,7 +38,7 @@ impl Engine {
                 "a reconciliation sweep of {pid} is running on another instance"
             )));
         }
-        let swept = self.sweep(pid, provider).await;
+        let swept = self.sweep(pid, provider, &lease).await;
         if let Err(e) = self.store.release_lease(&lease, &self.instance).await {
             tracing::warn!(provider = %pid, error = %e, "sweep lease not released; it runs out on its own");
         }
@@ -50,6 +50,7 @@ impl Engine {
         self: &Arc<Self>,
         pid: ProviderId,
         provider: Arc<dyn Provider>,
+        lease: &str,
     ) -> Result<SweepReport, EngineError> {
         self.counters.sweeps.fetch_add(1, Ordering::Relaxed);
         let settings = self.sweep_settings(pid);
@@ -73,10 +74,9 @@ impl Engine {
                 .await?;
             let Some(last) = page.last() else { break };
             let now = now_ms();
-            let lease = format!("sweep:{pid}");
             if !self
                 .store
-                .take_lease(&lease, &self.instance, now, now + SWEEP_LEASE_MS)
+                .take_lease(lease, &self.instance, now, now + SWEEP_LEASE_MS)
                 .await?
             {
                 tracing::warn!(provider = %pid, "sweep lease lost to another instance; this sweep stops");

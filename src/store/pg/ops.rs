@@ -346,16 +346,19 @@ pub async fn record_repeats(t: &Transaction<'_>, counts: &[Repeats]) -> R<()> {
 }
 
 pub async fn ingest(t: &Transaction<'_>, policy: &Policy, cb: &CallbackRecord) -> R<Ingested> {
+    let found = find(&**t, &cb.match_key).await?;
+    // The de-duplication: whichever instance inserts the key applies it.
     let taken = t
         .execute(
-            "INSERT INTO inbox (dedupe_key, received_ms) VALUES ($1, $2) ON CONFLICT (dedupe_key) DO NOTHING",
-            &[&cb.dedupe_key, &i(cb.received_ms)],
+            "INSERT INTO inbox (dedupe_key, payment_id, received_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (dedupe_key) DO NOTHING",
+            &[&cb.dedupe_key, &found, &i(cb.received_ms)],
         )
         .await?;
     if taken == 0 {
         return Ok(Ingested::Duplicate);
     }
-    let Some(id) = find(&**t, &cb.match_key).await? else {
+    let Some(id) = found else {
         put_orphan(t, policy, cb).await?;
         return Ok(Ingested::Orphaned);
     };
@@ -371,11 +374,6 @@ pub async fn ingest(t: &Transaction<'_>, policy: &Policy, cb: &CallbackRecord) -
     .await?;
     move_window_row(t, &mut p, WindowChange::Keep).await?;
     put_payment(t, &p).await?;
-    t.execute(
-        "UPDATE inbox SET payment_id = $2 WHERE dedupe_key = $1",
-        &[&cb.dedupe_key, &id],
-    )
-    .await?;
     Ok(Ingested::Applied(Box::new(Observed {
         payment: p,
         observation,
