@@ -94,17 +94,15 @@ pub async fn start(
             (store, path)
         }
         crate::config::StoreBackend::Postgres => {
-            let url = st.url.clone().unwrap_or_default();
-            let settings = crate::store::pg::PgSettings {
-                url: url.clone(),
-                password: config
-                    .store_password
-                    .as_ref()
-                    .map(|p| p.expose().to_string()),
-                pool_size: st.pool_size,
-                schema: None,
-            };
-            (Store::open_postgres(&settings).await, url)
+            let password = config.store_password.as_ref();
+            match st.pg_settings(password.map(|p| p.expose().to_string())) {
+                Some(settings) => (Store::open_postgres(&settings).await, settings.url),
+                // The config loader refuses this; kept an error, not a panic.
+                None => (
+                    Err(StoreError::Database("store.url is not set".into())),
+                    String::new(),
+                ),
+            }
         }
     };
     let store = store.map_err(|source| DaemonError::Store {

@@ -153,6 +153,23 @@ pub enum StoreBackend {
     Postgres,
 }
 
+impl StoreConfig {
+    /// How to reach PostgreSQL, with the password given (None with sled
+    /// or without a URL).
+    pub fn pg_settings(&self, password: Option<String>) -> Option<crate::store::pg::PgSettings> {
+        let url = self
+            .url
+            .clone()
+            .filter(|_| self.backend == StoreBackend::Postgres)?;
+        Some(crate::store::pg::PgSettings {
+            url,
+            password,
+            pool_size: self.pool_size,
+            schema: None,
+        })
+    }
+}
+
 pub(super) fn default_pool_size() -> usize {
     crate::store::pg::DEFAULT_POOL_SIZE
 }

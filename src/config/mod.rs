@@ -139,7 +139,7 @@ impl Config {
                 None
             }
             file::StoreBackend::Postgres => {
-                let Some(url) = &st.url else {
+                let Some(check) = st.pg_settings(None) else {
                     return Err(err(
                         "store.url",
                         "backend = \"postgres\" needs the database's URL".into(),
@@ -151,12 +151,6 @@ impl Config {
                 let password = match &st.password_env {
                     Some(var) => Some(secret("store.password_env", var)?),
                     None => None,
-                };
-                let check = crate::store::pg::PgSettings {
-                    url: url.clone(),
-                    password: None,
-                    pool_size: st.pool_size,
-                    schema: None,
                 };
                 crate::store::pg::pool(&check).map_err(|e| err("store.url", e.to_string()))?;
                 password

@@ -2,7 +2,7 @@
 //! reports through here, so the state machine is judged the same way
 //! whichever store keeps the result.
 
-use crate::model::{Observation, Payment, Report, Source};
+use crate::model::{Observation, Payment, PollWindow, Report, Source};
 use crate::state::{decide, Decision};
 
 use super::{Change, WindowChange};
@@ -107,4 +107,19 @@ pub fn repeats(report: &Report, last: &Observation) -> bool {
         && report.raw_status == last.raw_status
         && report.state == last.state
         && report.fields == last.fields
+}
+
+/// Adds polls counted in memory (not yet written) to a window, and the
+/// deadline they last set. The same for every engine and for readers.
+pub fn add_polls(w: &mut PollWindow, polls: u32, next_ms: Option<u64>) {
+    w.polls += polls;
+    if let Some(n) = next_ms {
+        w.next_ms = n;
+    }
+}
+
+/// Adds repeats counted in memory to the observation they repeat.
+pub fn add_repeats(o: &mut Observation, repeats: u32, last_ms: u64) {
+    o.repeats += repeats;
+    o.last_ms = Some(o.last_ms.unwrap_or(0).max(last_ms));
 }

@@ -152,10 +152,7 @@ impl Echoes {
         let (Some(e), Some(w)) = (map.get(&p.id), p.window.as_mut()) else {
             return;
         };
-        w.polls += e.polls;
-        if let Some(n) = e.next_ms {
-            w.next_ms = n;
-        }
+        super::apply::add_polls(w, e.polls, e.next_ms);
     }
 
     /// Adds the repeats held to the observation they repeat.
@@ -168,8 +165,7 @@ impl Echoes {
             .repeats_on
             .and_then(|seq| h.iter_mut().find(|o| o.seq == seq))
         {
-            o.repeats += e.repeats;
-            o.last_ms = Some(o.last_ms.unwrap_or(0).max(e.last_ms));
+            super::apply::add_repeats(o, e.repeats, e.last_ms);
         }
     }
 }

@@ -3,23 +3,39 @@
 
 use deadpool_postgres::Pool;
 
-use super::ops::{i, json, E};
+use super::ops::{i, json};
 use crate::model::{Observation, Payment};
 use crate::store::StoreError;
 
 const BATCH: usize = 1_000;
 
+/// [`load`] for synchronous callers (imports, benchmarks): on a runtime of
+/// its own, on a thread of its own.
+pub fn load_blocking(
+    pool: &Pool,
+    items: Vec<(Payment, Vec<Observation>, Vec<String>)>,
+) -> Result<usize, StoreError> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| StoreError::Database(e.to_string()))?;
+            rt.block_on(load(pool, items))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(StoreError::Database("bulk load panicked".into())))
+    })
+}
+
 pub async fn load(
     pool: &Pool,
     items: Vec<(Payment, Vec<Observation>, Vec<String>)>,
 ) -> Result<usize, StoreError> {
-    let mut c = pool
-        .get()
-        .await
-        .map_err(|e| StoreError::Database(format!("no connection: {e}")))?;
+    let mut c = super::connect(pool).await?;
     let n = items.len();
     for chunk in items.chunks(BATCH) {
-        let t = c.transaction().await.map_err(|e| E::from(e).into_store())?;
+        let t = c.transaction().await?;
         for (p, history, keys) in chunk {
             let run = async {
                 t.execute(
@@ -58,9 +74,9 @@ pub async fn load(
                 }
                 Ok::<(), tokio_postgres::Error>(())
             };
-            run.await.map_err(|e| E::from(e).into_store())?;
+            run.await?;
         }
-        t.commit().await.map_err(|e| E::from(e).into_store())?;
+        t.commit().await?;
     }
     Ok(n)
 }

@@ -2,20 +2,17 @@
 //! transaction (ops.rs), run again when another instance got to a key or
 //! a lock first; it resolves after the commit, so a 200 follows a durable
 //! write whichever instance gave it. Reads are plain queries.
-//!
-//! The gauges the trait asks for without waiting (payments, notices,
-//! inbox) are counted by the database every few seconds and read from
-//! memory in between: with several instances writing, no one instance's
-//! counter could be exact anyway.
+//! Actions' writes are in actions.rs, leases in leases.rs, the gauges in
+//! gauges.rs.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use deadpool_postgres::Pool;
 
-use super::ops::{self, from_json, i, E, R};
+use super::gauges::Gauges;
+use super::ops::{self, from_json, i, E};
 use crate::action::Action;
 use crate::model::{Observation, Payment, PollWindow, ProviderId, Report};
 use crate::store::{
@@ -25,19 +22,6 @@ use crate::store::{
 
 /// Times a transaction is run when other instances keep winning its keys.
 const ATTEMPTS: u32 = 5;
-/// How often the gauges are counted.
-const GAUGE_EVERY: Duration = Duration::from_secs(5);
-
-#[derive(Default)]
-struct Gauges {
-    payments: AtomicU64,
-    notices: AtomicU64,
-    dead: AtomicU64,
-    inbox: AtomicU64,
-    bytes: AtomicU64,
-    healthy: AtomicBool,
-    commits: AtomicU64,
-}
 
 pub struct PgStore {
     pool: Pool,
@@ -53,15 +37,11 @@ macro_rules! in_tx {
         loop {
             attempt += 1;
             let mut client = $self.client().await?;
-            let $t = client
-                .transaction()
-                .await
-                .map_err(E::from)
-                .map_err(E::into_store)?;
+            let $t = client.transaction().await?;
             match $body.await {
                 Ok(v) => {
-                    $t.commit().await.map_err(E::from).map_err(E::into_store)?;
-                    $self.gauges.commits.fetch_add(1, Ordering::Relaxed);
+                    $t.commit().await?;
+                    Gauges::add(&$self.gauges.commits, 1);
                     break Ok(v);
                 }
                 Err(e) if attempt < ATTEMPTS && e.retryable() => continue,
@@ -75,17 +55,7 @@ impl PgStore {
     /// A store over a pool whose schema is migrated (`super::migrate`).
     /// Needs a tokio runtime: the gauges are counted on it.
     pub async fn open(pool: Pool, policy: Arc<Policy>) -> Result<PgStore, StoreError> {
-        let gauges = Arc::new(Gauges::default());
-        count(&pool, &gauges).await.map_err(E::into_store)?;
-        let (p, g) = (pool.clone(), Arc::downgrade(&gauges));
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(GAUGE_EVERY).await;
-                let Some(g) = g.upgrade() else { break };
-                let ok = count(&p, &g).await.is_ok();
-                g.healthy.store(ok, Ordering::Relaxed);
-            }
-        });
+        let gauges = Gauges::start(&pool).await?;
         Ok(PgStore {
             pool,
             policy,
@@ -96,17 +66,12 @@ impl PgStore {
     /// Counts notices that changes just queued (when notices are on).
     fn queued(&self, changes: usize) {
         if self.policy.notify.load(Ordering::SeqCst) {
-            self.gauges
-                .notices
-                .fetch_add(changes as u64, Ordering::Relaxed);
+            Gauges::add(&self.gauges.notices, changes as u64);
         }
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Database(format!("no connection: {e}")))
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        super::connect(&self.pool).await
     }
 
     fn new_id(prefix: &str) -> String {
@@ -125,23 +90,18 @@ impl PgStore {
         arg: &str,
     ) -> Result<Option<T>, StoreError> {
         let c = self.client().await?;
-        let row = c
-            .query_opt(sql, &[&arg])
-            .await
-            .map_err(|e| E::from(e).into_store())?;
+        let row = c.query_opt(sql, &[&arg]).await?;
         row.map(|r| from_json(arg, r.get(0))).transpose()
     }
 
     /// One statement outside a transaction; the rows it touched.
-    async fn exec(
+    pub(super) async fn exec(
         &self,
         sql: &str,
         args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, StoreError> {
         let c = self.client().await?;
-        c.execute(sql, args)
-            .await
-            .map_err(|e| E::from(e).into_store())
+        Ok(c.execute(sql, args).await?)
     }
 
     async fn many<T: serde::de::DeserializeOwned>(
@@ -150,50 +110,9 @@ impl PgStore {
         args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<T>, StoreError> {
         let c = self.client().await?;
-        let rows = c
-            .query(sql, args)
-            .await
-            .map_err(|e| E::from(e).into_store())?;
+        let rows = c.query(sql, args).await?;
         rows.iter().map(|r| from_json(sql, r.get(0))).collect()
     }
-}
-
-/// A `windows` row's payment id and provider (its first two columns).
-fn window_of(r: &tokio_postgres::Row) -> Result<(String, ProviderId), StoreError> {
-    let id: String = r.get(0);
-    let provider: String = r.get(1);
-    let p = provider
-        .parse::<ProviderId>()
-        .map_err(|_| StoreError::Corrupt {
-            key: format!("windows/{id}"),
-            reason: format!("unknown provider `{provider}`"),
-        })?;
-    Ok((id, p))
-}
-
-async fn count(pool: &Pool, g: &Gauges) -> R<()> {
-    let c = pool
-        .get()
-        .await
-        .map_err(|e| StoreError::Database(format!("no connection: {e}")))?;
-    let row = c
-        .query_one(
-            "SELECT (SELECT count(*) FROM payments), \
-                    (SELECT count(*) FROM notices WHERE NOT dead), \
-                    (SELECT count(*) FROM notices WHERE dead), \
-                    (SELECT count(*) FROM inbox), \
-                    pg_database_size(current_database())",
-            &[],
-        )
-        .await?;
-    let n = |k: usize| row.get::<_, i64>(k).max(0) as u64;
-    g.payments.store(n(0), Ordering::Relaxed);
-    g.notices.store(n(1), Ordering::Relaxed);
-    g.dead.store(n(2), Ordering::Relaxed);
-    g.inbox.store(n(3), Ordering::Relaxed);
-    g.bytes.store(n(4), Ordering::Relaxed);
-    g.healthy.store(true, Ordering::Relaxed);
-    Ok(())
 }
 
 impl Backend for PgStore {
@@ -207,7 +126,7 @@ impl Backend for PgStore {
                 id.clone()
             ))?;
             if t.created {
-                self.gauges.payments.fetch_add(1, Ordering::Relaxed);
+                Gauges::add(&self.gauges.payments, 1);
             }
             self.queued(t.changes.len());
             Ok(t)
@@ -252,7 +171,7 @@ impl Backend for PgStore {
         Box::pin(async move {
             let r = in_tx!(self, |t| ops::ingest(&t, &self.policy, &cb))?;
             if !matches!(r, Ingested::Duplicate) {
-                self.gauges.inbox.fetch_add(1, Ordering::Relaxed);
+                Gauges::add(&self.gauges.inbox, 1);
             }
             if let Ingested::Applied(o) = &r {
                 self.queued(o.change.iter().count());
@@ -264,7 +183,7 @@ impl Backend for PgStore {
     fn enqueue_action(&self, a: Action, exclusive_key: Option<String>) -> BoxFut<'_, Enqueued> {
         Box::pin(async move {
             let id = Self::new_id("act_");
-            in_tx!(self, |t| ops::enqueue(
+            in_tx!(self, |t| super::actions::enqueue(
                 &t,
                 a.clone(),
                 exclusive_key.clone(),
@@ -275,7 +194,7 @@ impl Backend for PgStore {
 
     fn update_action(&self, a: Action, reports: Vec<Report>) -> BoxFut<'_, Vec<Change>> {
         Box::pin(async move {
-            let changes = in_tx!(self, |t| ops::update_action(
+            let changes = in_tx!(self, |t| super::actions::update_action(
                 &t,
                 &self.policy,
                 &a,
@@ -299,29 +218,23 @@ impl Backend for PgStore {
 
     fn remove_notice(&self, n: Notice, dead: bool) -> BoxFut<'_, ()> {
         Box::pin(async move {
-            let c = self.client().await?;
             let done = if dead {
-                c.execute(
+                self.exec(
                     "UPDATE notices SET dead = true, record = $2::text::jsonb WHERE seq = $1 AND NOT dead",
                     &[&i(n.seq), &ops::json(&n)],
                 )
-                .await
+                .await?
             } else {
-                c.execute(
+                self.exec(
                     "DELETE FROM notices WHERE seq = $1 AND NOT dead",
                     &[&i(n.seq)],
                 )
-                .await
+                .await?
             };
-            if done.map_err(|e| E::from(e).into_store())? > 0 {
-                let _ =
-                    self.gauges
-                        .notices
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                            Some(n.saturating_sub(1))
-                        });
+            if done > 0 {
+                Gauges::take_one(&self.gauges.notices);
                 if dead {
-                    self.gauges.dead.fetch_add(1, Ordering::Relaxed);
+                    Gauges::add(&self.gauges.dead, 1);
                 }
             }
             Ok(())
@@ -330,18 +243,16 @@ impl Backend for PgStore {
 
     fn set_meta(&self, key: String, value: Option<String>) -> BoxFut<'_, ()> {
         Box::pin(async move {
-            let c = self.client().await?;
-            let r = match value {
+            match value {
                 Some(v) => {
-                    c.execute(
+                    self.exec(
                         "INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = $2",
                         &[&key, &v],
                     )
-                    .await
+                    .await?
                 }
-                None => c.execute("DELETE FROM meta WHERE name = $1", &[&key]).await,
+                None => self.exec("DELETE FROM meta WHERE name = $1", &[&key]).await?,
             };
-            r.map_err(|e| E::from(e).into_store())?;
             Ok(())
         })
     }
@@ -378,17 +289,7 @@ impl Backend for PgStore {
         now_ms: u64,
         until_ms: u64,
     ) -> BoxFut<'a, bool> {
-        Box::pin(async move {
-            let n = self
-                .exec(
-                    "UPDATE windows SET lease_owner = $2, lease_until_ms = $3 \
-                     WHERE payment_id = $1 \
-                       AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until_ms < $4)",
-                    &[&id, &owner, &i(until_ms), &i(now_ms)],
-                )
-                .await?;
-            Ok(n == 1)
-        })
+        Box::pin(self.lease_window(id, owner, now_ms, until_ms))
     }
 
     fn take_lease<'a>(
@@ -398,28 +299,11 @@ impl Backend for PgStore {
         now_ms: u64,
         until_ms: u64,
     ) -> BoxFut<'a, bool> {
-        Box::pin(async move {
-            let n = self
-                .exec(
-                    "INSERT INTO leases (name, owner, until_ms) VALUES ($1, $2, $3) \
-                     ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, until_ms = EXCLUDED.until_ms \
-                     WHERE leases.owner = EXCLUDED.owner OR leases.until_ms < $4",
-                    &[&name, &owner, &i(until_ms), &i(now_ms)],
-                )
-                .await?;
-            Ok(n == 1)
-        })
+        Box::pin(self.lease_named(name, owner, now_ms, until_ms))
     }
 
     fn release_lease<'a>(&'a self, name: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            self.exec(
-                "DELETE FROM leases WHERE name = $1 AND owner = $2",
-                &[&name, &owner],
-            )
-            .await?;
-            Ok(())
-        })
+        Box::pin(self.unlease_named(name, owner))
     }
 
     fn claim_free_windows<'a>(
@@ -429,27 +313,7 @@ impl Backend for PgStore {
         until_ms: u64,
         limit: usize,
     ) -> BoxFut<'a, Vec<(String, ProviderId)>> {
-        Box::pin(async move {
-            let c = self.client().await?;
-            let rows = c
-                .query(
-                    "UPDATE windows SET lease_owner = $1, lease_until_ms = $2 \
-                     WHERE payment_id IN ( \
-                         SELECT payment_id FROM windows \
-                         WHERE lease_owner IS NULL OR lease_until_ms < $3 \
-                         ORDER BY next_ms LIMIT $4 FOR UPDATE SKIP LOCKED) \
-                     RETURNING payment_id, provider",
-                    &[
-                        &owner,
-                        &i(until_ms),
-                        &i(now_ms),
-                        &(limit.min(i64::MAX as usize) as i64),
-                    ],
-                )
-                .await
-                .map_err(|e| E::from(e).into_store())?;
-            rows.iter().map(window_of).collect()
-        })
+        Box::pin(self.lease_free_windows(owner, now_ms, until_ms, limit))
     }
 
     fn sync(&self) -> BoxFut<'_, ()> {
@@ -461,22 +325,8 @@ impl Backend for PgStore {
         &self,
         items: &mut dyn Iterator<Item = (Payment, Vec<Observation>, Vec<String>)>,
     ) -> Result<usize, StoreError> {
-        // Called from synchronous code (imports, benchmarks): the copy
-        // runs on a runtime of its own, on a thread of its own.
-        let items: Vec<_> = items.collect();
-        let pool = self.pool.clone();
-        let n = std::thread::scope(|s| {
-            s.spawn(|| {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| StoreError::Database(e.to_string()))?;
-                rt.block_on(super::bulk::load(&pool, items))
-            })
-            .join()
-            .unwrap_or_else(|_| Err(StoreError::Database("bulk load panicked".into())))
-        })?;
-        self.gauges.payments.fetch_add(n as u64, Ordering::Relaxed);
+        let n = super::bulk::load_blocking(&self.pool, items.collect())?;
+        Gauges::add(&self.gauges.payments, n as u64);
         Ok(n)
     }
 
@@ -529,7 +379,7 @@ impl Backend for PgStore {
                         &state,
                         &provider,
                         &filter.mismatch,
-                        &(limit.min(i64::MAX as usize) as i64),
+                        &i(limit as u64),
                     ],
                 )
                 .await?;
@@ -542,11 +392,10 @@ impl Backend for PgStore {
             let c = self.client().await?;
             let rows = c
                 .query("SELECT payment_id, provider, next_ms FROM windows", &[])
-                .await
-                .map_err(|e| E::from(e).into_store())?;
+                .await?;
             rows.iter()
                 .map(|r| {
-                    let (id, p) = window_of(r)?;
+                    let (id, p) = super::leases::window_of(r)?;
                     Ok((id, p, r.get::<_, i64>(2).max(0) as u64))
                 })
                 .collect()
@@ -572,8 +421,7 @@ impl Backend for PgStore {
             let c = self.client().await?;
             let rows = c
                 .query("SELECT state, count(*) FROM actions GROUP BY state", &[])
-                .await
-                .map_err(|e| E::from(e).into_store())?;
+                .await?;
             Ok(rows
                 .iter()
                 .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64))
@@ -595,7 +443,7 @@ impl Backend for PgStore {
         Box::pin(async move {
             self.many(
                 "SELECT record::text FROM notices WHERE NOT dead ORDER BY seq LIMIT $1",
-                &[&(limit.min(i64::MAX as usize) as i64)],
+                &[&i(limit as u64)],
             )
             .await
         })
@@ -606,8 +454,7 @@ impl Backend for PgStore {
             let c = self.client().await?;
             let row = c
                 .query_opt("SELECT value FROM meta WHERE name = $1", &[&key])
-                .await
-                .map_err(|e| E::from(e).into_store())?;
+                .await?;
             Ok(row.map(|r| r.get(0)))
         })
     }
@@ -629,31 +476,30 @@ impl Backend for PgStore {
             let c = self.client().await?;
             let n: i64 = c
                 .query_one("SELECT count(*) FROM orphans", &[])
-                .await
-                .map_err(|e| E::from(e).into_store())?
+                .await?
                 .get(0);
             Ok(n.max(0) as usize)
         })
     }
 
     fn payment_count(&self) -> usize {
-        self.gauges.payments.load(Ordering::Relaxed) as usize
+        Gauges::get(&self.gauges.payments) as usize
     }
 
     fn notice_backlog(&self) -> usize {
-        self.gauges.notices.load(Ordering::Relaxed) as usize
+        Gauges::get(&self.gauges.notices) as usize
     }
 
     fn dead_notices(&self) -> usize {
-        self.gauges.dead.load(Ordering::Relaxed) as usize
+        Gauges::get(&self.gauges.dead) as usize
     }
 
     fn inbox_len(&self) -> usize {
-        self.gauges.inbox.load(Ordering::Relaxed) as usize
+        Gauges::get(&self.gauges.inbox) as usize
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.gauges.bytes.load(Ordering::Relaxed)
+        Gauges::get(&self.gauges.bytes)
     }
 
     fn healthy(&self) -> bool {
@@ -661,7 +507,7 @@ impl Backend for PgStore {
     }
 
     fn flushes(&self) -> u64 {
-        self.gauges.commits.load(Ordering::Relaxed)
+        Gauges::get(&self.gauges.commits)
     }
 
     fn next_id(&self) -> Result<String, StoreError> {

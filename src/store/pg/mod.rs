@@ -2,7 +2,8 @@
 //! (docs/postgres.md): the connection pool and the schema here (versioned
 //! migrations in `migrations/`, embedded in the binary and run at start,
 //! one instance at a time); the [`crate::store::Backend`] in engine.rs,
-//! each write one transaction (ops.rs); bulk loads in bulk.rs.
+//! each write one transaction (ops.rs, actions.rs); leases in leases.rs;
+//! the gauges in gauges.rs; bulk loads in bulk.rs.
 
 use std::time::Duration;
 
@@ -11,8 +12,11 @@ use tokio_postgres::NoTls;
 
 use super::StoreError;
 
+mod actions;
 mod bulk;
 mod engine;
+mod gauges;
+mod leases;
 mod ops;
 
 pub use engine::PgStore;
@@ -89,14 +93,18 @@ pub fn pool(s: &PgSettings) -> Result<Pool, StoreError> {
         .map_err(|e| db_error("cannot build the connection pool", e))
 }
 
+/// A connection from the pool; the error names what failed.
+pub(super) async fn connect(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
+    pool.get()
+        .await
+        .map_err(|e| db_error("cannot connect to the database", e))
+}
+
 /// Brings the schema up to this release's version; returns how many
 /// migrations it applied. Instances starting together take turns (an
 /// advisory lock held on the migrating connection).
 pub async fn migrate(pool: &Pool) -> Result<usize, StoreError> {
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| db_error("cannot connect to the database", e))?;
+    let mut client = connect(pool).await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await

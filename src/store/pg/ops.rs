@@ -10,13 +10,12 @@ use deadpool_postgres::Transaction;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::action::{Action, ActionState};
 use crate::model::{Observation, Payment, Report};
 use crate::state::Decision;
-use crate::store::apply::{apply, move_window};
+use crate::store::apply::{add_polls, add_repeats, apply, move_window};
 use crate::store::{
-    CallbackRecord, Change, Enqueued, Ingested, NewPayment, Notice, Observed, Policy, Repeats,
-    StoreError, Tracked, WindowChange,
+    CallbackRecord, Change, Ingested, NewPayment, Notice, Observed, Policy, Repeats, StoreError,
+    Tracked, WindowChange,
 };
 
 /// An error inside a transaction: the database's (which may call for the
@@ -39,6 +38,12 @@ impl From<StoreError> for E {
     }
 }
 
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> StoreError {
+        StoreError::Database(e.to_string())
+    }
+}
+
 impl E {
     /// Another instance got there first (a key taken, a lock order
     /// crossed): run the transaction again and it will see what won.
@@ -53,7 +58,7 @@ impl E {
 
     pub fn into_store(self) -> StoreError {
         match self {
-            E::Pg(e) => StoreError::Database(e.to_string()),
+            E::Pg(e) => e.into(),
             E::Store(e) => e,
         }
     }
@@ -76,7 +81,7 @@ pub fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-async fn load(t: &Transaction<'_>, id: &str) -> R<Payment> {
+pub(super) async fn load(t: &Transaction<'_>, id: &str) -> R<Payment> {
     let row = t
         .query_opt(
             "SELECT record::text FROM payments WHERE id = $1 FOR UPDATE",
@@ -87,7 +92,7 @@ async fn load(t: &Transaction<'_>, id: &str) -> R<Payment> {
     Ok(from_json(id, row.get(0))?)
 }
 
-async fn put_payment(t: &Transaction<'_>, p: &Payment) -> R<()> {
+pub(super) async fn put_payment(t: &Transaction<'_>, p: &Payment) -> R<()> {
     t.execute(
         "UPDATE payments SET state = $2, updated_ms = $3, record = $4::text::jsonb WHERE id = $1",
         &[&p.id, &p.state.as_str(), &i(p.updated_ms), &json(p)],
@@ -104,7 +109,7 @@ pub async fn find(t: &impl tokio_postgres::GenericClient, key: &str) -> R<Option
     )
 }
 
-async fn put_key(t: &Transaction<'_>, key: &str, id: &str) -> R<()> {
+pub(super) async fn put_key(t: &Transaction<'_>, key: &str, id: &str) -> R<()> {
     t.execute(
         "INSERT INTO lookup_keys (key, target_id) VALUES ($1, $2)",
         &[&key, &id],
@@ -113,20 +118,19 @@ async fn put_key(t: &Transaction<'_>, key: &str, id: &str) -> R<()> {
     Ok(())
 }
 
-/// Opens, keeps or closes the payment's row in `windows` as its window is.
-async fn mirror_window(t: &Transaction<'_>, p: &Payment, was_open: bool) -> R<()> {
-    let open = p.window.is_some_and(|w| w.open) && !p.state.is_final();
-    if was_open && !open {
+/// Applies a window change and removes the payment's `windows` row when
+/// it closes the window.
+pub(super) async fn move_window_row(
+    t: &Transaction<'_>,
+    p: &mut Payment,
+    change: WindowChange,
+) -> R<()> {
+    let was_open = p.window.is_some_and(|w| w.open);
+    if was_open && !move_window(p, change) {
         t.execute("DELETE FROM windows WHERE payment_id = $1", &[&p.id])
             .await?;
     }
     Ok(())
-}
-
-async fn move_window_row(t: &Transaction<'_>, p: &mut Payment, change: WindowChange) -> R<()> {
-    let was_open = p.window.is_some_and(|w| w.open);
-    move_window(p, change);
-    mirror_window(t, p, was_open).await
 }
 
 async fn put_notice(
@@ -156,7 +160,7 @@ async fn put_notice(
 }
 
 /// Applies a report, records its observation and queues its notice.
-async fn record(
+pub(super) async fn record(
     t: &Transaction<'_>,
     policy: &Policy,
     p: &mut Payment,
@@ -181,10 +185,7 @@ async fn record(
 async fn fold(t: &Transaction<'_>, p: &mut Payment, carry: Option<Repeats>) -> R<()> {
     let Some(c) = carry else { return Ok(()) };
     if let Some(w) = p.window.as_mut() {
-        w.polls += c.polls;
-        if let Some(n) = c.next_ms {
-            w.next_ms = n;
-        }
+        add_polls(w, c.polls, c.next_ms);
     }
     let Some(seq) = c.seq else { return Ok(()) };
     let row = t
@@ -195,8 +196,7 @@ async fn fold(t: &Transaction<'_>, p: &mut Payment, carry: Option<Repeats>) -> R
         .await?;
     if let Some(row) = row {
         let mut o: Observation = from_json(&p.id, row.get(0))?;
-        o.repeats += c.repeats;
-        o.last_ms = Some(o.last_ms.unwrap_or(0).max(c.last_ms));
+        add_repeats(&mut o, c.repeats, c.last_ms);
         t.execute(
             "UPDATE observations SET record = $3::text::jsonb WHERE payment_id = $1 AND seq = $2",
             &[&p.id, &(seq as i32), &json(&o)],
@@ -429,92 +429,4 @@ pub async fn expire_orphans(t: &Transaction<'_>, before_ms: u64) -> R<usize> {
             .await?;
     }
     Ok(gone.len())
-}
-
-pub async fn load_action(t: &impl tokio_postgres::GenericClient, id: &str) -> R<Option<Action>> {
-    let row = t
-        .query_opt("SELECT record::text FROM actions WHERE id = $1", &[&id])
-        .await?;
-    Ok(row.map(|r| from_json(id, r.get(0))).transpose()?)
-}
-
-pub async fn enqueue(
-    t: &Transaction<'_>,
-    mut action: Action,
-    exclusive_key: Option<String>,
-    id: String,
-) -> R<Enqueued> {
-    t.query_one(
-        "SELECT 1 FROM payments WHERE id = $1 FOR UPDATE",
-        &[&action.payment_id],
-    )
-    .await
-    .map_err(|_| StoreError::NotFound(action.payment_id.clone()))?;
-    let idem = action
-        .idempotency_key
-        .as_ref()
-        .map(|k| format!("action|idem|{}|{k}", action.payment_id));
-    if let Some(k) = &idem {
-        if let Some(existing) = find(&**t, k).await? {
-            let a = load_action(&**t, &existing).await?;
-            return Ok(Enqueued::Existing(a.ok_or(StoreError::NotFound(existing))?));
-        }
-    }
-    if let Some(k) = &exclusive_key {
-        if let Some(holder) = find(&**t, k).await? {
-            let a = load_action(&**t, &holder)
-                .await?
-                .ok_or(StoreError::NotFound(holder))?;
-            if a.state != ActionState::Failed {
-                return Ok(Enqueued::Refused(a));
-            }
-            t.execute("DELETE FROM lookup_keys WHERE key = $1", &[k])
-                .await?;
-        }
-    }
-    action.id = id;
-    for k in exclusive_key.iter().chain(idem.iter()) {
-        put_key(t, k, &action.id).await?;
-    }
-    t.execute(
-        "INSERT INTO actions (id, payment_id, state, final, record) VALUES ($1, $2, $3, $4, $5::text::jsonb)",
-        &[
-            &action.id,
-            &action.payment_id,
-            &action.state.as_str(),
-            &action.state.is_final(),
-            &json(&action),
-        ],
-    )
-    .await?;
-    Ok(Enqueued::Created(action))
-}
-
-pub async fn update_action(
-    t: &Transaction<'_>,
-    policy: &Policy,
-    action: &Action,
-    reports: Vec<Report>,
-) -> R<Vec<Change>> {
-    t.execute(
-        "UPDATE actions SET state = $2, final = $3, record = $4::text::jsonb WHERE id = $1",
-        &[
-            &action.id,
-            &action.state.as_str(),
-            &action.state.is_final(),
-            &json(action),
-        ],
-    )
-    .await?;
-    let mut changes = vec![];
-    if !reports.is_empty() {
-        let mut p = load(t, &action.payment_id).await?;
-        for r in reports {
-            let (_, c) = record(t, policy, &mut p, r, action.updated_ms, false).await?;
-            changes.extend(c);
-        }
-        move_window_row(t, &mut p, WindowChange::Keep).await?;
-        put_payment(t, &p).await?;
-    }
-    Ok(changes)
 }

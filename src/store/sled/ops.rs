@@ -7,7 +7,7 @@ use super::writer::View;
 use crate::action::{Action, ActionState};
 use crate::model::{Observation, Payment, PollWindow, Report};
 use crate::state::Decision;
-use crate::store::apply::{apply, move_window};
+use crate::store::apply::{add_polls, add_repeats, apply, move_window};
 use crate::store::codec::{corrupt, payment_record, split_payment, History, InboxEntry, Record};
 use crate::store::{
     CallbackRecord, Change, Enqueued, Ingested, NewPayment, Notice, Observed, Repeats, StoreError,
@@ -90,18 +90,14 @@ fn fold(
 ) -> Result<(), StoreError> {
     let Some(c) = carry else { return Ok(()) };
     if let Some(w) = p.window.as_mut() {
-        w.polls += c.polls;
-        if let Some(n) = c.next_ms {
-            w.next_ms = n;
-        }
+        add_polls(w, c.polls, c.next_ms);
     }
     if let Some(seq) = c.seq {
         let mut all = h
             .read(&v.s.symbols)
             .map_err(|reason| corrupt(&keys::of(Kind::Payment, p.id.as_bytes()), reason))?;
         if let Some(o) = all.iter_mut().find(|o| o.seq == seq) {
-            o.repeats += c.repeats;
-            o.last_ms = Some(o.last_ms.unwrap_or(0).max(c.last_ms));
+            add_repeats(o, c.repeats, c.last_ms);
             *h = History::from_observations(p.created_ms, &all, &v.s.symbols);
         }
     }
