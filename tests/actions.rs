@@ -12,8 +12,7 @@ use std::process::{Child, Command, Stdio};
 use common::*;
 use payrecon::action::{Action, ActionRequest, ActionState};
 use payrecon::cli::client::{AdminClient, ClientError};
-use payrecon::config::Config;
-use payrecon::daemon::{self, Listeners};
+use payrecon::daemon;
 use payrecon::engine::TrackRequest;
 use payrecon::model::Source;
 use payrecon::providers::myfatoorah::sim::{Faults, MyfatoorahSim};
@@ -85,23 +84,12 @@ impl Mf {
                 WEBHOOK_SECRET.to_string(),
             ),
         ]);
-        let config = Config::parse(
-            "t",
-            &config_text(&dir.path().join("store"), &sim.base_url()),
-            &env,
-        )
-        .unwrap();
-        let d = daemon::start(
-            &config,
-            Listeners::bind(&config).await.unwrap(),
-            cancel.clone(),
-        )
-        .await
-        .unwrap();
+        let text = config_text(&dir.path().join("store"), &sim.base_url());
+        let (d, admin) = start_daemon(&text, &env, &cancel).await;
         Mf {
             callback_url: format!("http://{}/callback/myfatoorah", d.callback_addr),
             admin_url: format!("http://{}", d.admin_addr),
-            admin: AdminClient::new(&format!("http://{}", d.admin_addr), None),
+            admin,
             sim,
             cancel,
             daemon: Some(d),

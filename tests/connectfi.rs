@@ -11,8 +11,7 @@ use std::time::Duration;
 use common::*;
 use payrecon::action::{Action, ActionRequest, ActionState};
 use payrecon::cli::client::AdminClient;
-use payrecon::config::Config;
-use payrecon::daemon::{self, Listeners};
+use payrecon::daemon;
 use payrecon::engine::TrackRequest;
 use payrecon::model::Source;
 use payrecon::providers::connectfi::sim::{ConnectfiSim, Faults};
@@ -50,16 +49,9 @@ impl Cfi {
             ("CFI_ID".to_string(), "CLIENTID".to_string()),
             ("CFI_SECRET".to_string(), "s3cret".to_string()),
         ]);
-        let config = Config::parse("t", &text, &env).unwrap();
-        let d = daemon::start(
-            &config,
-            Listeners::bind(&config).await.unwrap(),
-            cancel.clone(),
-        )
-        .await
-        .unwrap();
+        let (d, admin) = start_daemon(&text, &env, &cancel).await;
         Cfi {
-            admin: AdminClient::new(&format!("http://{}", d.admin_addr), None),
+            admin,
             sim,
             cancel,
             daemon: Some(d),

@@ -10,8 +10,7 @@ use std::time::Duration;
 use common::*;
 use payrecon::action::{Action, ActionRequest, ActionState};
 use payrecon::cli::client::AdminClient;
-use payrecon::config::Config;
-use payrecon::daemon::{self, Listeners};
+use payrecon::daemon;
 use payrecon::engine::TrackRequest;
 use payrecon::providers::crm::sim::{CrmSim, Faults};
 use payrecon::state::State;
@@ -46,16 +45,9 @@ impl Crm {
             ("CRM_USER".to_string(), "ops".to_string()),
             ("CRM_PASS".to_string(), "pw".to_string()),
         ]);
-        let config = Config::parse("t", &text, &env).unwrap();
-        let d = daemon::start(
-            &config,
-            Listeners::bind(&config).await.unwrap(),
-            cancel.clone(),
-        )
-        .await
-        .unwrap();
+        let (d, admin) = start_daemon(&text, &env, &cancel).await;
         Crm {
-            admin: AdminClient::new(&format!("http://{}", d.admin_addr), None),
+            admin,
             sim,
             cancel,
             daemon: Some(d),

@@ -5,7 +5,17 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+
+use payrecon::action::{Action, ActionRequest, ActionState};
+use payrecon::cli::client::AdminClient;
+use payrecon::daemon;
+use payrecon::engine::TrackRequest;
+use payrecon::providers::myfatoorah::sim::{Faults, MyfatoorahSim};
+use payrecon::sim::platform::PlatformSim;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use payrecon::engine::PollOutcome;
 use payrecon::model::ProviderId;
@@ -15,6 +25,7 @@ use payrecon::model::Source;
 use payrecon::providers::connpay::sim::{CallbackMode, NewTransfer, Script, Settle};
 use payrecon::state::{Decision, State};
 use payrecon::store::pg::{pool, PgSettings};
+use payrecon::store::Lease;
 
 /// A schema of its own on the test database, and the `[store]` lines
 /// that point a daemon at it.
@@ -157,9 +168,8 @@ async fn payments_settle_by_polls_and_callbacks_on_postgres() {
     // Another instance sweeping ConnPay: this one skips its sweep, and
     // sweeps once the other gives the lease up.
     let store = h.engine.store().clone();
-    let now = payrecon::model::now_ms();
     assert!(store
-        .take_lease("sweep:connpay", "other", now, now + 60_000)
+        .take_lease("sweep:connpay", Lease::from_now("other", 60_000))
         .await
         .unwrap());
     let busy = h.engine.reconcile(ProviderId::Connpay).await.unwrap_err();
@@ -250,5 +260,167 @@ async fn two_instances_poll_each_window_once_and_take_over_a_stopped_one_s() {
     .await;
     b.stop().await;
     sim.shutdown().await;
+    schema.drop().await;
+}
+
+const MF_TOKEN_ENV: &str = "TEST_PG_MF_TOKEN";
+const MF_TOKEN: &str = "mf-pg-token";
+const NOTIFY_SECRET_ENV: &str = "TEST_PG_NOTIFY_SECRET";
+const NOTIFY_KEY: [u8; 32] = [7u8; 32];
+
+/// An in-process daemon sending MyFatoorah actions and notifications,
+/// on a shared schema.
+struct Sender {
+    admin: AdminClient,
+    cancel: CancellationToken,
+    daemon: Option<daemon::Daemon>,
+}
+
+impl Sender {
+    async fn start(schema: &Schema, mf: &MyfatoorahSim, platform: &PlatformSim) -> Sender {
+        use base64::Engine as _;
+        let secret = format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(NOTIFY_KEY)
+        );
+        let env = HashMap::from([
+            (MF_TOKEN_ENV.to_string(), MF_TOKEN.to_string()),
+            (NOTIFY_SECRET_ENV.to_string(), secret),
+        ]);
+        // Sends that hang (a fault below) stay in flight: the time limit
+        // is long, so only a stop ends one.
+        let text = format!(
+            "[store]\n{}\n\n[callback]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [actions]\ndeadline = \"60s\"\n\n\
+             [notify]\nurl = \"{}\"\nsecret_env = \"{NOTIFY_SECRET_ENV}\"\nmin_delay = \"10ms\"\nmax_delay = \"20ms\"\n\n\
+             [providers.myfatoorah]\nbase_url = \"{}\"\ntoken_env = \"{MF_TOKEN_ENV}\"\n\n\
+             [providers.myfatoorah.polling]\npoll_interval_min = \"1h\"\npoll_interval_max = \"1h\"\n\
+             poll_window_min = \"2h\"\npoll_window_max = \"2h\"\nrequest_timeout = \"30s\"\n",
+            schema.store_lines(),
+            platform.url(),
+            mf.base_url()
+        );
+        let cancel = CancellationToken::new();
+        let (d, admin) = start_daemon(&text, &env, &cancel).await;
+        Sender {
+            admin,
+            cancel,
+            daemon: Some(d),
+        }
+    }
+
+    async fn capture(&self, mf: &MyfatoorahSim, invoice: i64) -> Action {
+        mf.add_invoice(invoice, 10_000);
+        let req = TrackRequest {
+            provider: "myfatoorah".into(),
+            keys: [("invoice_id".to_string(), invoice.to_string())].into(),
+            amount_minor: Some(10_000),
+            currency: Some("KWD".into()),
+        };
+        let pay = self.admin.track(&req).await.unwrap().payment.id;
+        let capture = ActionRequest::of(&payrecon::providers::myfatoorah::Request::Capture {
+            amount: "10.000".into(),
+        });
+        self.admin.action(&pay, &capture, None).await.unwrap()
+    }
+
+    async fn settled(&self, id: &str) -> Action {
+        wait_until("the action is final", || async {
+            self.admin.get_action(id).await.unwrap().state.is_final()
+        })
+        .await;
+        self.admin.get_action(id).await.unwrap()
+    }
+
+    async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(d) = self.daemon.take() {
+            d.wait().await;
+        }
+    }
+}
+
+/// Actions and notifications with several instances on one database:
+/// an action is sent by the instance holding its lease, once; one left
+/// `sending` by a stopped instance is settled by another by inquiry,
+/// never sent again; each payment's notifications are delivered once
+/// each, in order, whichever instance sends them.
+#[tokio::test]
+async fn instances_send_each_action_once_and_settle_a_stopped_one_s_by_inquiry() {
+    let Some(schema) = Schema::new().await else {
+        return;
+    };
+    let sims = CancellationToken::new();
+    let mf = MyfatoorahSim::start(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        MF_TOKEN,
+        sims.child_token(),
+    );
+    let platform = PlatformSim::start(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        NOTIFY_KEY.to_vec(),
+        sims.child_token(),
+    );
+    // a sends a capture the provider applies and never answers.
+    let a = Sender::start(&schema, &mf, &platform).await;
+    mf.set_faults(Faults {
+        apply_then_hang: true,
+        ..Default::default()
+    });
+    let hung = a.capture(&mf, 100).await;
+    wait_until("the capture is applied at the provider", || async {
+        mf.operations(100) == 1
+    })
+    .await;
+    // b holds off while a's lease runs (a is still waiting for the answer).
+    let b = Sender::start(&schema, &mf, &platform).await;
+    let held = b.admin.get_action(&hung.id).await.unwrap();
+    assert_eq!(held.state, ActionState::Sending);
+    // a stops mid-send and gives its lease up; b asks MyFatoorah, learns
+    // the capture was applied and does not send it again.
+    a.stop().await;
+    let settled = b.settled(&hung.id).await;
+    assert_eq!(settled.state, ActionState::Succeeded, "{settled:?}");
+    assert_eq!(settled.attempts, 1);
+    assert_eq!(mf.update_requests(), 1, "the capture was never sent again");
+
+    // b and c take queued actions from one outbox; the provider answers
+    // slowly, so two senders of one action would both be in flight.
+    let c = Sender::start(&schema, &mf, &platform).await;
+    mf.set_faults(Faults {
+        latency_ms: 30,
+        ..Default::default()
+    });
+    let mut queued = vec![];
+    for i in 0..20 {
+        let via = if i % 2 == 0 { &b } else { &c };
+        queued.push((200 + i, via.capture(&mf, 200 + i).await));
+    }
+    for (invoice, action) in &queued {
+        let a = b.settled(&action.id).await;
+        assert_eq!(a.state, ActionState::Succeeded, "{a:?}");
+        assert_eq!(a.attempts, 1, "{a:?}");
+        assert_eq!(mf.operations(*invoice), 1, "invoice {invoice}");
+    }
+    assert_eq!(mf.update_requests(), 21, "each capture sent once");
+
+    // Each payment moved pending -> succeeded: one notification each
+    // (21), each delivered once, whichever instance sent it.
+    wait_until("every notification is delivered", || async {
+        platform.delivered().len() >= 21
+    })
+    .await;
+    b.stop().await;
+    c.stop().await;
+    let delivered = platform.delivered();
+    let mut ids: Vec<&str> = delivered.iter().map(|r| r.webhook_id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), delivered.len(), "a notification delivered twice");
+    assert_eq!(delivered.len(), 21);
+    assert!(delivered.iter().all(|r| r.verified));
+    sims.cancel();
+    mf.shutdown().await;
+    platform.shutdown().await;
     schema.drop().await;
 }

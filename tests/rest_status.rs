@@ -10,8 +10,7 @@ use std::collections::HashMap;
 use common::*;
 use payrecon::action::{Action, ActionRequest, ActionState};
 use payrecon::cli::client::AdminClient;
-use payrecon::config::Config;
-use payrecon::daemon::{self, Listeners};
+use payrecon::daemon;
 use payrecon::engine::TrackRequest;
 use payrecon::model::Source;
 use payrecon::providers::rest_status::sim::{Faults, RestStatusSim};
@@ -47,17 +46,10 @@ impl Rest {
             sim.base_url()
         );
         let env = HashMap::from([(KEY_ENV.to_string(), KEY.to_string())]);
-        let config = Config::parse("t", &text, &env).unwrap();
-        let d = daemon::start(
-            &config,
-            Listeners::bind(&config).await.unwrap(),
-            cancel.clone(),
-        )
-        .await
-        .unwrap();
+        let (d, admin) = start_daemon(&text, &env, &cancel).await;
         let admin_url = format!("http://{}", d.admin_addr);
         Rest {
-            admin: AdminClient::new(&admin_url, None),
+            admin,
             admin_url,
             sim,
             cancel,

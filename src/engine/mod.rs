@@ -36,7 +36,7 @@ use crate::providers::{CallbackError, InquiryError, Provider, RawCallback};
 use crate::settings::{CircuitConfig, ReconcileConfig};
 use crate::state::{Decision, State};
 use crate::store::{
-    Change, Ingested, NewPayment, Store, StoreError, SweepMark, Tracked, WindowChange,
+    Change, Ingested, Lease, NewPayment, Store, StoreError, SweepMark, Tracked, WindowChange,
 };
 use crate::sync::{read, write};
 

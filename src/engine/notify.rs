@@ -30,7 +30,7 @@ use sha2::Sha256;
 use crate::engine::Engine;
 use crate::model::now_ms;
 use crate::settings::Secret;
-use crate::store::Notice;
+use crate::store::{Lease, Notice};
 
 /// The store's meta key holding a URL that answered 410.
 const DISABLED_URL: &str = "notify_disabled_url";
@@ -40,6 +40,12 @@ const DISABLED_URL: &str = "notify_disabled_url";
 /// hours) a pass stays cheap however often state changes wake it.
 const PASS_LIMIT: usize = 10_000;
 const PASS_SPACING: Duration = Duration::from_millis(50);
+
+/// A delivery's lease is this many times the request's time limit: one
+/// POST, then one write of its outcome. An instance that dies
+/// mid-delivery leaves the payment's notifications to another this long
+/// at most.
+const NOTICE_LEASE_TIMEOUTS: u32 = 2;
 
 /// The `[notify]` settings, with secrets resolved.
 #[derive(Debug, Clone)]
@@ -258,12 +264,29 @@ impl Engine {
             self.tasks().spawn(async move {
                 let pid = n.payment_id.clone();
                 let seq = n.seq;
-                // A panic leaves the notice queued; the next pass retries it.
-                if let Err(why) = crate::guard::catch(engine.deliver(&client, &cfg, n)).await {
-                    tracing::error!(alert = "notify_panicked", payment_id = %pid, seq, error = %why, "a notification delivery panicked; it is retried");
+                // One sender per payment across instances: the lease on
+                // the payment's oldest notice (docs/postgres.md).
+                let lease_ms = (cfg.request_timeout * NOTICE_LEASE_TIMEOUTS).as_millis() as u64;
+                let lease = Lease::from_now(&engine.instance, lease_ms);
+                let ours = match engine.store().claim_notice(seq, lease).await {
+                    Ok(ours) => ours,
+                    Err(e) => {
+                        tracing::warn!(payment_id = %pid, seq, error = %e, "notification lease not taken; trying again at the next pass");
+                        false
+                    }
+                };
+                if ours {
+                    // A panic leaves the notice queued; the next pass retries it.
+                    if let Err(why) = crate::guard::catch(engine.deliver(&client, &cfg, n)).await {
+                        tracing::error!(alert = "notify_panicked", payment_id = %pid, seq, error = %why, "a notification delivery panicked; it is retried");
+                    }
                 }
                 lock(&engine.notice_outbox().busy).remove(&pid);
-                engine.notice_outbox().wake.notify_one();
+                // Another instance delivering it: the next timed pass looks
+                // again, rather than a pass at once that would find it held.
+                if ours {
+                    engine.notice_outbox().wake.notify_one();
+                }
             });
         }
         next_due

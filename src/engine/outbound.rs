@@ -18,12 +18,19 @@ use tokio::sync::Notify;
 use crate::action::{Action, ActionRequest, ActionState, Confirmation, SendError, Undescribed};
 use crate::circuit::Breaker;
 use crate::engine::{Engine, EngineError};
-use crate::model::{now_ms, Payment, Report, Source};
+use crate::model::{now_ms, Payment, ProviderId, Report, Source};
 use crate::providers::Provider;
-use crate::store::{Enqueued, StoreError};
+use crate::store::{Enqueued, Lease, StoreError};
 
 /// How often the worker looks at the outbox without being woken.
 const OUTBOX_SWEEP: Duration = Duration::from_secs(1);
+
+/// An action's lease (docs/postgres.md) is this many times its provider's
+/// request time limit, renewed before every send and every inquiry: a
+/// send is a login and a request at most, each within the limit, so the
+/// lease outlasts it twice over. An instance that dies holding it leaves
+/// the action to another this long at most.
+const ACTION_LEASE_TIMEOUTS: u32 = 4;
 
 /// The worker's in-memory state: which actions a task is working on.
 #[derive(Default)]
@@ -149,30 +156,26 @@ impl Engine {
         Ok(a)
     }
 
-    /// The worker loop: recovers what a previous run left `sending`, then
-    /// sends queued actions as they come. Ends when the engine is cancelled.
+    /// The worker loop: drives every action in the outbox that no task of
+    /// this process is on and no other instance holds. A queued action is
+    /// sent; one left `sending` (a crash, here or on another instance
+    /// whose lease ran out) is settled by inquiry first. Ends when the
+    /// engine is cancelled.
     pub(crate) async fn run_outbound(self: Arc<Self>) {
-        match self.store().outbox().await {
-            Ok(actions) => {
-                for a in actions {
-                    match a.state {
-                        ActionState::Sending => self.clone().spawn_action(a, true),
-                        ActionState::Unknown => alert_unknown(&a),
-                        _ => {}
-                    }
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "outbox unreadable at start"),
-        }
+        let mut first = true;
         loop {
             match self.store().outbox().await {
                 Ok(actions) => {
-                    for a in actions
-                        .into_iter()
-                        .filter(|a| a.state == ActionState::Queued)
-                    {
-                        self.clone().spawn_action(a, false);
+                    for a in actions {
+                        match a.state {
+                            ActionState::Queued | ActionState::Sending => {
+                                self.clone().spawn_action(a.id, a.provider)
+                            }
+                            ActionState::Unknown if first => alert_unknown(&a),
+                            _ => {}
+                        }
                     }
+                    first = false;
                 }
                 Err(e) => tracing::error!(error = %e, "outbox unreadable"),
             }
@@ -184,20 +187,62 @@ impl Engine {
         }
     }
 
-    fn spawn_action(self: Arc<Self>, a: Action, uncertain: bool) {
-        if !lock(&self.outbound().busy).insert(a.id.clone()) {
+    fn spawn_action(self: Arc<Self>, id: String, pid: ProviderId) {
+        if !lock(&self.outbound().busy).insert(id.clone()) {
             return;
         }
         let e = self.clone();
         self.tasks().spawn(async move {
-            let id = a.id.clone();
-            let span = tracing::info_span!("action", action_id = %id, payment_id = %a.payment_id, provider = %a.provider);
-            let driven = tracing::Instrument::instrument(e.clone().drive(a, uncertain), span);
-            if let Err(why) = crate::guard::catch(driven).await {
-                e.park_after_panic(&id, &why).await;
+            // The outbox was read before this task: the action is read
+            // again under its lease, and left alone if it has moved on
+            // (another task or instance finished it) or is held elsewhere.
+            match e.store().claim_action(&id, e.action_lease(pid)).await {
+                Ok(Some(a)) => {
+                    let span = tracing::info_span!("action", action_id = %id, payment_id = %a.payment_id, provider = %a.provider);
+                    let uncertain = a.state == ActionState::Sending;
+                    let driven = tracing::Instrument::instrument(e.clone().drive(a, uncertain), span);
+                    match crate::guard::catch(driven).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => {
+                            tracing::warn!(action_id = %id, error = %err, "action not driven to an end; taken up again at the next outbox pass")
+                        }
+                        Err(why) => e.park_after_panic(&id, &why).await,
+                    }
+                    // At shutdown or after an error: another instance may
+                    // take it over at once rather than when the lease ends.
+                    if let Err(err) = e.store().release_action(&id, &e.instance).await {
+                        tracing::debug!(action_id = %id, error = %err, "action lease not given up; it runs out on its own");
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(action_id = %id, error = %err, "action lease not taken; trying again at the next outbox pass")
+                }
             }
             lock(&e.outbound().busy).remove(&id);
         });
+    }
+
+    /// The lease an action's sender takes or renews before each step.
+    fn action_lease(&self, pid: ProviderId) -> Lease<'_> {
+        let limit = self
+            .provider(pid)
+            .map_or(Duration::from_secs(30), |p| p.polling().request_timeout);
+        let ms = (limit * ACTION_LEASE_TIMEOUTS).as_millis() as u64;
+        Lease::from_now(&self.instance, ms.max(1_000))
+    }
+
+    /// Renews this instance's lease on `a` and checks that the stored
+    /// action is still the one being driven: false when another instance
+    /// took it over (this one was stalled past its lease) or it moved on.
+    async fn still_ours(&self, a: &Action) -> Result<bool, EngineError> {
+        let lease = self.action_lease(a.provider);
+        let held = self.store().claim_action(&a.id, lease).await?;
+        let ours = held.is_some_and(|s| s.state == a.state && s.attempts == a.attempts);
+        if !ours {
+            tracing::warn!("action taken over by another instance or finished elsewhere; this instance leaves it");
+        }
+        Ok(ours)
     }
 
     /// An action whose worker panicked is parked as `unknown` for an
@@ -266,6 +311,10 @@ impl Engine {
                     _ = tokio::time::sleep(delay) => continue,
                     _ = self.cancelled() => return Ok(()),
                 }
+            }
+            // Under this instance's lease, on the action as stored.
+            if !self.still_ours(&a).await? {
+                return Ok(());
             }
             // Durable before the request leaves: a crash from here on
             // leaves the action `sending`, and the next run asks first.
@@ -347,6 +396,9 @@ impl Engine {
             let answer = if breaker.allow() {
                 if !self.pace(a.provider).await {
                     // Stays `sending`: the next run asks again.
+                    return Ok(Settled::Done);
+                }
+                if !self.still_ours(a).await? {
                     return Ok(Settled::Done);
                 }
                 let r = ask.await;

@@ -65,7 +65,7 @@ impl Engine {
             let now = now_ms();
             let claimed = self
                 .store
-                .claim_free_windows(&self.instance, now, now + lease, 1_000)
+                .claim_free_windows(Lease::at(&self.instance, now, now + lease), 1_000)
                 .await;
             match claimed {
                 Ok(ws) => {
@@ -255,7 +255,7 @@ impl Engine {
         let now = now_ms();
         match self
             .store
-            .claim_window(&id, &self.instance, now, now + lease_ms(polling))
+            .claim_window(&id, Lease::from_now(&self.instance, lease_ms(polling)))
             .await
         {
             Ok(true) => {}

@@ -28,10 +28,9 @@ impl Engine {
         };
         // Several instances on one database: one sweeps, the others skip.
         let lease = format!("sweep:{pid}");
-        let now = now_ms();
         if !self
             .store
-            .take_lease(&lease, &self.instance, now, now + SWEEP_LEASE_MS)
+            .take_lease(&lease, Lease::from_now(&self.instance, SWEEP_LEASE_MS))
             .await?
         {
             return Err(EngineError::Busy(format!(
@@ -73,10 +72,9 @@ impl Engine {
                 .list(None, Some(pid), after.as_deref(), 500)
                 .await?;
             let Some(last) = page.last() else { break };
-            let now = now_ms();
             if !self
                 .store
-                .take_lease(lease, &self.instance, now, now + SWEEP_LEASE_MS)
+                .take_lease(lease, Lease::from_now(&self.instance, SWEEP_LEASE_MS))
                 .await?
             {
                 tracing::warn!(provider = %pid, "sweep lease lost to another instance; this sweep stops");

@@ -24,8 +24,8 @@ use crate::model::{Observation, Payment, PollWindow, ProviderId, Report};
 use crate::store::SweepMark;
 
 use super::{
-    CallbackRecord, Change, Enqueued, Filter, Ingested, NewPayment, Notice, Observed, StoreError,
-    Tracked, WindowChange,
+    CallbackRecord, Change, Enqueued, Filter, Ingested, Lease, NewPayment, Notice, Observed,
+    StoreError, Tracked, WindowChange,
 };
 
 /// A boxed future of a store answer: what keeps the trait usable as `dyn`.
@@ -86,30 +86,17 @@ pub trait Backend: Send + Sync + 'static {
     /// Resolves once every write answered before it is durable.
     fn sync(&self) -> BoxFut<'_, ()>;
 
-    /// Takes or renews the lease on a payment's window for `owner`, until
-    /// `until_ms`: true when `owner` may poll it now (no other instance
-    /// holds an unexpired lease). An engine one instance owns (sled)
-    /// always says yes.
-    fn claim_window<'a>(
-        &'a self,
-        _id: &'a str,
-        _owner: &'a str,
-        _now_ms: u64,
-        _until_ms: u64,
-    ) -> BoxFut<'a, bool> {
+    /// Takes or renews the lease on a payment's window: true when
+    /// `lease.owner` may poll it now (no other instance holds an unexpired
+    /// lease). An engine one instance owns (sled) always says yes.
+    fn claim_window<'a>(&'a self, _id: &'a str, _lease: Lease<'a>) -> BoxFut<'a, bool> {
         Box::pin(std::future::ready(Ok(true)))
     }
 
     /// Takes or renews the lease called `name` (work one instance does at
-    /// a time: a provider's sweep) for `owner` until `until_ms`: true when
-    /// `owner` holds it now. An engine one instance owns always says yes.
-    fn take_lease<'a>(
-        &'a self,
-        _name: &'a str,
-        _owner: &'a str,
-        _now_ms: u64,
-        _until_ms: u64,
-    ) -> BoxFut<'a, bool> {
+    /// a time: a provider's sweep): true when `lease.owner` holds it now.
+    /// An engine one instance owns always says yes.
+    fn take_lease<'a>(&'a self, _name: &'a str, _lease: Lease<'a>) -> BoxFut<'a, bool> {
         Box::pin(std::future::ready(Ok(true)))
     }
 
@@ -118,19 +105,46 @@ pub trait Backend: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    /// Claims for `owner` up to `limit` windows that no instance holds
-    /// (never claimed, or their lease ran out: an instance died): what
-    /// `owner` should start polling. None where one instance owns the
+    /// Claims up to `limit` windows that no instance holds (never
+    /// claimed, or their lease ran out: an instance died): what the
+    /// owner should start polling. None where one instance owns the
     /// store (it schedules every window at start).
     fn claim_free_windows<'a>(
         &'a self,
-        _owner: &'a str,
-        _now_ms: u64,
-        _until_ms: u64,
+        _lease: Lease<'a>,
         _limit: usize,
     ) -> BoxFut<'a, Vec<(String, ProviderId)>> {
         Box::pin(std::future::ready(Ok(vec![])))
     }
+
+    /// Takes or renews the lease on an action that is not final, and
+    /// reads it in the same step: the action as stored now, or None when
+    /// it is final or another instance holds it. The sender calls this
+    /// before every `sending` mark and every inquiry, so it never acts on
+    /// a stale copy or beside another instance. An engine one instance
+    /// owns reads the action.
+    fn claim_action<'a>(&'a self, id: &'a str, _lease: Lease<'a>) -> BoxFut<'a, Option<Action>> {
+        Box::pin(async move {
+            let a = self.get_action(id).await?;
+            Ok(a.filter(|a| !a.state.is_final()))
+        })
+    }
+
+    /// Gives up `owner`'s lease on an action (at shutdown, so another
+    /// instance takes it over at once).
+    fn release_action<'a>(&'a self, _id: &'a str, _owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Takes the lease on a queued notice for one delivery: true when it
+    /// is still queued, still its payment's oldest, and no other instance
+    /// holds it. One sender per payment at a time, in order. Recording
+    /// the attempt (`update_notice`) gives the lease up. An engine one
+    /// instance owns always says yes.
+    fn claim_notice<'a>(&'a self, _seq: u64, _lease: Lease<'a>) -> BoxFut<'a, bool> {
+        Box::pin(std::future::ready(Ok(true)))
+    }
+
     /// Writes without checks, for imports and benchmarks (see
     /// [`super::Store::bulk_load`]).
     fn bulk_load(

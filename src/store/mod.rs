@@ -116,27 +116,15 @@ impl Store {
         store
     }
 
-    /// Takes or renews `owner`'s lease on a payment's window until
-    /// `until_ms`: true when `owner` may poll it now (Backend::claim_window).
-    pub async fn claim_window(
-        &self,
-        id: &str,
-        owner: &str,
-        now_ms: u64,
-        until_ms: u64,
-    ) -> Result<bool, StoreError> {
-        self.backend.claim_window(id, owner, now_ms, until_ms).await
+    /// Takes or renews a lease on a payment's window: true when its owner
+    /// may poll it now (Backend::claim_window).
+    pub async fn claim_window(&self, id: &str, lease: Lease<'_>) -> Result<bool, StoreError> {
+        self.backend.claim_window(id, lease).await
     }
 
     /// Takes or renews a named lease (Backend::take_lease).
-    pub async fn take_lease(
-        &self,
-        name: &str,
-        owner: &str,
-        now_ms: u64,
-        until_ms: u64,
-    ) -> Result<bool, StoreError> {
-        self.backend.take_lease(name, owner, now_ms, until_ms).await
+    pub async fn take_lease(&self, name: &str, lease: Lease<'_>) -> Result<bool, StoreError> {
+        self.backend.take_lease(name, lease).await
     }
 
     /// Gives up a named lease (Backend::release_lease).
@@ -147,14 +135,31 @@ impl Store {
     /// Claims windows no instance holds (Backend::claim_free_windows).
     pub async fn claim_free_windows(
         &self,
-        owner: &str,
-        now_ms: u64,
-        until_ms: u64,
+        lease: Lease<'_>,
         limit: usize,
     ) -> Result<Vec<(String, ProviderId)>, StoreError> {
-        self.backend
-            .claim_free_windows(owner, now_ms, until_ms, limit)
-            .await
+        self.backend.claim_free_windows(lease, limit).await
+    }
+
+    /// Takes or renews the lease on an action not final and reads it
+    /// (Backend::claim_action): None when it is final or held elsewhere.
+    pub async fn claim_action(
+        &self,
+        id: &str,
+        lease: Lease<'_>,
+    ) -> Result<Option<Action>, StoreError> {
+        self.backend.claim_action(id, lease).await
+    }
+
+    /// Gives up a lease on an action (Backend::release_action).
+    pub async fn release_action(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+        self.backend.release_action(id, owner).await
+    }
+
+    /// Takes the lease on a queued notice for one delivery
+    /// (Backend::claim_notice).
+    pub async fn claim_notice(&self, seq: u64, lease: Lease<'_>) -> Result<bool, StoreError> {
+        self.backend.claim_notice(seq, lease).await
     }
 
     /// Waits until every write answered so far is on disk. Writes are

@@ -434,16 +434,31 @@ async fn a_window_is_leased_to_one_instance_at_a_time() {
         let a = store.track(new_payment("inv-l1")).await.unwrap().payment.id;
         let shared = e.pg.is_some();
         // Instance "a" polls it; "b" may not while a's lease runs.
-        assert!(store.claim_window(&a, "a", 1_000, 5_000).await.unwrap());
+        assert!(store
+            .claim_window(&a, Lease::at("a", 1_000, 5_000))
+            .await
+            .unwrap());
         assert_eq!(
-            store.claim_window(&a, "b", 2_000, 6_000).await.unwrap(),
+            store
+                .claim_window(&a, Lease::at("b", 2_000, 6_000))
+                .await
+                .unwrap(),
             !shared
         );
-        assert!(store.claim_window(&a, "a", 3_000, 7_000).await.unwrap());
+        assert!(store
+            .claim_window(&a, Lease::at("a", 3_000, 7_000))
+            .await
+            .unwrap());
         // a stops renewing (it died): after the lease, b takes it.
-        assert!(store.claim_window(&a, "b", 7_001, 11_000).await.unwrap());
+        assert!(store
+            .claim_window(&a, Lease::at("b", 7_001, 11_000))
+            .await
+            .unwrap());
         assert_eq!(
-            store.claim_window(&a, "a", 8_000, 12_000).await.unwrap(),
+            store
+                .claim_window(&a, Lease::at("a", 8_000, 12_000))
+                .await
+                .unwrap(),
             !shared
         );
         // Windows nobody holds: claimed once, by one of two instances
@@ -457,8 +472,8 @@ async fn a_window_is_leased_to_one_instance_at_a_time() {
             ids.push(t.payment.id);
         }
         let (x, y) = tokio::join!(
-            store.claim_free_windows("x", 9_000, 20_000, 100),
-            store.claim_free_windows("y", 9_000, 20_000, 100)
+            store.claim_free_windows(Lease::at("x", 9_000, 20_000), 100),
+            store.claim_free_windows(Lease::at("y", 9_000, 20_000), 100)
         );
         let (x, y) = (x.unwrap(), y.unwrap());
         if shared {
@@ -468,13 +483,13 @@ async fn a_window_is_leased_to_one_instance_at_a_time() {
             want.sort();
             assert_eq!(all, want, "each free window claimed once");
             assert!(store
-                .claim_free_windows("z", 10_000, 30_000, 100)
+                .claim_free_windows(Lease::at("z", 10_000, 30_000), 100)
                 .await
                 .unwrap()
                 .is_empty());
             // b's lease on the first ran out at 11 000.
             let later = store
-                .claim_free_windows("z", 11_001, 30_000, 100)
+                .claim_free_windows(Lease::at("z", 11_001, 30_000), 100)
                 .await
                 .unwrap();
             assert_eq!(later.len(), 1);
@@ -495,40 +510,154 @@ async fn a_named_lease_has_one_holder_until_it_runs_out_or_is_given_up() {
     for (e, store) in each_engine().await {
         let shared = e.pg.is_some();
         assert!(store
-            .take_lease("sweep:connpay", "a", 1_000, 5_000)
+            .take_lease("sweep:connpay", Lease::at("a", 1_000, 5_000))
             .await
             .unwrap());
         assert_eq!(
             store
-                .take_lease("sweep:connpay", "b", 2_000, 6_000)
+                .take_lease("sweep:connpay", Lease::at("b", 2_000, 6_000))
                 .await
                 .unwrap(),
             !shared
         );
         // Renewed by its holder; another name is another lease.
         assert!(store
-            .take_lease("sweep:connpay", "a", 3_000, 9_000)
+            .take_lease("sweep:connpay", Lease::at("a", 3_000, 9_000))
             .await
             .unwrap());
         assert!(store
-            .take_lease("sweep:crm", "b", 3_000, 9_000)
+            .take_lease("sweep:crm", Lease::at("b", 3_000, 9_000))
             .await
             .unwrap());
         assert_eq!(
             store
-                .take_lease("sweep:connpay", "b", 8_000, 12_000)
+                .take_lease("sweep:connpay", Lease::at("b", 8_000, 12_000))
                 .await
                 .unwrap(),
             !shared
         );
         // Run out: b takes it; given up: a takes it back at once.
         assert!(store
-            .take_lease("sweep:connpay", "b", 9_001, 12_000)
+            .take_lease("sweep:connpay", Lease::at("b", 9_001, 12_000))
             .await
             .unwrap());
         store.release_lease("sweep:connpay", "b").await.unwrap();
         assert!(store
-            .take_lease("sweep:connpay", "a", 9_002, 12_000)
+            .take_lease("sweep:connpay", Lease::at("a", 9_002, 12_000))
+            .await
+            .unwrap());
+        drop(store);
+        e.done().await;
+    }
+}
+
+fn queued_action(payment_id: &str) -> Action {
+    Action {
+        id: String::new(),
+        payment_id: payment_id.into(),
+        provider: ProviderId::Connpay,
+        request: crate::action::ActionRequest {
+            action: "reject".into(),
+            fields: Default::default(),
+        },
+        state: crate::action::ActionState::Queued,
+        idempotency_key: None,
+        created_ms: 1,
+        updated_ms: 1,
+        deadline_ms: 1_000_000,
+        attempts: 0,
+        answer: None,
+        error: None,
+        details: None,
+    }
+}
+
+#[tokio::test]
+async fn an_action_is_claimed_by_one_instance_and_read_as_stored() {
+    use crate::action::ActionState;
+    for (e, store) in each_engine().await {
+        let shared = e.pg.is_some();
+        let p = store.track(new_payment("inv-a1")).await.unwrap().payment.id;
+        let Enqueued::Created(mut a) = store.enqueue_action(queued_action(&p), None).await.unwrap()
+        else {
+            panic!("a new action is created");
+        };
+        // a takes it and reads it as stored.
+        let got = store.claim_action(&a.id, Lease::at("a", 1_000, 5_000));
+        assert_eq!(got.await.unwrap().as_ref(), Some(&a));
+        a.state = ActionState::Sending;
+        a.attempts = 1;
+        store.update_action(&a, vec![]).await.unwrap();
+        // b may not while a's lease runs; a renews it and sees its mark.
+        let b = store.claim_action(&a.id, Lease::at("b", 2_000, 6_000));
+        assert_eq!(b.await.unwrap().is_some(), !shared);
+        let renewed = store.claim_action(&a.id, Lease::at("a", 3_000, 9_000));
+        assert_eq!(renewed.await.unwrap().unwrap().state, ActionState::Sending);
+        // a died: after its lease b takes the action over, `sending`, to
+        // settle it by inquiry; a's renewal then fails.
+        let b = store.claim_action(&a.id, Lease::at("b", 9_001, 20_000));
+        assert_eq!(b.await.unwrap().unwrap().state, ActionState::Sending);
+        let a_again = store.claim_action(&a.id, Lease::at("a", 9_500, 20_000));
+        assert_eq!(a_again.await.unwrap().is_some(), !shared);
+        // Given up, it is free at once.
+        store.release_action(&a.id, "b").await.unwrap();
+        let a_again = store.claim_action(&a.id, Lease::at("a", 9_600, 20_000));
+        assert!(a_again.await.unwrap().is_some());
+        // A final action is claimed by nobody.
+        a.state = ActionState::Succeeded;
+        store.update_action(&a, vec![]).await.unwrap();
+        let after = store.claim_action(&a.id, Lease::at("a", 9_700, 30_000));
+        assert!(after.await.unwrap().is_none());
+        drop(store);
+        e.done().await;
+    }
+}
+
+#[tokio::test]
+async fn a_payments_notices_have_one_sender_and_go_in_order() {
+    for (e, store) in each_engine().await {
+        let shared = e.pg.is_some();
+        store.enable_notices(true);
+        let id = store.track(new_payment("inv-n1")).await.unwrap().payment.id;
+        let moves = [("auth", State::Authorized), ("approved", State::Succeeded)];
+        for (raw, state) in moves {
+            let r = report(Source::Poll, raw, Some(state));
+            store
+                .observe(&id, r, WindowChange::Keep, 2_000)
+                .await
+                .unwrap();
+        }
+        let queued = store.notices(10).await.unwrap();
+        assert_eq!(queued.len(), 2);
+        let (first, second) = (queued[0].seq, queued[1].seq);
+        // The second is not taken while the first waits: order per payment.
+        let early = store.claim_notice(second, Lease::at("a", 1_000, 5_000));
+        assert_eq!(early.await.unwrap(), !shared);
+        assert!(store
+            .claim_notice(first, Lease::at("a", 1_000, 5_000))
+            .await
+            .unwrap());
+        // One sender: b waits for a's lease.
+        let b = store.claim_notice(first, Lease::at("b", 2_000, 6_000));
+        assert_eq!(b.await.unwrap(), !shared);
+        // a's attempt failed and is recorded: that gives the lease up.
+        let mut n = queued[0].clone();
+        n.attempts = 1;
+        n.next_ms = 3_000;
+        store.update_notice(&n).await.unwrap();
+        let b = store.claim_notice(first, Lease::at("b", 2_500, 6_000));
+        assert!(b.await.unwrap());
+        // b delivers it; then the second is the payment's oldest.
+        store.remove_notice(&n, false).await.unwrap();
+        assert!(
+            !store
+                .claim_notice(first, Lease::at("b", 2_600, 6_000))
+                .await
+                .unwrap()
+                || !shared
+        );
+        assert!(store
+            .claim_notice(second, Lease::at("a", 2_700, 6_000))
             .await
             .unwrap());
         drop(store);

@@ -234,3 +234,30 @@ pub struct SweepMark {
     #[serde(default)]
     pub abandoned: bool,
 }
+
+/// A lease asked for (docs/postgres.md): who takes it, the time now and
+/// until when it holds, in unix ms. Work that instances sharing a
+/// database must not do twice (a window's polls, an action's sends, a
+/// payment's notifications, a sweep) is done by the lease's holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease<'a> {
+    pub owner: &'a str,
+    pub now_ms: u64,
+    pub until_ms: u64,
+}
+
+impl<'a> Lease<'a> {
+    pub fn at(owner: &'a str, now_ms: u64, until_ms: u64) -> Lease<'a> {
+        Lease {
+            owner,
+            now_ms,
+            until_ms,
+        }
+    }
+
+    /// A lease from now, held for `ttl_ms`.
+    pub fn from_now(owner: &'a str, ttl_ms: u64) -> Lease<'a> {
+        let now = crate::model::now_ms();
+        Lease::at(owner, now, now + ttl_ms)
+    }
+}

@@ -390,3 +390,19 @@ pub fn with_amount(query: &str, amount: &str, currency: &str) -> String {
     let amount: String = form_urlencoded::byte_serialize(amount.as_bytes()).collect();
     format!("{query}&amount={amount}&currency={currency}")
 }
+
+/// An in-process daemon on the config `text` with `env` for its secrets,
+/// and a client of its admin API.
+pub async fn start_daemon(
+    text: &str,
+    env: &HashMap<String, String>,
+    cancel: &CancellationToken,
+) -> (Daemon, AdminClient) {
+    let config = Config::parse("t", text, env).unwrap();
+    let listeners = Listeners::bind(&config).await.unwrap();
+    let d = daemon::start(&config, listeners, cancel.clone())
+        .await
+        .unwrap();
+    let admin = AdminClient::new(&format!("http://{}", d.admin_addr), None);
+    (d, admin)
+}

@@ -16,7 +16,7 @@ use super::ops::{self, from_json, i, E};
 use crate::action::Action;
 use crate::model::{Observation, Payment, PollWindow, ProviderId, Report};
 use crate::store::{
-    Backend, BoxFut, CallbackRecord, Change, Enqueued, Filter, Ingested, NewPayment, Notice,
+    Backend, BoxFut, CallbackRecord, Change, Enqueued, Filter, Ingested, Lease, NewPayment, Notice,
     Observed, Policy, Repeats, StoreError, SweepMark, Tracked, WindowChange,
 };
 
@@ -208,7 +208,8 @@ impl Backend for PgStore {
     fn update_notice(&self, n: Notice) -> BoxFut<'_, ()> {
         Box::pin(async move {
             self.exec(
-                "UPDATE notices SET next_ms = $2, record = $3::text::jsonb WHERE seq = $1 AND NOT dead",
+                "UPDATE notices SET next_ms = $2, record = $3::text::jsonb, lease_owner = NULL, lease_until_ms = NULL \
+                 WHERE seq = $1 AND NOT dead",
                 &[&i(n.seq), &i(n.next_ms), &ops::json(&n)],
             )
             .await?;
@@ -282,24 +283,12 @@ impl Backend for PgStore {
         })
     }
 
-    fn claim_window<'a>(
-        &'a self,
-        id: &'a str,
-        owner: &'a str,
-        now_ms: u64,
-        until_ms: u64,
-    ) -> BoxFut<'a, bool> {
-        Box::pin(self.lease_window(id, owner, now_ms, until_ms))
+    fn claim_window<'a>(&'a self, id: &'a str, lease: Lease<'a>) -> BoxFut<'a, bool> {
+        Box::pin(self.lease_window(id, lease))
     }
 
-    fn take_lease<'a>(
-        &'a self,
-        name: &'a str,
-        owner: &'a str,
-        now_ms: u64,
-        until_ms: u64,
-    ) -> BoxFut<'a, bool> {
-        Box::pin(self.lease_named(name, owner, now_ms, until_ms))
+    fn take_lease<'a>(&'a self, name: &'a str, lease: Lease<'a>) -> BoxFut<'a, bool> {
+        Box::pin(self.lease_named(name, lease))
     }
 
     fn release_lease<'a>(&'a self, name: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
@@ -308,12 +297,22 @@ impl Backend for PgStore {
 
     fn claim_free_windows<'a>(
         &'a self,
-        owner: &'a str,
-        now_ms: u64,
-        until_ms: u64,
+        lease: Lease<'a>,
         limit: usize,
     ) -> BoxFut<'a, Vec<(String, ProviderId)>> {
-        Box::pin(self.lease_free_windows(owner, now_ms, until_ms, limit))
+        Box::pin(self.lease_free_windows(lease, limit))
+    }
+
+    fn claim_action<'a>(&'a self, id: &'a str, lease: Lease<'a>) -> BoxFut<'a, Option<Action>> {
+        Box::pin(self.lease_action(id, lease))
+    }
+
+    fn release_action<'a>(&'a self, id: &'a str, owner: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(self.unlease_action(id, owner))
+    }
+
+    fn claim_notice<'a>(&'a self, seq: u64, lease: Lease<'a>) -> BoxFut<'a, bool> {
+        Box::pin(self.lease_notice(seq, lease))
     }
 
     fn sync(&self) -> BoxFut<'_, ()> {

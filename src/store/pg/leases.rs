@@ -3,9 +3,10 @@
 //! windows nobody holds, taken over after their instance died.
 
 use super::engine::PgStore;
-use super::ops::i;
+use super::ops::{from_json, i};
+use crate::action::Action;
 use crate::model::ProviderId;
-use crate::store::StoreError;
+use crate::store::{Lease, StoreError};
 
 /// A `windows` row's payment id and provider (its first two columns).
 pub(super) fn window_of(r: &tokio_postgres::Row) -> Result<(String, ProviderId), StoreError> {
@@ -21,40 +22,28 @@ pub(super) fn window_of(r: &tokio_postgres::Row) -> Result<(String, ProviderId),
 }
 
 impl PgStore {
-    /// Takes or renews `owner`'s lease on a window: one conditional
-    /// update, so of two instances at once one gets it.
-    pub(super) async fn lease_window(
-        &self,
-        id: &str,
-        owner: &str,
-        now_ms: u64,
-        until_ms: u64,
-    ) -> Result<bool, StoreError> {
+    /// Takes or renews a lease on a window: one conditional update, so of
+    /// two instances at once one gets it.
+    pub(super) async fn lease_window(&self, id: &str, l: Lease<'_>) -> Result<bool, StoreError> {
         let n = self
             .exec(
                 "UPDATE windows SET lease_owner = $2, lease_until_ms = $3 \
                  WHERE payment_id = $1 \
                    AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until_ms < $4)",
-                &[&id, &owner, &i(until_ms), &i(now_ms)],
+                &[&id, &l.owner, &i(l.until_ms), &i(l.now_ms)],
             )
             .await?;
         Ok(n == 1)
     }
 
-    /// Takes or renews the named lease, when free, run out or `owner`'s.
-    pub(super) async fn lease_named(
-        &self,
-        name: &str,
-        owner: &str,
-        now_ms: u64,
-        until_ms: u64,
-    ) -> Result<bool, StoreError> {
+    /// Takes or renews the named lease, when free, run out or the owner's.
+    pub(super) async fn lease_named(&self, name: &str, l: Lease<'_>) -> Result<bool, StoreError> {
         let n = self
             .exec(
                 "INSERT INTO leases (name, owner, until_ms) VALUES ($1, $2, $3) \
                  ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, until_ms = EXCLUDED.until_ms \
                  WHERE leases.owner = EXCLUDED.owner OR leases.until_ms < $4",
-                &[&name, &owner, &i(until_ms), &i(now_ms)],
+                &[&name, &l.owner, &i(l.until_ms), &i(l.now_ms)],
             )
             .await?;
         Ok(n == 1)
@@ -73,9 +62,7 @@ impl PgStore {
     /// together get disjoint sets (SKIP LOCKED).
     pub(super) async fn lease_free_windows(
         &self,
-        owner: &str,
-        now_ms: u64,
-        until_ms: u64,
+        l: Lease<'_>,
         limit: usize,
     ) -> Result<Vec<(String, ProviderId)>, StoreError> {
         let c = self.client().await?;
@@ -87,9 +74,57 @@ impl PgStore {
                      WHERE lease_owner IS NULL OR lease_until_ms < $3 \
                      ORDER BY next_ms LIMIT $4 FOR UPDATE SKIP LOCKED) \
                  RETURNING payment_id, provider",
-                &[&owner, &i(until_ms), &i(now_ms), &i(limit as u64)],
+                &[&l.owner, &i(l.until_ms), &i(l.now_ms), &i(limit as u64)],
             )
             .await?;
         rows.iter().map(window_of).collect()
+    }
+
+    /// Takes or renews a lease on an action not final, and returns the
+    /// action as the same statement left it.
+    pub(super) async fn lease_action(
+        &self,
+        id: &str,
+        l: Lease<'_>,
+    ) -> Result<Option<Action>, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "UPDATE actions SET lease_owner = $2, lease_until_ms = $3 \
+                 WHERE id = $1 AND NOT final \
+                   AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until_ms < $4) \
+                 RETURNING record::text",
+                &[&id, &l.owner, &i(l.until_ms), &i(l.now_ms)],
+            )
+            .await?;
+        row.map(|r| from_json(id, r.get(0))).transpose()
+    }
+
+    pub(super) async fn unlease_action(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE actions SET lease_owner = NULL, lease_until_ms = NULL \
+             WHERE id = $1 AND lease_owner = $2",
+            &[&id, &owner],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Takes the lease on a queued notice that is its payment's oldest.
+    /// Notices of one payment are queued under the payment's row lock, so
+    /// their order is their commit order and "oldest" cannot change
+    /// under a reader but by a removal.
+    pub(super) async fn lease_notice(&self, seq: u64, l: Lease<'_>) -> Result<bool, StoreError> {
+        let n = self
+            .exec(
+                "UPDATE notices SET lease_owner = $2, lease_until_ms = $3 \
+                 WHERE seq = $1 AND NOT dead \
+                   AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until_ms < $4) \
+                   AND NOT EXISTS (SELECT 1 FROM notices o \
+                       WHERE o.payment_id = notices.payment_id AND NOT o.dead AND o.seq < notices.seq)",
+                &[&i(seq), &l.owner, &i(l.until_ms), &i(l.now_ms)],
+            )
+            .await?;
+        Ok(n == 1)
     }
 }
