@@ -61,6 +61,18 @@ pub async fn render(engine: &Engine) -> String {
         "Orphan callbacks forgotten after callback.orphan_ttl.",
         &one(load(&c.orphans_expired)),
     );
+    metric(
+        "payrecon_windows_leased_elsewhere_total",
+        "counter",
+        "Polls left to another instance holding the window's lease (PostgreSQL).",
+        &one(load(&c.windows_leased_elsewhere)),
+    );
+    metric(
+        "payrecon_windows_taken_over_total",
+        "counter",
+        "Windows no instance held, claimed by this one (PostgreSQL).",
+        &one(load(&c.windows_taken_over)),
+    );
 
     let ids = engine.provider_ids();
     let mut polls = vec![];

@@ -199,6 +199,22 @@ pub struct Report {
     pub learned_keys: Vec<String>,
 }
 
+/// This process among the instances sharing a database:
+/// `<hostname>-<pid>-<8 hex>`, made once. It names the owner on every
+/// lease the process holds and is in the `User-Agent` of its requests to
+/// providers, so an operator can tell which instance did what.
+pub fn instance_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+    })
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

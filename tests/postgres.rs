@@ -20,67 +20,12 @@ use tokio_util::sync::CancellationToken;
 use payrecon::engine::PollOutcome;
 use payrecon::model::ProviderId;
 
+use common::pg::Schema;
 use common::*;
 use payrecon::model::Source;
 use payrecon::providers::connpay::sim::{CallbackMode, NewTransfer, Script, Settle};
 use payrecon::state::{Decision, State};
-use payrecon::store::pg::{pool, PgSettings};
 use payrecon::store::Lease;
-
-/// A schema of its own on the test database, and the `[store]` lines
-/// that point a daemon at it.
-struct Schema {
-    url: String,
-    name: String,
-}
-
-impl Schema {
-    async fn new() -> Option<Schema> {
-        let Ok(url) = std::env::var("PAYRECON_TEST_DATABASE_URL") else {
-            eprintln!("PAYRECON_TEST_DATABASE_URL is not set: PostgreSQL tests skipped");
-            return None;
-        };
-        let name = format!("payrecon_it_{:016x}", fastrand::u64(..));
-        Self::admin(&url)
-            .get()
-            .await
-            .expect("the test database answers")
-            .batch_execute(&format!("CREATE SCHEMA {name}"))
-            .await
-            .unwrap();
-        Some(Schema { url, name })
-    }
-
-    fn admin(url: &str) -> deadpool_postgres::Pool {
-        pool(&PgSettings {
-            url: url.to_string(),
-            password: None,
-            pool_size: 1,
-            schema: None,
-        })
-        .unwrap()
-    }
-
-    /// `[store]` lines: the schema through the URL's `options`, as an
-    /// operator would give a schema other than `public`.
-    fn store_lines(&self) -> String {
-        let sep = if self.url.contains('?') { '&' } else { '?' };
-        format!(
-            "backend = \"postgres\"\nurl = \"{}{sep}options=-csearch_path%3D{}\"\npool_size = 4",
-            self.url, self.name
-        )
-    }
-
-    async fn drop(self) {
-        Self::admin(&self.url)
-            .get()
-            .await
-            .unwrap()
-            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
-            .await
-            .unwrap();
-    }
-}
 
 #[tokio::test]
 async fn payments_settle_by_polls_and_callbacks_on_postgres() {
@@ -178,17 +123,7 @@ async fn payments_settle_by_polls_and_callbacks_on_postgres() {
     h.engine.reconcile(ProviderId::Connpay).await.unwrap();
     h.stop().await;
     // They are in the database, not in a sled folder.
-    let stored: i64 = Schema::admin(&schema.url)
-        .get()
-        .await
-        .unwrap()
-        .query_one(
-            &format!("SELECT count(*) FROM {}.payments", schema.name),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let stored: i64 = schema.rows("SELECT count(*) FROM {schema}.payments").await[0].get(0);
     assert_eq!(stored, 2);
     schema.drop().await;
 }
@@ -422,5 +357,55 @@ async fn instances_send_each_action_once_and_settle_a_stopped_one_s_by_inquiry()
     sims.cancel();
     mf.shutdown().await;
     platform.shutdown().await;
+    schema.drop().await;
+}
+
+/// `/readyz` asks the database: its round trip and the pool when it
+/// answers; a 503 naming the database while it cannot be reached; ready
+/// again once it can.
+#[tokio::test]
+async fn readyz_reports_the_database_and_its_loss() {
+    let Some(schema) = Schema::new().await else {
+        return;
+    };
+    let cancel = CancellationToken::new();
+    let link = common::proxy::Proxy::start(cancel.clone()).await;
+    link.add(schema.server());
+    let h = Harness::start(Polling {
+        store: schema.store_lines_via(&link.addr.to_string()),
+        ..Default::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let readyz = || async {
+        let r = http
+            .get(format!("http://{}/readyz", h.admin_addr))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<serde_json::Value>().await.unwrap())
+    };
+    let (status, body) = readyz().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["store"]["engine"], "postgres");
+    assert!(body["store"]["round_trip_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(body["store"]["pool"]["max"], 4);
+    link.cut();
+    let (status, body) = readyz().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "not_ready");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("postgres") && message.contains("database"),
+        "{message}"
+    );
+    link.restore();
+    wait_until("ready again once the database answers", || async {
+        readyz().await.0 == 200
+    })
+    .await;
+    h.stop().await;
+    cancel.cancel();
     schema.drop().await;
 }

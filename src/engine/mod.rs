@@ -112,6 +112,17 @@ pub struct Engine {
     pub counters: Counters,
 }
 
+/// The lease owner an engine writes: the process's [`crate::model::instance_id`],
+/// with a suffix for each engine after the first in one process (tests
+/// run several instances in one process; the daemon runs one).
+fn engine_instance() -> String {
+    static ENGINES: AtomicU64 = AtomicU64::new(0);
+    match ENGINES.fetch_add(1, Ordering::Relaxed) {
+        0 => crate::model::instance_id().to_string(),
+        n => format!("{}.{n}", crate::model::instance_id()),
+    }
+}
+
 impl Engine {
     /// Builds the engine and starts its scheduler. Background work ends
     /// when `cancel` fires; [`Engine::tasks`] tracks it.
@@ -158,7 +169,7 @@ impl Engine {
             cancel: cancel.clone(),
             outbound: Default::default(),
             action_deadline_ms: AtomicU64::new(action_deadline.as_millis() as u64),
-            instance: format!("inst_{}_{:08x}", std::process::id(), fastrand::u32(..)),
+            instance: engine_instance(),
             counters: Counters::default(),
         });
         let weak: Weak<Engine> = Arc::downgrade(&engine);

@@ -75,6 +75,9 @@ impl Engine {
                         let Some(polling) = pollings.get(&pid) else {
                             continue;
                         };
+                        self.counters
+                            .windows_taken_over
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::info!(payment_id = %id, provider = %pid, "window taken over: no instance held its lease");
                         let at = now + uniform_ms(Duration::ZERO, polling.poll_interval_max);
                         self.scheduler().schedule(id, pid, instant_at(at));

@@ -24,6 +24,8 @@ pub struct Counters {
     pub transitions: AtomicU64,
     /// Polls left to another instance, which held the window's lease.
     pub windows_leased_elsewhere: AtomicU64,
+    /// Windows no instance held (new, or their instance died) claimed here.
+    pub windows_taken_over: AtomicU64,
     /// Poll schedule lag: start of the inquiry minus its due time.
     pub poll_lag: LagHistogram,
 }

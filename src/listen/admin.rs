@@ -112,14 +112,25 @@ impl Admin {
                 )
             }
             ("GET", ["readyz"]) => {
-                return if self.engine.store().healthy() {
-                    http::json(StatusCode::OK, &serde_json::json!({"ready": true}))
-                } else {
-                    http::error(
+                return match self.engine.store().probe().await {
+                    Ok(p) if p.ok => http::json(
+                        StatusCode::OK,
+                        &serde_json::json!({"ready": true, "store": p}),
+                    ),
+                    Ok(p) => http::error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "not_ready",
-                        "store is not usable",
-                    )
+                        &format!(
+                            "store ({}) is not usable: {}",
+                            p.engine,
+                            p.error.unwrap_or_default()
+                        ),
+                    ),
+                    Err(e) => http::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not_ready",
+                        &format!("store is not usable: {e}"),
+                    ),
                 };
             }
             _ => {}

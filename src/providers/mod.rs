@@ -185,9 +185,17 @@ pub fn no_headers(_: &str) -> Option<String> {
 }
 
 /// The HTTP client every provider uses: `timeout` for a whole request,
-/// five seconds to connect (rustls).
+/// five seconds to connect (rustls), and a `User-Agent` that names the
+/// version and the instance (the provider's logs then say which of
+/// several instances asked).
 pub fn http_client(timeout: std::time::Duration) -> reqwest::Client {
+    let agent = format!(
+        "payrecon/{} ({})",
+        env!("CARGO_PKG_VERSION"),
+        crate::model::instance_id()
+    );
     reqwest::Client::builder()
+        .user_agent(agent)
         .timeout(timeout)
         .connect_timeout(std::time::Duration::from_secs(5))
         .build()

@@ -24,7 +24,7 @@ use crate::model::{Observation, Payment, PollWindow, ProviderId, Report};
 use crate::store::SweepMark;
 
 use super::{
-    CallbackRecord, Change, Enqueued, Filter, Ingested, Lease, NewPayment, Notice, Observed,
+    CallbackRecord, Change, Enqueued, Filter, Ingested, Lease, NewPayment, Notice, Observed, Probe,
     StoreError, Tracked, WindowChange,
 };
 
@@ -180,6 +180,9 @@ pub trait Backend: Send + Sync + 'static {
     fn inbox_len(&self) -> usize;
     fn size_on_disk(&self) -> u64;
     fn healthy(&self) -> bool;
+    /// Checks the store now, for `/readyz` (a query's round trip where
+    /// there is a database).
+    fn probe(&self) -> BoxFut<'_, Probe>;
     fn flushes(&self) -> u64;
     fn next_id(&self) -> Result<String, StoreError>;
 }

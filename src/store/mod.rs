@@ -181,6 +181,11 @@ impl Store {
         self.backend.flushes()
     }
 
+    /// Checks the store now (Backend::probe).
+    pub async fn probe(&self) -> Result<Probe, StoreError> {
+        self.backend.probe().await
+    }
+
     pub fn healthy(&self) -> bool {
         self.backend.healthy()
     }

@@ -261,3 +261,28 @@ impl<'a> Lease<'a> {
         Lease::at(owner, now, now + ttl_ms)
     }
 }
+
+/// What `/readyz` reports of the store: whether it takes writes now, and
+/// for a database, the round trip of a query and the pool's connections.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Probe {
+    pub engine: &'static str,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round_trip_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolProbe>,
+    /// Why not, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A connection pool's state: connections open, idle, its limit, and
+/// callers waiting for one.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolProbe {
+    pub open: usize,
+    pub idle: usize,
+    pub max: usize,
+    pub waiting: usize,
+}

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -76,6 +79,7 @@ pub fn config_text(
         key_env: KEY_ENV.into(),
     }
     .render(store, base_url)
+    .replacen("[store]\n", &format!("[store]\n{}\n", p.store), 1)
 }
 
 /// Writes a config for the sandbox at `base_url` to `dir/payrecon.toml`,
@@ -146,8 +150,7 @@ impl Harness {
         cancel: CancellationToken,
     ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let text = config_text(&dir.path().join("store"), &sim.base_url(), &p, extra_admin)
-            .replacen("[store]\n", &format!("[store]\n{}\n", p.store), 1);
+        let text = config_text(&dir.path().join("store"), &sim.base_url(), &p, extra_admin);
         env.insert(KEY_ENV.into(), CONTROL_KEY.into());
         let config = Config::parse("test config", &text, &env).unwrap();
         let listeners = Listeners::bind(&config).await.unwrap();

@@ -17,8 +17,11 @@ use crate::action::Action;
 use crate::model::{Observation, Payment, PollWindow, ProviderId, Report};
 use crate::store::{
     Backend, BoxFut, CallbackRecord, Change, Enqueued, Filter, Ingested, Lease, NewPayment, Notice,
-    Observed, Policy, Repeats, StoreError, SweepMark, Tracked, WindowChange,
+    Observed, Policy, PoolProbe, Probe, Repeats, StoreError, SweepMark, Tracked, WindowChange,
 };
+
+/// How long `/readyz` waits for the database.
+const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Times a transaction is run when other instances keep winning its keys.
 const ATTEMPTS: u32 = 5;
@@ -503,6 +506,41 @@ impl Backend for PgStore {
 
     fn healthy(&self) -> bool {
         self.gauges.healthy.load(Ordering::Relaxed)
+    }
+
+    fn probe(&self) -> BoxFut<'_, Probe> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let asked = tokio::time::timeout(PROBE_LIMIT, async {
+                let c = self.client().await?;
+                c.simple_query("SELECT 1").await?;
+                Ok::<_, StoreError>(())
+            })
+            .await;
+            let error = match asked {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!(
+                    "database: no answer within {} s",
+                    PROBE_LIMIT.as_secs()
+                )),
+            };
+            let s = self.pool.status();
+            Ok(Probe {
+                engine: "postgres",
+                ok: error.is_none(),
+                round_trip_ms: error
+                    .is_none()
+                    .then(|| started.elapsed().as_secs_f64() * 1e3),
+                pool: Some(PoolProbe {
+                    open: s.size,
+                    idle: s.available,
+                    max: s.max_size,
+                    waiting: s.waiting,
+                }),
+                error,
+            })
+        })
     }
 
     fn flushes(&self) -> u64 {

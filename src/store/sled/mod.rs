@@ -8,6 +8,7 @@ mod migrate;
 mod ops;
 mod writer;
 
+use crate::store::Probe;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -450,6 +451,17 @@ impl Backend for SledStore {
 
     fn healthy(&self) -> bool {
         self.shared.tree.get(b"__probe").is_ok() && !self.tx.is_closed()
+    }
+
+    fn probe(&self) -> BoxFut<'_, Probe> {
+        let ok = self.healthy();
+        Box::pin(std::future::ready(Ok(Probe {
+            engine: "sled",
+            ok,
+            round_trip_ms: None,
+            pool: None,
+            error: (!ok).then(|| "the store's files or its writer failed".to_string()),
+        })))
     }
 
     fn flushes(&self) -> u64 {

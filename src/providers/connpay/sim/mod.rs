@@ -160,6 +160,10 @@ pub struct Truth {
     /// The normalized state payrecon should end in, once final.
     pub expected: Option<State>,
     pub polls: u32,
+    /// Who polled it, in order, as `User-Agent`s, a run of polls by one
+    /// poller written once: `[a, b]` is a hand-over; `[a, b, a]` means two
+    /// pollers took turns.
+    pub pollers: Vec<String>,
     pub callbacks_sent: u32,
     pub callbacks_acked: u32,
     pub reversed: bool,
@@ -177,6 +181,7 @@ struct Transfer {
     order_id: String,
     created: Instant,
     polls: u32,
+    pollers: Vec<String>,
     phase: Phase,
     reversed: bool,
     callbacks_sent: u32,
@@ -280,6 +285,7 @@ impl ConnpaySim {
             order_id: format!("cp{:08}", n + 1),
             created: now,
             polls: 0,
+            pollers: vec![],
             phase: Phase::Processing,
             reversed: false,
             callbacks_sent: 0,
@@ -309,6 +315,7 @@ impl ConnpaySim {
             state: phase_name(t.phase),
             expected,
             polls: t.polls,
+            pollers: t.pollers.clone(),
             callbacks_sent: t.callbacks_sent,
             callbacks_acked: t.callbacks_acked,
             reversed: t.reversed,
@@ -334,6 +341,12 @@ fn phase_name(p: Phase) -> &'static str {
 
 async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Answer, CloseConnection> {
     let path = req.uri().path().to_string();
+    let agent = req
+        .headers()
+        .get(hyper::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let segs = http::segments(&path);
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let (endpoint, invoice) = match (req.method().as_str(), segs.as_slice()) {
@@ -375,7 +388,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Answer, Clo
         Ok(b) => b,
         Err(a) => return Ok(a),
     };
-    Ok(status_answer(&inner, &endpoint, &invoice, &body))
+    Ok(status_answer(&inner, &endpoint, &invoice, &body, agent))
 }
 
 fn fail(status: StatusCode, cause: &str, message: &str, invoice: &str) -> Answer {
@@ -391,7 +404,13 @@ fn fail(status: StatusCode, cause: &str, message: &str, invoice: &str) -> Answer
     http::json(status, &resp)
 }
 
-fn status_answer(inner: &Arc<Inner>, endpoint: &str, invoice: &str, body: &Bytes) -> Answer {
+fn status_answer(
+    inner: &Arc<Inner>,
+    endpoint: &str,
+    invoice: &str,
+    body: &Bytes,
+    agent: String,
+) -> Answer {
     let Ok(StatusRequest {
         session: RequestSession {
             access_token,
@@ -441,6 +460,9 @@ fn status_answer(inner: &Arc<Inner>, endpoint: &str, invoice: &str, body: &Bytes
             );
         }
         t.polls += 1;
+        if t.pollers.last() != Some(&agent) {
+            t.pollers.push(agent);
+        }
         if !matches!(t.phase, Phase::Final(_)) {
             match t.new.script.settle {
                 Settle::AfterPolls(n) if t.polls >= n => plan = finalize(t),
