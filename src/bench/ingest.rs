@@ -32,22 +32,22 @@ const KEY: &str = "bench-control-key";
 const KEY_ENV: &str = "PAYRECON_BENCH_CONTROL_KEY";
 
 /// Outcome of one load run.
-struct Load {
-    ok: usize,
-    errors: usize,
-    elapsed: Duration,
+pub(super) struct Load {
+    pub ok: usize,
+    pub errors: usize,
+    pub elapsed: Duration,
     /// Sorted latencies of acknowledged requests, µs.
-    lat_us: Vec<u32>,
+    pub lat_us: Vec<u32>,
 }
 
 impl Load {
-    fn rps(&self) -> f64 {
+    pub fn rps(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
 }
 
 /// One callback: the transfer it is for, and its query string.
-fn callbacks(prefix: &str, n: usize) -> Vec<(usize, String)> {
+pub(super) fn callbacks(prefix: &str, n: usize) -> Vec<(usize, String)> {
     let mut rng = fastrand::Rng::with_seed(7);
     let mut out = Vec::with_capacity(n + n / 10);
     let mut originals: Vec<String> = Vec::with_capacity(n);
@@ -81,7 +81,7 @@ fn payments(store: &Store, prefix: &str, n: usize) -> Result<(), String> {
 /// Longer than sled's own flush interval (`flush_every_ms`, 1 s).
 const SETTLE: Duration = Duration::from_millis(1500);
 
-fn load_payments(store: &Store, prefix: &str, n: usize) -> Result<(), String> {
+pub(super) fn load_payments(store: &Store, prefix: &str, n: usize) -> Result<(), String> {
     let now = now_ms();
     let items = (0..n).map(|i| {
         let inv = format!("{prefix}-{i}");
@@ -103,10 +103,11 @@ fn load_payments(store: &Store, prefix: &str, n: usize) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// Sends every request over `conns` keep-alive connections; with `rate`,
-/// paced to that many requests per second in total.
-async fn drive(
-    addr: SocketAddr,
+/// Sends every request over `conns` keep-alive connections, spread over
+/// `addrs` (several instances behind a balancer); with `rate`, paced to
+/// that many requests per second in total.
+pub(super) async fn drive(
+    addrs: &[SocketAddr],
     path: &str,
     reqs: Arc<Vec<(usize, String)>>,
     conns: usize,
@@ -115,8 +116,9 @@ async fn drive(
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = vec![];
-    for _ in 0..conns {
+    for conn in 0..conns {
         let (next, reqs, path) = (next.clone(), reqs.clone(), path.to_string());
+        let addr = addrs[conn % addrs.len()];
         tasks.push(tokio::spawn(async move {
             let mut lat = vec![];
             let mut errors = 0;
@@ -190,30 +192,7 @@ async fn drive_sled(
     conns: usize,
     rate: Option<f64>,
 ) -> Load {
-    let key = crate::config::Secret::new(KEY);
-    let adapter = crate::providers::connpay::Connpay::new(
-        "http://127.0.0.1:9".into(),
-        key,
-        Default::default(),
-    );
-    let records: Arc<Vec<CallbackRecord>> = Arc::new(
-        reqs.iter()
-            .filter_map(|(_, q)| {
-                use crate::providers::Provider;
-                adapter
-                    .parse_callback(
-                        &RawCallback {
-                            method: "GET",
-                            query: q,
-                            body: b"",
-                            header: &crate::providers::no_headers,
-                        },
-                        now_ms(),
-                    )
-                    .ok()
-            })
-            .collect(),
-    );
+    let records = Arc::new(records(&reqs));
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = vec![];
@@ -254,8 +233,30 @@ async fn drive_sled(
     }
 }
 
+/// The requests' callbacks verified and parsed, as the listener would.
+pub(super) fn records(reqs: &[(usize, String)]) -> Vec<CallbackRecord> {
+    use crate::providers::Provider;
+    let key = crate::config::Secret::new(KEY);
+    let adapter = crate::providers::connpay::Connpay::new(
+        "http://127.0.0.1:9".into(),
+        key,
+        Default::default(),
+    );
+    reqs.iter()
+        .filter_map(|(_, q)| {
+            let raw = RawCallback {
+                method: "GET",
+                query: q,
+                body: b"",
+                header: &crate::providers::no_headers,
+            };
+            adapter.parse_callback(&raw, now_ms()).ok()
+        })
+        .collect()
+}
+
 /// Every acknowledged callback is in the store exactly once.
-async fn verify(store: &Store, prefix: &str, n: usize) -> Result<(), String> {
+pub(super) async fn verify(store: &Store, prefix: &str, n: usize) -> Result<(), String> {
     let mut by_inv: HashMap<String, usize> = HashMap::new();
     for i in 0..n {
         let inv = format!("{prefix}-{i}");
@@ -279,7 +280,10 @@ async fn verify(store: &Store, prefix: &str, n: usize) -> Result<(), String> {
 
 /// The daemon's own serve loop with `handler` on a free loopback port,
 /// until `cancel`: the HTTP baselines.
-async fn serve_loopback<H, F>(cancel: &CancellationToken, handler: H) -> Result<SocketAddr, String>
+pub(super) async fn serve_loopback<H, F>(
+    cancel: &CancellationToken,
+    handler: H,
+) -> Result<SocketAddr, String>
 where
     H: Fn(Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
     F: std::future::Future<Output = Result<crate::http::Answer, crate::http::CloseConnection>>
@@ -381,7 +385,7 @@ pub fn run(opts: &Opts) -> Result<(), String> {
             let prefix = format!("c{c}r{r}");
             payments(&store, &prefix, n)?;
             let reqs = Arc::new(callbacks(&prefix, n));
-            let ours = load_rt.block_on(drive(addr, "/callback/connpay", reqs.clone(), c, None));
+            let ours = load_rt.block_on(drive(&[addr], "/callback/connpay", reqs.clone(), c, None));
             check(ours.errors == 0, || {
                 format!("C={c}: {} requests failed", ours.errors)
             })?;
@@ -389,10 +393,15 @@ pub fn run(opts: &Opts) -> Result<(), String> {
                 format!("C={c}: {} of {} acknowledged", ours.ok, reqs.len())
             })?;
             rt.block_on(verify(&store, &prefix, n))?;
-            let bare =
-                load_rt.block_on(drive(bare_addr, "/callback/connpay", reqs.clone(), c, None));
+            let bare = load_rt.block_on(drive(
+                &[bare_addr],
+                "/callback/connpay",
+                reqs.clone(),
+                c,
+                None,
+            ));
             let sled = rt.block_on(drive_sled(sled_alone.clone(), reqs.clone(), c, None));
-            let both = load_rt.block_on(drive(http_sled_addr, "/", reqs.clone(), c, None));
+            let both = load_rt.block_on(drive(&[http_sled_addr], "/", reqs.clone(), c, None));
             http_sled_expected += n;
             check(
                 both.ok == reqs.len() && http_sled.len() == http_sled_expected,
@@ -476,7 +485,7 @@ pub fn run(opts: &Opts) -> Result<(), String> {
         payments(&store, "half", n)?;
         let reqs = Arc::new(callbacks("half", n));
         let paced = load_rt.block_on(drive(
-            addr,
+            &[addr],
             "/callback/connpay",
             reqs.clone(),
             64,
@@ -484,8 +493,9 @@ pub fn run(opts: &Opts) -> Result<(), String> {
         ));
         rt.block_on(verify(&store, "half", n))?;
         let sled_paced = rt.block_on(drive_sled(sled_alone.clone(), reqs.clone(), 64, Some(half)));
-        let bare_paced = load_rt.block_on(drive(bare_addr, "/", reqs.clone(), 64, Some(half)));
-        let both_paced = load_rt.block_on(drive(http_sled_addr, "/", reqs.clone(), 64, Some(half)));
+        let bare_paced = load_rt.block_on(drive(&[bare_addr], "/", reqs.clone(), 64, Some(half)));
+        let both_paced =
+            load_rt.block_on(drive(&[http_sled_addr], "/", reqs.clone(), 64, Some(half)));
         println!(
             "\nat half the best rate ({half:.0} req/s of {:.0} at C={}), C=64, paced: p50 {} ms, p99 {} ms, max {} ms over {} requests",
             best.0,

@@ -15,6 +15,7 @@ mod footprint;
 mod ingest;
 mod instr;
 mod poll;
+mod postgres;
 mod stored;
 
 use std::io::Write;
@@ -34,6 +35,8 @@ pub struct Opts {
     /// (for profiling one size).
     pub poll_k: Option<usize>,
     pub poll_seconds: Option<u64>,
+    /// `--store postgres`: the ingest and poll scenarios on PostgreSQL.
+    pub postgres: bool,
 }
 
 impl Opts {
@@ -45,7 +48,10 @@ impl Opts {
 /// One benchmark scenario: fails on a correctness check.
 type Scenario = fn(&Opts) -> Result<(), String>;
 
-const USAGE: &str = "usage: payrecon-bench [--quick] [--only ingest|poll|memory|restart|disk|instructions]... [--poll-k K] [--poll-seconds S]";
+const USAGE: &str = "usage: payrecon-bench [--quick] [--store sled|postgres] [--only ingest|poll|memory|restart|disk|instructions]... [--poll-k K] [--poll-seconds S]
+
+--store postgres runs ingest and poll on PostgreSQL, one instance and three,
+on the database PAYRECON_BENCH_DATABASE_URL names (a schema of its own).";
 
 pub fn main(args: Vec<String>) -> ExitCode {
     match args.first().map(String::as_str) {
@@ -63,6 +69,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
         only: vec![],
         poll_k: None,
         poll_seconds: None,
+        postgres: false,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -75,6 +82,11 @@ pub fn main(args: Vec<String>) -> ExitCode {
             "--poll-k" => match it.next().and_then(|v| v.parse().ok()) {
                 Some(k) => opts.poll_k = Some(k),
                 None => return usage(),
+            },
+            "--store" => match it.next().as_deref() {
+                Some("sled") => opts.postgres = false,
+                Some("postgres") => opts.postgres = true,
+                _ => return usage(),
             },
             "--poll-seconds" => match it.next().and_then(|v| v.parse().ok()) {
                 Some(s) => opts.poll_seconds = Some(s),
@@ -98,18 +110,32 @@ pub fn main(args: Vec<String>) -> ExitCode {
     );
     let started = std::time::Instant::now();
     let mut failures = vec![];
-    let scenarios: [(&str, Scenario); 6] = [
-        ("ingest", ingest::run),
-        ("poll", poll::run),
-        ("memory", footprint::memory),
-        ("restart", stored::restart),
-        ("disk", stored::disk),
-        ("instructions", instr::run),
-    ];
+    // On PostgreSQL, ingest and poll; the others measure sled's files.
+    let scenarios: [(&str, Option<Scenario>); 6] = if opts.postgres {
+        [
+            ("ingest", Some(postgres::ingest)),
+            ("poll", Some(postgres::poll)),
+            ("memory", None),
+            ("restart", None),
+            ("disk", None),
+            ("instructions", None),
+        ]
+    } else {
+        [
+            ("ingest", Some(ingest::run)),
+            ("poll", Some(poll::run)),
+            ("memory", Some(footprint::memory)),
+            ("restart", Some(stored::restart)),
+            ("disk", Some(stored::disk)),
+            ("instructions", Some(instr::run)),
+        ]
+    };
+    let mut ran = 0;
     for (name, f) in scenarios {
-        if !opts.wants(name) {
+        let Some(f) = f.filter(|_| opts.wants(name)) else {
             continue;
-        }
+        };
+        ran += 1;
         println!("\n## {name}");
         let _ = std::io::stdout().flush();
         if let Err(e) = f(&opts) {
@@ -118,20 +144,9 @@ pub fn main(args: Vec<String>) -> ExitCode {
         }
     }
     println!("\ntotal {:.0} s", started.elapsed().as_secs_f64());
-    let checked = [
-        "ingest",
-        "poll",
-        "memory",
-        "restart",
-        "disk",
-        "instructions",
-    ]
-    .iter()
-    .filter(|n| opts.wants(n))
-    .count();
     println!(
         "bench: {} passed, {} failed",
-        checked - failures.len(),
+        ran - failures.len(),
         failures.len()
     );
     if failures.is_empty() {

@@ -40,39 +40,13 @@ pub fn run(opts: &Opts) -> Result<(), String> {
         let sim = SimChild::spawn(k)?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let rt = runtime("payrecon", 2);
-        let text = LoopbackConfig {
-            interval: ("3s".into(), "5s".into()),
-            window: ("10m".into(), "10m".into()),
-            max_in_flight: 512,
-            request_timeout: "5s".into(),
-            key_env: KEY_ENV.into(),
-            ..Default::default()
-        }
-        .render(&dir.path().join("store"), &sim.base_url());
+        let text = settings().render(&dir.path().join("store"), &sim.base_url());
         let env = HashMap::from([(KEY_ENV.to_string(), "k".to_string())]);
         let config = Config::parse("bench config", &text, &env).map_err(|e| e.to_string())?;
         let store = rt
             .block_on(async { crate::store::Store::open(&config.file.store.path) })
             .map_err(|e| e.to_string())?;
-        let now = now_ms();
-        let items = (0..k).map(|i| {
-            let keys = bench_keys(i);
-            let inv = keys["invoice_id"].clone();
-            let window = PollWindow {
-                ends_ms: now + 600_000,
-                next_ms: now + fastrand::u64(3_000..=5_000),
-                polls: 0,
-                open: true,
-            };
-            let id = store.next_id().unwrap_or_default();
-            let p = super::pending(id, keys, 1000, Some(window), now);
-            (
-                p,
-                vec![],
-                vec![lookup_key(ProviderId::Connpay, "inv", &inv)],
-            )
-        });
-        store.bulk_load(items).map_err(|e| e.to_string())?;
+        load_windows(&store, k)?;
         drop(store);
         let cancel = CancellationToken::new();
         let d = rt.block_on(async {
@@ -164,30 +138,75 @@ pub fn run(opts: &Opts) -> Result<(), String> {
     Ok(())
 }
 
-/// Sends status requests for the K transfers round-robin at `rate` per
-/// second for `dur`; returns the CPU seconds it took and requests sent.
-async fn baseline(base_url: &str, k: usize, rate: f64, dur: Duration) -> (f64, u64) {
-    let client = reqwest::Client::new();
+/// The scenario's daemon: ConnPay's rule (a poll every 3-5 s), windows
+/// longer than the run, 512 polls in flight.
+pub(super) fn settings() -> LoopbackConfig {
+    LoopbackConfig {
+        interval: ("3s".into(), "5s".into()),
+        window: ("10m".into(), "10m".into()),
+        max_in_flight: 512,
+        request_timeout: "5s".into(),
+        key_env: KEY_ENV.into(),
+        ..Default::default()
+    }
+}
+
+/// K pending ConnPay payments (the sandbox's `bench_keys`), each in an
+/// open 10-minute window whose first poll falls due in 3-5 s.
+pub(super) fn load_windows(store: &crate::store::Store, k: usize) -> Result<(), String> {
+    let now = now_ms();
+    let items = (0..k).map(|i| {
+        let keys = bench_keys(i);
+        let inv = keys["invoice_id"].clone();
+        let window = PollWindow {
+            ends_ms: now + 600_000,
+            next_ms: now + fastrand::u64(3_000..=5_000),
+            polls: 0,
+            open: true,
+        };
+        let id = store.next_id().unwrap_or_default();
+        let p = super::pending(id, keys, 1000, Some(window), now);
+        (
+            p,
+            vec![],
+            vec![lookup_key(ProviderId::Connpay, "inv", &inv)],
+        )
+    });
+    store.bulk_load(items).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The status request of bench transfer `i`: its URL and body.
+pub(super) fn status_request(base_url: &str, i: usize) -> (String, serde_json::Value) {
+    let keys = bench_keys(i);
+    let url = format!(
+        "{base_url}/paynet/dapi/v1/transfer/{}/{}/status",
+        keys["endpoint_id"], keys["invoice_id"]
+    );
+    let body = serde_json::json!({"session": {"accessToken": keys["access_token"], "token": keys["session_token"]}});
+    (url, body)
+}
+
+/// Runs `one(n)` for n = 0, 1, … at `rate` per second for `dur`, at most
+/// 512 at once (payrecon's `max_in_flight` in the scenario); returns how
+/// many it started. Every one has ended when it returns.
+pub(super) async fn paced<F, Fut>(rate: f64, dur: Duration, one: F) -> u64
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let limit = Arc::new(tokio::sync::Semaphore::new(512));
-    let (cpu0, _) = thread_cpu(&["baseline"]);
     let start = Instant::now();
     let mut sent = 0u64;
     let mut tasks = tokio::task::JoinSet::new();
     while start.elapsed() < dur {
         let due = (start.elapsed().as_secs_f64() * rate) as u64;
         while sent < due {
-            let keys = bench_keys(sent as usize % k);
-            let url = format!(
-                "{base_url}/paynet/dapi/v1/transfer/{}/{}/status",
-                keys["endpoint_id"], keys["invoice_id"]
-            );
-            let body = serde_json::json!({"session": {"accessToken": keys["access_token"], "token": keys["session_token"]}});
-            let (client, permit) = (client.clone(), limit.clone().acquire_owned().await);
+            let permit = limit.clone().acquire_owned().await;
+            let work = one(sent);
             tasks.spawn(async move {
                 let _p = permit;
-                if let Ok(r) = client.post(url).json(&body).send().await {
-                    let _ = r.bytes().await;
-                }
+                work.await
             });
             sent += 1;
         }
@@ -195,6 +214,24 @@ async fn baseline(base_url: &str, k: usize, rate: f64, dur: Duration) -> (f64, u
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     while tasks.join_next().await.is_some() {}
+    sent
+}
+
+/// Sends status requests for the K transfers round-robin at `rate` per
+/// second for `dur`; returns the CPU seconds it took and requests sent.
+async fn baseline(base_url: &str, k: usize, rate: f64, dur: Duration) -> (f64, u64) {
+    let client = reqwest::Client::new();
+    let (cpu0, _) = thread_cpu(&["baseline"]);
+    let sent = paced(rate, dur, |n| {
+        let (url, body) = status_request(base_url, n as usize % k);
+        let client = client.clone();
+        async move {
+            if let Ok(r) = client.post(url).json(&body).send().await {
+                let _ = r.bytes().await;
+            }
+        }
+    })
+    .await;
     let (cpu1, _) = thread_cpu(&["baseline"]);
     ((cpu1 - cpu0).as_secs_f64(), sent)
 }

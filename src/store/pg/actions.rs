@@ -2,6 +2,7 @@
 //! keys (each taken once, by a unique constraint), and their answers
 //! applied to the payment in the same transaction as the action's update.
 
+use super::cached;
 use deadpool_postgres::Transaction;
 
 use super::ops::{find, from_json, json, load, move_window_row, put_key, put_payment, record, R};
@@ -9,10 +10,8 @@ use crate::action::{Action, ActionState};
 use crate::model::Report;
 use crate::store::{Change, Enqueued, Policy, StoreError, WindowChange};
 
-async fn load_action(t: &impl tokio_postgres::GenericClient, id: &str) -> R<Option<Action>> {
-    let row = t
-        .query_opt("SELECT record::text FROM actions WHERE id = $1", &[&id])
-        .await?;
+async fn load_action(t: &impl deadpool_postgres::GenericClient, id: &str) -> R<Option<Action>> {
+    let row = cached::row_opt(t, "SELECT record::text FROM actions WHERE id = $1", &[&id]).await?;
     Ok(row.map(|r| from_json(id, r.get(0))).transpose()?)
 }
 
@@ -22,7 +21,8 @@ pub async fn enqueue(
     exclusive_key: Option<String>,
     id: String,
 ) -> R<Enqueued> {
-    t.query_one(
+    cached::row(
+        t,
         "SELECT 1 FROM payments WHERE id = $1 FOR UPDATE",
         &[&action.payment_id],
     )
@@ -33,28 +33,27 @@ pub async fn enqueue(
         .as_ref()
         .map(|k| format!("action|idem|{}|{k}", action.payment_id));
     if let Some(k) = &idem {
-        if let Some(existing) = find(&**t, k).await? {
-            let a = load_action(&**t, &existing).await?;
+        if let Some(existing) = find(t, k).await? {
+            let a = load_action(t, &existing).await?;
             return Ok(Enqueued::Existing(a.ok_or(StoreError::NotFound(existing))?));
         }
     }
     if let Some(k) = &exclusive_key {
-        if let Some(holder) = find(&**t, k).await? {
-            let a = load_action(&**t, &holder)
+        if let Some(holder) = find(t, k).await? {
+            let a = load_action(t, &holder)
                 .await?
                 .ok_or(StoreError::NotFound(holder))?;
             if a.state != ActionState::Failed {
                 return Ok(Enqueued::Refused(a));
             }
-            t.execute("DELETE FROM lookup_keys WHERE key = $1", &[k])
-                .await?;
+            cached::exec(t, "DELETE FROM lookup_keys WHERE key = $1", &[k]).await?;
         }
     }
     action.id = id;
     for k in exclusive_key.iter().chain(idem.iter()) {
         put_key(t, k, &action.id).await?;
     }
-    t.execute(
+    cached::exec(t,
         "INSERT INTO actions (id, payment_id, state, final, record) VALUES ($1, $2, $3, $4, $5::text::jsonb)",
         &[
             &action.id,
@@ -74,7 +73,8 @@ pub async fn update_action(
     action: &Action,
     reports: Vec<Report>,
 ) -> R<Vec<Change>> {
-    t.execute(
+    cached::exec(
+        t,
         "UPDATE actions SET state = $2, final = $3, record = $4::text::jsonb WHERE id = $1",
         &[
             &action.id,

@@ -1,6 +1,7 @@
 //! Writes without the engine's checks, for imports and benchmarks
 //! (`Store::bulk_load`): a thousand payments per transaction.
 
+use super::cached;
 use deadpool_postgres::Pool;
 
 use super::ops::{i, json};
@@ -38,7 +39,8 @@ pub async fn load(
         let t = c.transaction().await?;
         for (p, history, keys) in chunk {
             let run = async {
-                t.execute(
+                cached::exec(
+                    &t,
                     "INSERT INTO payments (id, provider, state, created_ms, updated_ms, record) \
                      VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)",
                     &[
@@ -52,21 +54,23 @@ pub async fn load(
                 )
                 .await?;
                 for o in history {
-                    t.execute(
+                    cached::exec(&t,
                         "INSERT INTO observations (payment_id, seq, record) VALUES ($1, $2, $3::text::jsonb)",
                         &[&p.id, &(o.seq as i32), &json(o)],
                     )
                     .await?;
                 }
                 for k in keys {
-                    t.execute(
+                    cached::exec(
+                        &t,
                         "INSERT INTO lookup_keys (key, target_id) VALUES ($1, $2)",
                         &[k, &p.id],
                     )
                     .await?;
                 }
                 if let Some(w) = p.window.filter(|w| w.open && !p.state.is_final()) {
-                    t.execute(
+                    cached::exec(
+                        &t,
                         "INSERT INTO windows (payment_id, provider, next_ms) VALUES ($1, $2, $3)",
                         &[&p.id, &p.provider.to_string(), &i(w.next_ms)],
                     )

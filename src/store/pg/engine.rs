@@ -5,6 +5,7 @@
 //! Actions' writes are in actions.rs, leases in leases.rs, the gauges in
 //! gauges.rs.
 
+use super::cached;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -93,7 +94,7 @@ impl PgStore {
         arg: &str,
     ) -> Result<Option<T>, StoreError> {
         let c = self.client().await?;
-        let row = c.query_opt(sql, &[&arg]).await?;
+        let row = cached::row_opt(&c, sql, &[&arg]).await?;
         row.map(|r| from_json(arg, r.get(0))).transpose()
     }
 
@@ -104,7 +105,7 @@ impl PgStore {
         args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, StoreError> {
         let c = self.client().await?;
-        Ok(c.execute(sql, args).await?)
+        Ok(cached::exec(&c, sql, args).await?)
     }
 
     async fn many<T: serde::de::DeserializeOwned>(
@@ -113,7 +114,7 @@ impl PgStore {
         args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<T>, StoreError> {
         let c = self.client().await?;
-        let rows = c.query(sql, args).await?;
+        let rows = cached::rows(&c, sql, args).await?;
         rows.iter().map(|r| from_json(sql, r.get(0))).collect()
     }
 }
@@ -339,7 +340,7 @@ impl Backend for PgStore {
     fn find<'a>(&'a self, lookup_key: &'a str) -> BoxFut<'a, Option<String>> {
         Box::pin(async move {
             let c = self.client().await?;
-            ops::find(&**c, lookup_key).await.map_err(E::into_store)
+            ops::find(&c, lookup_key).await.map_err(E::into_store)
         })
     }
 
@@ -392,9 +393,8 @@ impl Backend for PgStore {
     fn open_windows(&self) -> BoxFut<'_, Vec<(String, ProviderId, u64)>> {
         Box::pin(async move {
             let c = self.client().await?;
-            let rows = c
-                .query("SELECT payment_id, provider, next_ms FROM windows", &[])
-                .await?;
+            let rows =
+                cached::rows(&c, "SELECT payment_id, provider, next_ms FROM windows", &[]).await?;
             rows.iter()
                 .map(|r| {
                     let (id, p) = super::leases::window_of(r)?;
@@ -421,9 +421,12 @@ impl Backend for PgStore {
     fn action_counts(&self) -> BoxFut<'_, BTreeMap<String, u64>> {
         Box::pin(async move {
             let c = self.client().await?;
-            let rows = c
-                .query("SELECT state, count(*) FROM actions GROUP BY state", &[])
-                .await?;
+            let rows = cached::rows(
+                &c,
+                "SELECT state, count(*) FROM actions GROUP BY state",
+                &[],
+            )
+            .await?;
             Ok(rows
                 .iter()
                 .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64))
@@ -454,9 +457,8 @@ impl Backend for PgStore {
     fn meta<'a>(&'a self, key: &'a str) -> BoxFut<'a, Option<String>> {
         Box::pin(async move {
             let c = self.client().await?;
-            let row = c
-                .query_opt("SELECT value FROM meta WHERE name = $1", &[&key])
-                .await?;
+            let row =
+                cached::row_opt(&c, "SELECT value FROM meta WHERE name = $1", &[&key]).await?;
             Ok(row.map(|r| r.get(0)))
         })
     }
@@ -476,8 +478,7 @@ impl Backend for PgStore {
     fn orphan_count(&self) -> BoxFut<'_, usize> {
         Box::pin(async move {
             let c = self.client().await?;
-            let n: i64 = c
-                .query_one("SELECT count(*) FROM orphans", &[])
+            let n: i64 = cached::row(&c, "SELECT count(*) FROM orphans", &[])
                 .await?
                 .get(0);
             Ok(n.max(0) as usize)

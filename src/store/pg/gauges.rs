@@ -3,6 +3,7 @@
 //! moved in between by this instance's own writes. With several instances
 //! writing, no one instance's counter could be exact anyway.
 
+use super::cached;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,16 +67,16 @@ impl Gauges {
 
 async fn count(pool: &Pool, g: &Gauges) -> R<()> {
     let c = super::connect(pool).await?;
-    let row = c
-        .query_one(
-            "SELECT (SELECT count(*) FROM payments), \
+    let row = cached::row(
+        &c,
+        "SELECT (SELECT count(*) FROM payments), \
                     (SELECT count(*) FROM notices WHERE NOT dead), \
                     (SELECT count(*) FROM notices WHERE dead), \
                     (SELECT count(*) FROM inbox), \
                     pg_database_size(current_database())",
-            &[],
-        )
-        .await?;
+        &[],
+    )
+    .await?;
     let n = |k: usize| row.get::<_, i64>(k).max(0) as u64;
     g.payments.store(n(0), Ordering::Relaxed);
     g.notices.store(n(1), Ordering::Relaxed);

@@ -2,6 +2,7 @@
 //! work done by one instance at a time (a provider's sweep), and the
 //! windows nobody holds, taken over after their instance died.
 
+use super::cached;
 use super::engine::PgStore;
 use super::ops::{from_json, i};
 use crate::action::Action;
@@ -66,17 +67,17 @@ impl PgStore {
         limit: usize,
     ) -> Result<Vec<(String, ProviderId)>, StoreError> {
         let c = self.client().await?;
-        let rows = c
-            .query(
-                "UPDATE windows SET lease_owner = $1, lease_until_ms = $2 \
+        let rows = cached::rows(
+            &c,
+            "UPDATE windows SET lease_owner = $1, lease_until_ms = $2 \
                  WHERE payment_id IN ( \
                      SELECT payment_id FROM windows \
                      WHERE lease_owner IS NULL OR lease_until_ms < $3 \
                      ORDER BY next_ms LIMIT $4 FOR UPDATE SKIP LOCKED) \
                  RETURNING payment_id, provider",
-                &[&l.owner, &i(l.until_ms), &i(l.now_ms), &i(limit as u64)],
-            )
-            .await?;
+            &[&l.owner, &i(l.until_ms), &i(l.now_ms), &i(limit as u64)],
+        )
+        .await?;
         rows.iter().map(window_of).collect()
     }
 
@@ -88,15 +89,15 @@ impl PgStore {
         l: Lease<'_>,
     ) -> Result<Option<Action>, StoreError> {
         let c = self.client().await?;
-        let row = c
-            .query_opt(
-                "UPDATE actions SET lease_owner = $2, lease_until_ms = $3 \
+        let row = cached::row_opt(
+            &c,
+            "UPDATE actions SET lease_owner = $2, lease_until_ms = $3 \
                  WHERE id = $1 AND NOT final \
                    AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until_ms < $4) \
                  RETURNING record::text",
-                &[&id, &l.owner, &i(l.until_ms), &i(l.now_ms)],
-            )
-            .await?;
+            &[&id, &l.owner, &i(l.until_ms), &i(l.now_ms)],
+        )
+        .await?;
         row.map(|r| from_json(id, r.get(0))).transpose()
     }
 

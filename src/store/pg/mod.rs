@@ -14,6 +14,7 @@ use super::StoreError;
 
 mod actions;
 mod bulk;
+mod cached;
 mod engine;
 mod gauges;
 mod leases;
@@ -105,17 +106,14 @@ pub(super) async fn connect(pool: &Pool) -> Result<deadpool_postgres::Object, St
 /// advisory lock held on the migrating connection).
 pub async fn migrate(pool: &Pool) -> Result<usize, StoreError> {
     let mut client = connect(pool).await?;
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+    cached::exec(&client, "SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(|e| db_error("cannot take the migration lock", e))?;
     let report = embedded::migrations::runner()
         .set_migration_table_name("payrecon_migrations")
         .run_async(&mut **client)
         .await;
-    let unlocked = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-        .await;
+    let unlocked = cached::exec(&client, "SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
     let report = report.map_err(|e| db_error("schema migration failed", e))?;
     unlocked.map_err(|e| db_error("cannot release the migration lock", e))?;
     let applied = report.applied_migrations();
