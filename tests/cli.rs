@@ -43,6 +43,81 @@ fn the_example_config_passes_check_config() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
 }
 
+/// The example's secrets, as the environment `payrecon` gives them.
+const SECRETS: [&str; 10] = [
+    "PAYRECON_CONNPAY_CONTROL_KEY",
+    "PAYRECON_MYFATOORAH_TOKEN",
+    "PAYRECON_MYFATOORAH_WEBHOOK_SECRET",
+    "PAYRECON_REST_API_KEY",
+    "PAYRECON_CONNECTFI_CLIENT_ID",
+    "PAYRECON_CONNECTFI_CLIENT_SECRET",
+    "PAYRECON_CRM_USERNAME",
+    "PAYRECON_CRM_PASSWORD",
+    "PAYRECON_ADMIN_TOKEN",
+    "PAYRECON_NOTIFY_SECRET",
+];
+
+/// The binary with none of the example's secrets in its environment.
+fn without_secrets(args: &[&str]) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_payrecon"));
+    for var in SECRETS {
+        c.env_remove(var);
+    }
+    c.args(args).output().unwrap()
+}
+
+#[test]
+fn check_config_reads_a_credentials_folder_or_checks_without_secrets() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml.example");
+    // No secrets anywhere: the first one missing is named, exit 2.
+    let out = without_secrets(&["check-config", "--config", example]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not set"));
+    // --no-secrets: everything else is checked, the secrets are not.
+    let out = without_secrets(&["check-config", "--no-secrets", "--config", example]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --credentials DIR: one file per secret, as LoadCredential= makes
+    // them; an empty one is named with its path.
+    let dir = tempfile::tempdir().unwrap();
+    for var in SECRETS {
+        let value = if var == "PAYRECON_NOTIFY_SECRET" {
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        } else {
+            "from-a-credential"
+        };
+        std::fs::write(dir.path().join(var), format!("{value}\n")).unwrap();
+    }
+    let creds = dir.path().to_str().unwrap();
+    let out = without_secrets(&["check-config", "--credentials", creds, "--config", example]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(dir.path().join("PAYRECON_CRM_PASSWORD"), "").unwrap();
+    let out = without_secrets(&["check-config", "--credentials", creds, "--config", example]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PAYRECON_CRM_PASSWORD") && err.contains("empty"),
+        "{err}"
+    );
+    // A bad secret is still caught: a notification secret that is not one.
+    std::fs::write(dir.path().join("PAYRECON_CRM_PASSWORD"), "pw").unwrap();
+    std::fs::write(dir.path().join("PAYRECON_NOTIFY_SECRET"), "not-base64!").unwrap();
+    let out = without_secrets(&["check-config", "--credentials", creds, "--config", example]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 #[test]
 fn a_broken_config_names_the_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();

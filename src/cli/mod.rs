@@ -45,6 +45,15 @@ pub enum Command {
     CheckConfig {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Look secrets up in DIR (one file per secret, named like its
+        /// *_env value, as systemd's LoadCredential= makes them) before
+        /// the environment: the service's credentials, checked before it
+        /// starts.
+        #[arg(long, value_name = "DIR", conflicts_with = "no_secrets")]
+        credentials: Option<PathBuf>,
+        /// Check everything but the secrets (a file on a build machine).
+        #[arg(long)]
+        no_secrets: bool,
     },
     /// Track a payment on a running daemon.
     Track {
@@ -229,6 +238,26 @@ fn env() -> HashMap<String, String> {
     std::env::vars().collect()
 }
 
+/// The config as `run` would load it: secrets from `credentials` (or
+/// `$CREDENTIALS_DIRECTORY`) and the environment, or none at all.
+fn check_config(
+    path: &std::path::Path,
+    credentials: Option<PathBuf>,
+    no_secrets: bool,
+) -> Result<Config, crate::config::ConfigError> {
+    if no_secrets {
+        return Config::load_without_secrets(path);
+    }
+    let mut env = env();
+    if let Some(dir) = credentials {
+        env.insert(
+            "CREDENTIALS_DIRECTORY".into(),
+            dir.to_string_lossy().into_owned(),
+        );
+    }
+    Config::load(path, &env)
+}
+
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("payrecon: {msg}");
     ExitCode::FAILURE
@@ -249,7 +278,11 @@ fn print_out(bytes: impl AsRef<[u8]>) -> ExitCode {
 async fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run { config } => run(config).await,
-        Command::CheckConfig { config } => match Config::load(&config, &env()) {
+        Command::CheckConfig {
+            config,
+            credentials,
+            no_secrets,
+        } => match check_config(&config, credentials, no_secrets) {
             Ok(c) => {
                 let mut text = format!("{}: ok\n", config.display());
                 for c in &c.providers {

@@ -197,7 +197,9 @@ impl Engine {
             // again under its lease, and left alone if it has moved on
             // (another task or instance finished it) or is held elsewhere.
             match e.store().claim_action(&id, e.action_lease(pid)).await {
-                Ok(Some(a)) => {
+                // Only what may be sent or settled: not one parked as
+                // `unknown` (for an operator) since the outbox was read.
+                Ok(Some(a)) if matches!(a.state, ActionState::Queued | ActionState::Sending) => {
                     let span = tracing::info_span!("action", action_id = %id, payment_id = %a.payment_id, provider = %a.provider);
                     let uncertain = a.state == ActionState::Sending;
                     let driven = tracing::Instrument::instrument(e.clone().drive(a, uncertain), span);
@@ -214,7 +216,7 @@ impl Engine {
                         tracing::debug!(action_id = %id, error = %err, "action lease not given up; it runs out on its own");
                     }
                 }
-                Ok(None) => {}
+                Ok(_) => {}
                 Err(err) => {
                     tracing::warn!(action_id = %id, error = %err, "action lease not taken; trying again at the next outbox pass")
                 }

@@ -664,3 +664,34 @@ async fn a_payments_notices_have_one_sender_and_go_in_order() {
         e.done().await;
     }
 }
+
+/// A callback and its payment's track arriving at once (on PostgreSQL:
+/// at two instances): the callback is applied to the payment, never left
+/// an orphan beside it.
+#[tokio::test]
+async fn a_callback_racing_its_payments_track_is_applied_not_left_an_orphan() {
+    for (e, store) in each_engine().await {
+        // On PostgreSQL a second instance: its own pool on the same schema.
+        let other = match e.pg {
+            Some(_) => e.reopen().await,
+            None => store.clone(),
+        };
+        for i in 0..40 {
+            let inv = format!("inv-race-{i}");
+            let (tracked, ingested) = tokio::join!(
+                store.track(new_payment(&inv)),
+                other.ingest_callback(callback(&inv, "approved", State::Succeeded))
+            );
+            let id = tracked.unwrap().payment.id;
+            ingested.unwrap();
+            let h = store.history(&id).await.unwrap();
+            assert!(
+                h.iter().any(|o| o.source == Source::Callback),
+                "{inv}: the callback was left an orphan"
+            );
+        }
+        assert_eq!(store.orphan_count().await.unwrap(), 0);
+        drop((store, other));
+        e.done().await;
+    }
+}

@@ -246,6 +246,13 @@ pub async fn track(
     .await?;
     put_key(t, &idempotency_key, &id).await?;
     let (mut changes, mut claims) = (vec![], vec![]);
+    // Each key's lock before the key (in one order: two tracks sharing
+    // keys never wait on each other crosswise); see `orphan_or_found`.
+    let mut locked: Vec<&String> = lookup_keys.iter().collect();
+    locked.sort();
+    for k in locked {
+        lock_key(t, k).await?;
+    }
     for k in &lookup_keys {
         put_key(t, k, &id).await?;
         let orphans = cached::rows(
@@ -372,9 +379,12 @@ pub async fn ingest(t: &Transaction<'_>, policy: &Policy, cb: &CallbackRecord) -
         return Ok(Ingested::Duplicate);
     };
     let found: Option<String> = row.get(0);
-    let Some(id) = found else {
-        put_orphan(t, policy, cb).await?;
-        return Ok(Ingested::Orphaned);
+    let id = match found {
+        Some(id) => id,
+        None => match orphan_or_found(t, policy, cb).await? {
+            Some(id) => id,
+            None => return Ok(Ingested::Orphaned),
+        },
     };
     let mut p = load(t, &id).await?;
     let (observation, change) = record(
@@ -394,6 +404,43 @@ pub async fn ingest(t: &Transaction<'_>, policy: &Policy, cb: &CallbackRecord) -
         change,
         repeat: false,
     })))
+}
+
+/// Takes the lock a track of a payment under `key` also takes before it
+/// writes the key and claims its orphans (until the transaction ends):
+/// of a callback kept as an orphan and its payment's track, on two
+/// instances at once, one waits for the other.
+async fn lock_key(t: &Transaction<'_>, key: &str) -> R<()> {
+    cached::exec(
+        t,
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 7340))",
+        &[&key],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A callback for no known payment: under the key's lock, looked up
+/// again (a track on another instance may have committed since the inbox
+/// insert looked) and kept as an orphan only if still unknown. The
+/// payment's id when it was found after all.
+async fn orphan_or_found(
+    t: &Transaction<'_>,
+    policy: &Policy,
+    cb: &CallbackRecord,
+) -> R<Option<String>> {
+    lock_key(t, &cb.match_key).await?;
+    if let Some(id) = find(t, &cb.match_key).await? {
+        cached::exec(
+            t,
+            "UPDATE inbox SET payment_id = $2 WHERE dedupe_key = $1",
+            &[&cb.dedupe_key, &id],
+        )
+        .await?;
+        return Ok(Some(id));
+    }
+    put_orphan(t, policy, cb).await?;
+    Ok(None)
 }
 
 async fn put_orphan(t: &Transaction<'_>, policy: &Policy, cb: &CallbackRecord) -> R<()> {
