@@ -8,22 +8,28 @@ use std::process::Command;
 use common::*;
 use payrecon::providers::connpay::sim::{NewTransfer, Script, Settle};
 
+/// The example's secrets and the values the tests give them.
+const SECRETS: [(&str, &str); 10] = [
+    ("PAYRECON_CONNPAY_CONTROL_KEY", "example-key"),
+    ("PAYRECON_MYFATOORAH_TOKEN", "example-mf-token"),
+    ("PAYRECON_MYFATOORAH_WEBHOOK_SECRET", "example-mf-webhook"),
+    ("PAYRECON_REST_API_KEY", "example-rest-key"),
+    ("PAYRECON_CONNECTFI_CLIENT_ID", "example-cfi-id"),
+    ("PAYRECON_CONNECTFI_CLIENT_SECRET", "example-cfi-secret"),
+    ("PAYRECON_CRM_USERNAME", "example-crm-user"),
+    ("PAYRECON_CRM_PASSWORD", "example-crm-password"),
+    ("PAYRECON_ADMIN_TOKEN", "example-token"),
+    (
+        "PAYRECON_NOTIFY_SECRET",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    ),
+];
+
+/// The binary with the example's secrets in its environment.
 fn payrecon(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_payrecon"))
         .args(args)
-        .env("PAYRECON_CONNPAY_CONTROL_KEY", "example-key")
-        .env("PAYRECON_MYFATOORAH_TOKEN", "example-mf-token")
-        .env("PAYRECON_MYFATOORAH_WEBHOOK_SECRET", "example-mf-webhook")
-        .env("PAYRECON_REST_API_KEY", "example-rest-key")
-        .env("PAYRECON_CONNECTFI_CLIENT_ID", "example-cfi-id")
-        .env("PAYRECON_CONNECTFI_CLIENT_SECRET", "example-cfi-secret")
-        .env("PAYRECON_CRM_USERNAME", "example-crm-user")
-        .env("PAYRECON_CRM_PASSWORD", "example-crm-password")
-        .env("PAYRECON_ADMIN_TOKEN", "example-token")
-        .env(
-            "PAYRECON_NOTIFY_SECRET",
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        )
+        .envs(SECRETS)
         .output()
         .unwrap()
 }
@@ -43,24 +49,10 @@ fn the_example_config_passes_check_config() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
 }
 
-/// The example's secrets, as the environment `payrecon` gives them.
-const SECRETS: [&str; 10] = [
-    "PAYRECON_CONNPAY_CONTROL_KEY",
-    "PAYRECON_MYFATOORAH_TOKEN",
-    "PAYRECON_MYFATOORAH_WEBHOOK_SECRET",
-    "PAYRECON_REST_API_KEY",
-    "PAYRECON_CONNECTFI_CLIENT_ID",
-    "PAYRECON_CONNECTFI_CLIENT_SECRET",
-    "PAYRECON_CRM_USERNAME",
-    "PAYRECON_CRM_PASSWORD",
-    "PAYRECON_ADMIN_TOKEN",
-    "PAYRECON_NOTIFY_SECRET",
-];
-
 /// The binary with none of the example's secrets in its environment.
 fn without_secrets(args: &[&str]) -> std::process::Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_payrecon"));
-    for var in SECRETS {
+    for (var, _) in SECRETS {
         c.env_remove(var);
     }
     c.args(args).output().unwrap()
@@ -83,12 +75,7 @@ fn check_config_reads_a_credentials_folder_or_checks_without_secrets() {
     // --credentials DIR: one file per secret, as LoadCredential= makes
     // them; an empty one is named with its path.
     let dir = tempfile::tempdir().unwrap();
-    for var in SECRETS {
-        let value = if var == "PAYRECON_NOTIFY_SECRET" {
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-        } else {
-            "from-a-credential"
-        };
+    for (var, value) in SECRETS {
         std::fs::write(dir.path().join(var), format!("{value}\n")).unwrap();
     }
     let creds = dir.path().to_str().unwrap();

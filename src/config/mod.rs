@@ -51,16 +51,25 @@ enum Secrets {
 /// kind the config checks (a `whsec_` signing secret of 32 bytes).
 const STAND_IN: &str = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
-impl Config {
-    /// Reads and validates `path`, taking secrets from `env`.
-    pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.display().to_string(),
+/// A config file's name (for errors) and text.
+fn read(path: &Path) -> Result<(String, String), ConfigError> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((name, text)),
+        Err(e) => Err(ConfigError {
+            file: name,
             line: None,
             key: None,
             message: format!("cannot read: {e}"),
-        })?;
-        Config::parse(&path.display().to_string(), &text, env)
+        }),
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`, taking secrets from `env`.
+    pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let (name, text) = read(path)?;
+        Config::parse(&name, &text, env)
     }
 
     /// Parses and validates a config text; `name` is used in errors.
@@ -77,13 +86,7 @@ impl Config {
     /// stand-in in its place): `check-config --no-secrets`, for a file
     /// checked where the secrets are not (a build machine).
     pub fn load_without_secrets(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.display().to_string(),
-            line: None,
-            key: None,
-            message: format!("cannot read: {e}"),
-        })?;
-        let name = path.display().to_string();
+        let (name, text) = read(path)?;
         let file = parse_file(&name, &text)?;
         Config::resolve(&name, &text, file, &HashMap::new(), Secrets::Skip)
     }
@@ -91,13 +94,7 @@ impl Config {
     /// Reads `path` for its settings alone, without the secrets (offline
     /// commands that only need the store path).
     pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: name.clone(),
-            line: None,
-            key: None,
-            message: format!("cannot read: {e}"),
-        })?;
+        let (name, text) = read(path)?;
         parse_file(&name, &text)
     }
 
