@@ -301,3 +301,34 @@ async fn a_401_names_the_token_variable_and_a_refused_connection_says_so() {
     let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
     assert!(err.contains("connection refused"), "{err}");
 }
+
+/// The unit checks the config before each start with the command and
+/// file `run` uses, and does not restart on the status a broken config
+/// gives (a restart cannot fix it).
+#[test]
+fn the_unit_checks_the_config_first_and_does_not_restart_on_a_config_error() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/payrecon.service"
+    ))
+    .unwrap();
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{key} in the unit"))
+            .trim()
+            .to_string()
+    };
+    let (pre, start) = (value("ExecStartPre="), value("ExecStart="));
+    assert_eq!(pre.replacen(" check-config ", " run ", 1), start);
+    let status: i32 = value("RestartPreventExitStatus=").parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("payrecon.toml");
+    std::fs::write(&broken, "[store]\npath = 3\n").unwrap();
+    let path = broken.to_str().unwrap();
+    for command in ["check-config", "run"] {
+        let out = payrecon(&[command, "--config", path]);
+        assert_eq!(out.status.code(), Some(status), "{command}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("store.path"));
+    }
+}
