@@ -89,7 +89,7 @@ impl Out<'_> {
     fn text(&mut self, s: &str, name: bool, optional: bool) {
         let tag = self.tag(s, name);
         self.varint(tag + u64::from(optional));
-        if tag % 3 == 0 {
+        if tag.is_multiple_of(3) {
             let a = self.buf.len() as u32;
             self.buf.extend_from_slice(s.as_bytes());
             self.written.push((a, self.buf.len() as u32));
