@@ -26,6 +26,11 @@ async fn setup() -> Setup {
 }
 
 async fn setup_with(max_delay: &str) -> Setup {
+    setup_notify(&format!("max_delay = \"{max_delay}\"\n")).await
+}
+
+/// `[notify]` with `extra` lines (min_delay is 10 ms).
+async fn setup_notify(extra: &str) -> Setup {
     let key = [42u8; 32];
     let secret = format!(
         "whsec_{}",
@@ -37,7 +42,7 @@ async fn setup_with(max_delay: &str) -> Setup {
         CancellationToken::new(),
     );
     let tail = format!(
-        "[notify]\nurl = \"{}\"\nsecret_env = \"{SECRET_ENV}\"\nmin_delay = \"10ms\"\nmax_delay = \"{max_delay}\"\n",
+        "[notify]\nurl = \"{}\"\nsecret_env = \"{SECRET_ENV}\"\nmin_delay = \"10ms\"\n{extra}",
         platform.url()
     );
     let h = Harness::start_with(
@@ -268,5 +273,84 @@ async fn queued_notifications_survive_a_kill_with_their_ids() {
         .collect();
     assert_eq!(delivered, tried, "the same ids, none lost, none new");
     sim.shutdown().await;
+    platform.shutdown().await;
+}
+
+/// Dead letters: notifications given up after the horizon are listed by
+/// the admin API, and put back by id (API) or by time (the binary's CLI):
+/// delivered under their own webhook ids, in their payment's order.
+#[tokio::test]
+async fn dead_letters_are_listed_and_replayed_under_their_own_ids() {
+    let Setup { h, platform } = setup_notify("max_delay = \"20ms\"\nhorizon = \"300ms\"\n").await;
+    platform.fail_next(u32::MAX);
+    let id = h
+        .track(&NewTransfer::new("inv-dead-1", two_changes()))
+        .await;
+    wait_until("both notifications are dead letters", || async {
+        h.engine.store().dead_notices() == 2
+    })
+    .await;
+    let page = h.admin.dead_letters(None, None).await.unwrap();
+    let dead: Vec<_> = page
+        .notifications
+        .iter()
+        .map(|d| d.webhook_id.clone())
+        .collect();
+    assert_eq!(dead.len(), 2, "{:?}", page.notifications);
+    for d in &page.notifications {
+        assert_eq!(d.payment_id, id);
+        assert!(d.attempts >= 1 && d.last_error.as_deref().unwrap_or("").contains("503"));
+    }
+    // Paged by webhook id.
+    let first = h.admin.dead_letters(None, Some(1)).await.unwrap();
+    let rest = h
+        .admin
+        .dead_letters(first.next_after.as_deref(), Some(1))
+        .await
+        .unwrap();
+    assert_eq!(rest.notifications[0].webhook_id, dead[1]);
+    // The receiver is back: the first is replayed by its id and delivered
+    // under it; a second replay of it finds no dead letter.
+    platform.fail_next(0);
+    let back = h.admin.replay(&dead[0]).await.unwrap();
+    assert_eq!(
+        (back.webhook_id.as_str(), back.attempts),
+        (dead[0].as_str(), 0)
+    );
+    wait_until("the replayed notification is delivered", || async {
+        platform.delivered().iter().any(|r| r.webhook_id == dead[0])
+    })
+    .await;
+    let again = h.admin.replay(&dead[0]).await.unwrap_err();
+    assert!(again.to_string().contains("not_found"), "{again}");
+    // The rest by time, from the command line.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_payrecon"))
+        .args(["replay", "--since", "2000-01-01", "--admin-url"])
+        .arg(format!("http://{}", h.admin_addr))
+        .env_remove("PAYRECON_ADMIN_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let replayed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(replayed["replayed"], 1);
+    wait_until("both are delivered", || async {
+        platform.delivered().len() == 2
+    })
+    .await;
+    let ids: Vec<String> = platform
+        .delivered()
+        .iter()
+        .map(|r| r.webhook_id.clone())
+        .collect();
+    assert_eq!(ids, dead, "delivered under their own ids, in order");
+    assert!(h
+        .admin
+        .dead_letters(None, None)
+        .await
+        .unwrap()
+        .notifications
+        .is_empty());
+    h.stop().await;
     platform.shutdown().await;
 }

@@ -152,6 +152,41 @@ impl AdminClient {
         .await
     }
 
+    /// A page of dead letters, oldest first, after the webhook id `after`.
+    pub async fn dead_letters(
+        &self,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<crate::listen::dead::DeadPage, ClientError> {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        if let Some(a) = after {
+            q.append_pair("after", a);
+        }
+        if let Some(l) = limit {
+            q.append_pair("limit", &l.to_string());
+        }
+        let url = format!("{}/v1/notifications/dead?{}", self.base, q.finish());
+        self.send(self.http.get(url)).await
+    }
+
+    /// Puts one dead letter back in the queue.
+    pub async fn replay(&self, id: &str) -> Result<crate::listen::dead::DeadLetter, ClientError> {
+        let url = format!("{}/v1/notifications/{id}/replay", self.base);
+        self.send(self.http.post(url)).await
+    }
+
+    /// Puts back every dead letter of a change at or after `since`.
+    pub async fn replay_since(
+        &self,
+        since: &str,
+    ) -> Result<crate::listen::dead::Replayed, ClientError> {
+        let body = crate::listen::dead::ReplaySince {
+            since: since.to_string(),
+        };
+        let url = format!("{}/v1/notifications/replay", self.base);
+        self.send(self.http.post(url).json(&body)).await
+    }
+
     pub async fn reconcile(&self, provider: &str) -> Result<serde_json::Value, ClientError> {
         self.send(
             self.http

@@ -122,6 +122,34 @@ pub enum Command {
         #[arg(long)]
         note: Option<String>,
     },
+    /// List the notifications given up after notify.horizon (dead
+    /// letters), oldest first.
+    DeadLetters {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Start after this webhook id (the last page's `next_after`).
+        #[arg(long, value_name = "WEBHOOK_ID")]
+        after: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Put dead letters back in the delivery queue, under their own
+    /// webhook ids: one by its id, or every one since a time.
+    Replay {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// A dead letter's webhook id (`msg_…`).
+        #[arg(
+            value_name = "WEBHOOK_ID",
+            required_unless_present = "since",
+            conflicts_with = "since"
+        )]
+        id: Option<String>,
+        /// Every dead letter of a change at or after this time (RFC 3339,
+        /// or a date: midnight UTC).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+    },
     /// Run one reconciliation sweep for a provider now.
     Reconcile {
         #[command(flatten)]
@@ -391,6 +419,16 @@ async fn dispatch(cli: Cli) -> ExitCode {
                     .await,
             )
         }
+        Command::DeadLetters {
+            admin,
+            after,
+            limit,
+        } => print_json(client(&admin).dead_letters(after.as_deref(), limit).await),
+        Command::Replay { admin, id, since } => match (id, since) {
+            (Some(id), _) => print_json(client(&admin).replay(&id).await),
+            (None, Some(since)) => print_json(client(&admin).replay_since(&since).await),
+            (None, None) => fail("give a webhook id or --since"),
+        },
         Command::Reconcile { admin, provider } => {
             print_json(client(&admin).reconcile(&provider).await)
         }

@@ -30,8 +30,8 @@ use crate::store::StoreError;
 
 /// A track request is a few hundred bytes.
 const MAX_BODY: usize = 64 * 1024;
-const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
+pub(super) const DEFAULT_PAGE: usize = 100;
+pub(super) const MAX_PAGE: usize = 1000;
 
 pub struct Admin {
     pub engine: Arc<Engine>,
@@ -75,6 +75,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/providers/{provider}/payments/{name}/{value}"),
     ("POST", "/v1/reconcile/{provider}"),
     ("GET", "/v1/export"),
+    ("GET", "/v1/notifications/dead"),
+    ("POST", "/v1/notifications/{id}/replay"),
+    ("POST", "/v1/notifications/replay"),
 ];
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -241,6 +244,14 @@ impl Admin {
             }
             ("GET", ["v1", "payments"]) => self.list(req.uri().query()).await,
             ("GET", ["v1", "export"]) => self.export(req.uri().query()).await,
+            ("GET", ["v1", "notifications", "dead"]) => self.dead_letters(req.uri().query()).await,
+            ("POST", ["v1", "notifications", id, "replay"]) => self.replay_one(id).await,
+            ("POST", ["v1", "notifications", "replay"]) => {
+                match http::read_body(req, MAX_BODY).await {
+                    Ok(body) => self.replay_since(&body).await,
+                    Err(a) => a,
+                }
+            }
             ("GET", ["v1", "providers", provider, "payments", name, value]) => {
                 self.by_key(provider, name, value).await
             }

@@ -3,3 +3,4 @@
 
 pub mod admin;
 pub mod callback;
+pub mod dead;

@@ -79,6 +79,10 @@ pub trait Backend: Send + Sync + 'static {
     fn update_action(&self, action: Action, reports: Vec<Report>) -> BoxFut<'_, Vec<Change>>;
     fn update_notice(&self, n: Notice) -> BoxFut<'_, ()>;
     fn remove_notice(&self, n: Notice, dead: bool) -> BoxFut<'_, ()>;
+    /// Moves the dead letters numbered `seqs` back to the queue, their
+    /// attempts reset (same seq: the same `webhook-id`). Returns those
+    /// that were dead; others are left as they are.
+    fn replay_dead(&self, seqs: Vec<u64>) -> BoxFut<'_, Vec<Notice>>;
     fn set_meta(&self, key: String, value: Option<String>) -> BoxFut<'_, ()>;
     fn set_sweep_mark(&self, id: String, mark: SweepMark) -> BoxFut<'_, ()>;
     fn expire_orphans(&self, before_ms: u64) -> BoxFut<'_, usize>;
@@ -169,6 +173,8 @@ pub trait Backend: Send + Sync + 'static {
     fn action_counts(&self) -> BoxFut<'_, BTreeMap<String, u64>>;
     fn actions_of<'a>(&'a self, payment_id: &'a str) -> BoxFut<'a, Vec<Action>>;
     fn notices(&self, limit: usize) -> BoxFut<'_, Vec<Notice>>;
+    /// Dead letters in order, after `after` (a seq), at most `limit`.
+    fn dead_letters(&self, after: Option<u64>, limit: usize) -> BoxFut<'_, Vec<Notice>>;
     fn meta<'a>(&'a self, key: &'a str) -> BoxFut<'a, Option<String>>;
     fn sweep_mark<'a>(&'a self, id: &'a str) -> BoxFut<'a, SweepMark>;
     fn orphan_count(&self) -> BoxFut<'_, usize>;

@@ -466,6 +466,42 @@ impl Store {
         self.backend.update_notice(n.clone()).await
     }
 
+    /// Dead letters (notices given up after the horizon), in order, after
+    /// the seq `after`, at most `limit`.
+    pub async fn dead_letters(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Notice>, StoreError> {
+        self.backend.dead_letters(after, limit).await
+    }
+
+    /// Puts dead letters back in the queue (Backend::replay_dead): those
+    /// that were dead, now queued under their own `webhook-id`.
+    pub async fn replay_dead(&self, seqs: Vec<u64>) -> Result<Vec<Notice>, StoreError> {
+        self.backend.replay_dead(seqs).await
+    }
+
+    /// Puts back every dead letter of a change at or after `since_ms`;
+    /// returns how many.
+    pub async fn replay_dead_since(&self, since_ms: u64) -> Result<usize, StoreError> {
+        let mut after = None;
+        let mut replayed = 0;
+        loop {
+            let page = self.dead_letters(after, 1_000).await?;
+            let Some(last) = page.last() else {
+                return Ok(replayed);
+            };
+            after = Some(last.seq);
+            let due: Vec<u64> = page
+                .iter()
+                .filter(|n| n.at_ms >= since_ms)
+                .map(|n| n.seq)
+                .collect();
+            replayed += self.replay_dead(due).await?.len();
+        }
+    }
+
     /// A delivered notice leaves the outbox; one past the retry horizon
     /// moves to the dead letters.
     pub async fn remove_notice(&self, n: &Notice, dead: bool) -> Result<(), StoreError> {

@@ -695,3 +695,55 @@ async fn a_callback_racing_its_payments_track_is_applied_not_left_an_orphan() {
         e.done().await;
     }
 }
+
+#[tokio::test]
+async fn dead_letters_are_listed_in_order_and_replayed_once() {
+    for (e, store) in each_engine().await {
+        store.enable_notices(true);
+        let id = store.track(new_payment("inv-d1")).await.unwrap().payment.id;
+        let moves = [("auth", State::Authorized), ("approved", State::Succeeded)];
+        for (raw, state) in moves {
+            let r = report(Source::Poll, raw, Some(state));
+            store
+                .observe(&id, r, WindowChange::Keep, 2_000)
+                .await
+                .unwrap();
+        }
+        let mut queued = store.notices(10).await.unwrap();
+        for n in &mut queued {
+            n.attempts = 7;
+            n.last_error = Some("HTTP 503".into());
+            store.remove_notice(n, true).await.unwrap();
+        }
+        assert!(store.notices(10).await.unwrap().is_empty());
+        assert_eq!(store.dead_notices(), 2);
+        let dead = store.dead_letters(None, 10).await.unwrap();
+        assert_eq!(dead, queued, "kept as they were given up, in order");
+        let after = store.dead_letters(Some(dead[0].seq), 10).await.unwrap();
+        assert_eq!(after, dead[1..]);
+        // One back: queued again under its seq, its attempts reset.
+        let back = store.replay_dead(vec![dead[0].seq]).await.unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(
+            (back[0].seq, back[0].attempts, back[0].next_ms),
+            (dead[0].seq, 0, 0)
+        );
+        let q = store.notices(10).await.unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!((q[0].seq, q[0].attempts), (dead[0].seq, 0));
+        assert!(store
+            .replay_dead(vec![dead[0].seq])
+            .await
+            .unwrap()
+            .is_empty());
+        // The rest by time: none before, all since.
+        let at = dead[1].at_ms;
+        store.enable_notices(false);
+        assert_eq!(store.replay_dead_since(at + 1).await.unwrap(), 0);
+        assert_eq!(store.replay_dead_since(at).await.unwrap(), 1);
+        assert_eq!(store.dead_notices(), 0);
+        assert_eq!(store.notices(10).await.unwrap().len(), 2);
+        drop(store);
+        e.done().await;
+    }
+}

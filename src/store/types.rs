@@ -204,6 +204,20 @@ impl Notice {
     pub fn webhook_id(&self) -> String {
         format!("msg_{:016x}", self.seq)
     }
+
+    /// The seq a `webhook-id` names (`msg_` and 16 hex digits).
+    pub fn seq_of(webhook_id: &str) -> Option<u64> {
+        let hex = webhook_id.strip_prefix("msg_")?;
+        (hex.len() == 16)
+            .then(|| u64::from_str_radix(hex, 16).ok())
+            .flatten()
+    }
+
+    /// Back to a first delivery, due now (a replay).
+    pub fn reset_attempts(&mut self) {
+        self.attempts = 0;
+        self.next_ms = 0;
+    }
 }
 
 /// What became of a request to queue an action.

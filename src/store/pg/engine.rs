@@ -246,6 +246,25 @@ impl Backend for PgStore {
         })
     }
 
+    fn replay_dead(&self, seqs: Vec<u64>) -> BoxFut<'_, Vec<Notice>> {
+        Box::pin(async move {
+            let seqs: Vec<i64> = seqs.into_iter().map(i).collect();
+            let back: Vec<Notice> = self
+                .many(
+                    "UPDATE notices SET dead = false, next_ms = 0, lease_owner = NULL, lease_until_ms = NULL, \
+                     record = record || '{\"attempts\": 0, \"next_ms\": 0}'::jsonb \
+                     WHERE seq = ANY($1) AND dead RETURNING record::text",
+                    &[&seqs],
+                )
+                .await?;
+            Gauges::add(&self.gauges.notices, back.len() as u64);
+            for _ in &back {
+                Gauges::take_one(&self.gauges.dead);
+            }
+            Ok(back)
+        })
+    }
+
     fn set_meta(&self, key: String, value: Option<String>) -> BoxFut<'_, ()> {
         Box::pin(async move {
             match value {
@@ -439,6 +458,17 @@ impl Backend for PgStore {
             self.many(
                 "SELECT record::text FROM actions WHERE payment_id = $1 ORDER BY id",
                 &[&payment_id],
+            )
+            .await
+        })
+    }
+
+    fn dead_letters(&self, after: Option<u64>, limit: usize) -> BoxFut<'_, Vec<Notice>> {
+        Box::pin(async move {
+            let after = after.map_or(-1, i);
+            self.many(
+                "SELECT record::text FROM notices WHERE dead AND seq > $1 ORDER BY seq LIMIT $2",
+                &[&after, &i(limit as u64)],
             )
             .await
         })

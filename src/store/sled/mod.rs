@@ -248,6 +248,10 @@ impl Backend for SledStore {
         self.send(move |tx| Cmd::RemoveNotice(n, dead, tx))
     }
 
+    fn replay_dead(&self, seqs: Vec<u64>) -> BoxFut<'_, Vec<Notice>> {
+        self.send(move |tx| Cmd::ReplayDead(seqs, tx))
+    }
+
     fn set_meta(&self, key: String, value: Option<String>) -> BoxFut<'_, ()> {
         self.send(|tx| Cmd::SetMeta(key, value, tx))
     }
@@ -405,6 +409,16 @@ impl Backend for SledStore {
         Box::pin(async move {
             self.sync().await?;
             self.scan::<Notice>(Kind::Notice).take(limit).collect()
+        })
+    }
+
+    fn dead_letters(&self, after: Option<u64>, limit: usize) -> BoxFut<'_, Vec<Notice>> {
+        Box::pin(async move {
+            self.sync().await?;
+            self.scan::<Notice>(Kind::Dead)
+                .filter(|n| n.as_ref().map_or(true, |n| after.is_none_or(|a| n.seq > a)))
+                .take(limit)
+                .collect()
         })
     }
 

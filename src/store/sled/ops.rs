@@ -346,6 +346,23 @@ pub fn remove_notice(v: &mut View, n: &Notice, dead: bool) -> Result<(), StoreEr
     Ok(())
 }
 
+/// Dead letters back to the queue, attempts reset, under the same seq.
+pub fn replay_dead(v: &mut View, seqs: &[u64]) -> Result<Vec<Notice>, StoreError> {
+    let mut back = vec![];
+    for &seq in seqs {
+        let key = keys::seq_key(Kind::Dead, seq);
+        let Some(raw) = v.get(&key)? else { continue };
+        let mut n = Notice::decode(&key, &raw)?;
+        n.reset_attempts();
+        v.del(key);
+        v.count(Kind::Dead, -1);
+        v.put(keys::seq_key(Kind::Notice, seq), n.encode());
+        v.count(Kind::Notice, 1);
+        back.push(n);
+    }
+    Ok(back)
+}
+
 /// Keeps one orphan callback as its own record, within the limits.
 fn put_orphan(v: &mut View, cb: &CallbackRecord) -> Result<(), StoreError> {
     let per_key = v.s.policy.orphans_per_key.load(Ordering::Relaxed);

@@ -54,6 +54,7 @@ pub enum Cmd {
     UpdateAction(Action, Vec<Report>, Tx<Vec<Change>>),
     UpdateNotice(Notice, Tx<()>),
     RemoveNotice(Notice, bool, Tx<()>),
+    ReplayDead(Vec<u64>, Tx<Vec<Notice>>),
     SetMeta(String, Option<String>, Tx<()>),
     SetSweep(String, SweepMark, Tx<()>),
     ExpireOrphans(u64, Tx<usize>),
@@ -175,6 +176,7 @@ impl<'s> View<'s> {
             Cmd::UpdateAction(a, reports, tx) => step!(tx, ops::update_action(self, &a, reports)),
             Cmd::UpdateNotice(n, tx) => step!(tx, ops::update_notice(self, &n)),
             Cmd::RemoveNotice(n, dead, tx) => step!(tx, ops::remove_notice(self, &n, dead)),
+            Cmd::ReplayDead(seqs, tx) => step!(tx, ops::replay_dead(self, &seqs)),
             Cmd::SetMeta(k, v, tx) => step!(tx, {
                 let key = keys::meta(&k);
                 match v {
