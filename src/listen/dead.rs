@@ -91,7 +91,7 @@ impl Admin {
             Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
             Some(_) => return bad(&format!("limit must be 1 to {MAX_PAGE}")),
         };
-        let after = match http::query_param(query, "after").filter(|s| !s.is_empty()) {
+        let after = match http::query_param(query, "after") {
             None => None,
             Some(id) => match Notice::seq_of(&id) {
                 Some(seq) => Some(seq),
