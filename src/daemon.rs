@@ -250,7 +250,7 @@ async fn start_cron(
                     match engine.reconcile(pid).await {
                         Ok(_) => {}
                         Err(EngineError::Busy(m)) => tracing::warn!(provider = %pid, "{m}; this run is skipped"),
-                        Err(e) => tracing::error!(provider = %pid, error = %e, "reconciliation sweep failed"),
+                        Err(e) => tracing::error!(alert = "sweep_failed", provider = %pid, error = %e, "reconciliation sweep failed"),
                     }
                 }
             })
@@ -334,7 +334,9 @@ impl Daemon {
                 Ok(n) => {
                     tracing::info!(provider = %pid, windows = n, "polls moved in to the new interval")
                 }
-                Err(e) => tracing::error!(provider = %pid, error = %e, "polls not rescheduled"),
+                Err(e) => {
+                    tracing::error!(alert = "store_error", provider = %pid, error = %e, "polls not rescheduled")
+                }
             }
         }
         self.engine.reenable_notifications().await;
@@ -376,7 +378,9 @@ impl Daemon {
         }
         match self.store.close().await {
             Ok(()) => tracing::info!("store flushed; bye"),
-            Err(e) => tracing::error!(error = %e, "final store flush failed"),
+            Err(e) => {
+                tracing::error!(alert = "store_flush_failed", error = %e, "final store flush failed")
+            }
         }
     }
 }

@@ -550,7 +550,7 @@ async fn run(path: PathBuf) -> ExitCode {
     let mut daemon = match crate::daemon::start(&config, listeners, cancel.clone()).await {
         Ok(d) => d,
         Err(e) => {
-            tracing::error!(error = %e, "payrecon stopped");
+            tracing::error!(alert = "start_failed", error = %e, "payrecon stopped");
             return fail(e);
         }
     };
@@ -580,7 +580,10 @@ async fn on_signal(cancel: CancellationToken) {
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        tracing::error!("cannot install signal handlers");
+        tracing::error!(
+            alert = "signals_unavailable",
+            "cannot install signal handlers; stop payrecon with SIGKILL"
+        );
         return;
     };
     tokio::select! {

@@ -204,7 +204,9 @@ impl Engine {
                         .fetch_add(n as u64, Ordering::Relaxed);
                     tracing::info!(expired = n, "orphan callbacks past their time forgotten");
                 }
-                Err(e) => tracing::error!(error = %e, "orphan expiry failed"),
+                Err(e) => {
+                    tracing::error!(alert = "store_error", error = %e, "orphan expiry failed")
+                }
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => return,

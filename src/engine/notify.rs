@@ -126,13 +126,15 @@ impl Engine {
         match self.store().meta(DISABLED_URL).await {
             Ok(Some(url)) => {
                 if let Err(e) = self.store().set_meta(DISABLED_URL, None).await {
-                    tracing::error!(error = %e, "notification URL not re-enabled");
+                    tracing::error!(alert = "store_error", error = %e, "notification URL not re-enabled");
                 } else {
                     tracing::info!(resolves = "notify_endpoint_disabled", url = %url, "notifications re-enabled by the reload");
                 }
             }
             Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "notification state unreadable"),
+            Err(e) => {
+                tracing::error!(alert = "store_error", error = %e, "notification state unreadable")
+            }
         }
     }
 }
@@ -196,7 +198,7 @@ impl Engine {
         {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(error = %e, "notification client failed to start");
+                tracing::error!(alert = "notify_client_failed", error = %e, "notification client failed to start");
                 return;
             }
         };
@@ -239,7 +241,7 @@ impl Engine {
         let notices = match self.store().notices(PASS_LIMIT).await {
             Ok(n) => n,
             Err(e) => {
-                tracing::error!(error = %e, "notification outbox unreadable");
+                tracing::error!(alert = "store_error", error = %e, "notification outbox unreadable");
                 return None;
             }
         };
@@ -356,7 +358,7 @@ impl Engine {
             }
         };
         if let Err(e) = result {
-            tracing::error!(error = %e, webhook_id = %id, "notification outbox not updated");
+            tracing::error!(alert = "store_error", error = %e, webhook_id = %id, "notification outbox not updated");
         }
     }
 

@@ -177,7 +177,7 @@ impl Engine {
                     }
                     first = false;
                 }
-                Err(e) => tracing::error!(error = %e, "outbox unreadable"),
+                Err(e) => tracing::error!(alert = "store_error", error = %e, "outbox unreadable"),
             }
             tokio::select! {
                 _ = self.cancelled() => return,

@@ -121,7 +121,7 @@ impl Engine {
             .advance_window(id, change)
             .await
             .unwrap_or_else(|e| {
-                tracing::error!(payment_id = %id, error = %e, "poll window not moved");
+                tracing::error!(alert = "store_error", payment_id = %id, error = %e, "poll window not moved");
                 None
             })
     }
@@ -316,7 +316,7 @@ impl Engine {
                         o.payment.window.filter(|_| !o.payment.state.is_final())
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "poll result not recorded");
+                        tracing::error!(alert = "store_error", error = %e, "poll result not recorded");
                         None
                     }
                 }

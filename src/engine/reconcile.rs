@@ -238,7 +238,7 @@ impl Engine {
                 None => Swept::Same,
             },
             Err(e) => {
-                tracing::error!(payment_id = %p.id, error = %e, "reconcile answer not recorded");
+                tracing::error!(alert = "store_error", payment_id = %p.id, error = %e, "reconcile answer not recorded");
                 Swept::Failed
             }
         }

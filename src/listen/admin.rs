@@ -466,7 +466,7 @@ fn engine_error(e: EngineError) -> Answer {
             &format!("no payment `{id}`"),
         ),
         EngineError::Store(e) => {
-            tracing::error!(error = %e, "admin request failed in the store");
+            tracing::error!(alert = "store_error", error = %e, "admin request failed in the store");
             http::error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",

@@ -89,7 +89,7 @@ async fn route(engine: Arc<Engine>, max_body: usize, req: Request<Incoming>) -> 
             http::error(StatusCode::SERVICE_UNAVAILABLE, "orphan_limit", &m)
         }
         Err(e) => {
-            tracing::error!(error = %e, "callback not committed");
+            tracing::error!(alert = "store_error", error = %e, "callback not committed");
             http::error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
