@@ -32,8 +32,15 @@ impl AdminClient {
         AdminClient {
             base: base.trim_end_matches('/').to_string(),
             token,
+            // A connection per request: the daemon closes an idle
+            // keep-alive connection after `header_read_timeout`, and a
+            // request sent on one at that moment fails with "connection
+            // closed before message completed", which cannot be retried
+            // blindly (was it applied?). On loopback a connection costs
+            // less than that ambiguity.
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(0)
                 .build()
                 .unwrap_or_default(),
         }

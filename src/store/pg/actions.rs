@@ -2,9 +2,9 @@
 //! keys (each taken once, by a unique constraint), and their answers
 //! applied to the payment in the same transaction as the action's update.
 
-use super::cached;
 use deadpool_postgres::Transaction;
 
+use super::cached;
 use super::ops::{find, from_json, json, load, move_window_row, put_key, put_payment, record, R};
 use crate::action::{Action, ActionState};
 use crate::model::Report;

@@ -1,9 +1,9 @@
 //! Writes without the engine's checks, for imports and benchmarks
 //! (`Store::bulk_load`): a thousand payments per transaction.
 
-use super::cached;
 use deadpool_postgres::Pool;
 
+use super::cached;
 use super::ops::{i, json};
 use crate::model::{Observation, Payment};
 use crate::store::StoreError;

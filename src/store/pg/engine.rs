@@ -5,13 +5,13 @@
 //! Actions' writes are in actions.rs, leases in leases.rs, the gauges in
 //! gauges.rs.
 
-use super::cached;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 
+use super::cached;
 use super::gauges::Gauges;
 use super::ops::{self, from_json, i, E};
 use crate::action::Action;

@@ -3,13 +3,13 @@
 //! moved in between by this instance's own writes. With several instances
 //! writing, no one instance's counter could be exact anyway.
 
-use super::cached;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 
+use super::cached;
 use super::ops::R;
 use crate::store::StoreError;
 

@@ -4,13 +4,13 @@
 //! key (lookup, idempotency, de-duplication) is taken by a unique
 //! constraint, so two instances never both take it.
 
-use super::cached;
 use std::sync::atomic::Ordering;
 
 use deadpool_postgres::Transaction;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::cached;
 use crate::model::{Observation, Payment, Report};
 use crate::state::Decision;
 use crate::store::apply::{add_polls, add_repeats, apply, move_window};
