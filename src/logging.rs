@@ -16,9 +16,9 @@ static SET_LEVEL: OnceLock<SetLevel> = OnceLock::new();
 
 /// Installs the global subscriber. A second call is a no-op (tests).
 pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let initial = filter(level).unwrap_or_else(|_| filter("info").expect("info is a filter"));
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(initial)
         .with_writer(std::io::stderr)
         .with_target(false);
     match format {
@@ -32,8 +32,7 @@ pub fn init(format: LogFormat, level: &str) {
             let handle = b.reload_handle();
             if b.try_init().is_ok() {
                 let _ = SET_LEVEL.set(Box::new(move |l| {
-                    let f = EnvFilter::try_new(l).map_err(|e| e.to_string())?;
-                    handle.reload(f).map_err(|e| e.to_string())
+                    handle.reload(filter(l)?).map_err(|e| e.to_string())
                 }));
             }
         }
@@ -42,12 +41,28 @@ pub fn init(format: LogFormat, level: &str) {
             let handle = b.reload_handle();
             if b.try_init().is_ok() {
                 let _ = SET_LEVEL.set(Box::new(move |l| {
-                    let f = EnvFilter::try_new(l).map_err(|e| e.to_string())?;
-                    handle.reload(f).map_err(|e| e.to_string())
+                    handle.reload(filter(l)?).map_err(|e| e.to_string())
                 }));
             }
         }
     }
+}
+
+/// Libraries whose INFO events are their own bookkeeping, not payrecon's
+/// (tokio-cron-scheduler logs each job it adds and runs): WARN and above
+/// unless `log.level` names them.
+const QUIET: [&str; 1] = ["tokio_cron_scheduler"];
+
+/// `log.level` as a filter, with the libraries in [`QUIET`] held to WARN.
+fn filter(level: &str) -> Result<EnvFilter, String> {
+    let mut f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    for target in QUIET.iter().filter(|t| !level.contains(*t)) {
+        let d = format!("{target}=warn")
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        f = f.add_directive(d);
+    }
+    Ok(f)
 }
 
 /// The levels a filter directive may end in.
@@ -83,7 +98,46 @@ pub fn set_level(level: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::check_level;
+    use super::{check_level, filter};
+    use std::sync::{Arc, Mutex};
+
+    /// The messages a subscriber with `level`'s filter lets through.
+    fn passed(level: &str) -> String {
+        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter(level).unwrap())
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "tokio_cron_scheduler::job_scheduler", "cron chatter");
+            tracing::warn!(target: "tokio_cron_scheduler::job_scheduler", "cron trouble");
+            tracing::info!(target: "payrecon::engine", "payrecon event");
+        });
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_cron_scheduler_s_own_info_is_held_back_unless_asked_for() {
+        let info = passed("info");
+        assert!(info.contains("payrecon event") && info.contains("cron trouble"));
+        assert!(!info.contains("cron chatter"), "{info}");
+        let asked = passed("info,tokio_cron_scheduler=info");
+        assert!(asked.contains("cron chatter"), "{asked}");
+    }
 
     #[test]
     fn a_filter_that_would_silence_everything_is_refused() {
