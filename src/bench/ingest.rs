@@ -192,17 +192,42 @@ async fn drive_sled(
     conns: usize,
     rate: Option<f64>,
 ) -> Load {
-    let records = Arc::new(records(&reqs));
+    fan_out(records(&reqs), conns, rate, move |r: CallbackRecord| {
+        let sled = sled.clone();
+        async move {
+            let value = crate::store::codec::Record::encode(&r);
+            sled.commit(r.dedupe_key.into_bytes(), value).await.is_ok()
+        }
+    })
+    .await
+}
+
+/// Runs `commit` on every item from `conns` tasks, each taking the next
+/// item in turn; with `rate`, item i starts no earlier than i / rate
+/// seconds in. The load of the commits that succeeded (the baselines
+/// without HTTP).
+pub(super) async fn fan_out<T, F, Fut>(
+    items: Vec<T>,
+    conns: usize,
+    rate: Option<f64>,
+    commit: F,
+) -> Load
+where
+    T: Clone + Send + Sync + 'static,
+    F: Fn(T) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let items = Arc::new(items);
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = vec![];
     for _ in 0..conns {
-        let (next, records, sled) = (next.clone(), records.clone(), sled.clone());
+        let (next, items, commit) = (next.clone(), items.clone(), commit.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = vec![];
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(r) = records.get(i).cloned() else {
+                let Some(item) = items.get(i).cloned() else {
                     break;
                 };
                 if let Some(rate) = rate {
@@ -210,11 +235,9 @@ async fn drive_sled(
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let t0 = Instant::now();
-                let value = crate::store::codec::Record::encode(&r);
-                if sled.commit(r.dedupe_key.into_bytes(), value).await.is_err() {
-                    continue;
+                if commit(item).await {
+                    lat.push(t0.elapsed().as_micros() as u32);
                 }
-                lat.push(t0.elapsed().as_micros() as u32);
             }
             lat
         }));

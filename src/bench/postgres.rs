@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,9 @@ use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
 use super::footprint::SimChild;
-use super::ingest::{callbacks, drive, load_payments, records, serve_loopback, verify, Load};
+use super::ingest::{
+    callbacks, drive, fan_out, load_payments, records, serve_loopback, verify, Load,
+};
 use super::{check, ms, quantile, ratio, runtime, table, thread_cpu, Opts};
 use crate::cli::demo::LoopbackConfig;
 use crate::config::Config;
@@ -235,7 +237,7 @@ fn ingest_on(db: &Db, opts: &Opts, rt: &tokio::runtime::Runtime) -> Result<(), S
     })?;
     let records = records(&reqs);
     let cpu0 = Cpu::now(&["payrecon"]);
-    let inserted = rt.block_on(insert_alone(&pool, records, c))?;
+    let inserted = rt.block_on(insert_alone(&pool, records, c));
     let insert_cpu = per_request(&cpu0, reqs.len());
     let hyper_cancel = CancellationToken::new();
     let p = pool.clone();
@@ -331,42 +333,20 @@ async fn insert_alone(
     pool: &Pool,
     records: Vec<crate::store::CallbackRecord>,
     conns: usize,
-) -> Result<Load, String> {
-    let records: Vec<(String, String)> = records
+) -> Load {
+    let rows: Vec<(String, String)> = records
         .into_iter()
         .map(|r| {
             let json = serde_json::to_string(&r).unwrap_or_default();
             (r.dedupe_key, json)
         })
         .collect();
-    let records = Arc::new(records);
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = vec![];
-    for _ in 0..conns {
-        let (next, records, pool) = (next.clone(), records.clone(), pool.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = vec![];
-            while let Some((k, v)) = records.get(next.fetch_add(1, Ordering::Relaxed)) {
-                let t0 = Instant::now();
-                if insert(&pool, k, v).await.is_ok() {
-                    lat.push(t0.elapsed().as_micros() as u32);
-                }
-            }
-            lat
-        }));
-    }
-    let mut lat_us = vec![];
-    for t in tasks {
-        lat_us.extend(t.await.unwrap_or_default());
-    }
-    lat_us.sort_unstable();
-    Ok(Load {
-        ok: lat_us.len(),
-        errors: 0,
-        elapsed: start.elapsed(),
-        lat_us,
+    let pool = pool.clone();
+    fan_out(rows, conns, None, move |(k, v): (String, String)| {
+        let pool = pool.clone();
+        async move { insert(&pool, &k, &v).await.is_ok() }
     })
+    .await
 }
 
 pub fn poll(opts: &Opts) -> Result<(), String> {

@@ -258,9 +258,7 @@ impl Backend for PgStore {
                 )
                 .await?;
             Gauges::add(&self.gauges.notices, back.len() as u64);
-            for _ in &back {
-                Gauges::take_one(&self.gauges.dead);
-            }
+            Gauges::take(&self.gauges.dead, back.len() as u64);
             Ok(back)
         })
     }

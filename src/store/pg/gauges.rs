@@ -59,8 +59,13 @@ impl Gauges {
     /// One fewer, never below zero (the count may be older than the
     /// notice it loses).
     pub fn take_one(v: &AtomicU64) {
+        Gauges::take(v, 1);
+    }
+
+    /// `k` fewer, never below zero.
+    pub fn take(v: &AtomicU64, k: u64) {
         let _ = v.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-            Some(n.saturating_sub(1))
+            Some(n.saturating_sub(k))
         });
     }
 }
