@@ -181,6 +181,15 @@ pub enum Command {
         #[arg(long, default_value_t = 36)]
         transfers: usize,
     },
+    /// Print a shell completion script (the Debian package installs
+    /// bash, zsh and fish ones).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), for packaging.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -439,6 +448,18 @@ async fn dispatch(cli: Cli) -> ExitCode {
             config,
             store,
         } => export(admin, since, format, config, store).await,
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut command(), "payrecon", &mut out);
+            print_out(out)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            match clap_mangen::Man::new(command()).render(&mut out) {
+                Ok(()) => print_out(out),
+                Err(e) => fail(e),
+            }
+        }
         Command::Demo { transfers } => match crate::cli::demo::run(transfers).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
