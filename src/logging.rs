@@ -5,6 +5,11 @@
 
 use std::sync::OnceLock;
 
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, JsonFields};
+use tracing_subscriber::fmt::{FmtContext, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 use crate::settings::LogFormat;
@@ -15,36 +20,189 @@ type SetLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 static SET_LEVEL: OnceLock<SetLevel> = OnceLock::new();
 
 /// Installs the global subscriber. A second call is a no-op (tests).
+///
+/// Under systemd (`JOURNAL_STREAM` names our standard error), each line
+/// starts with its syslog priority, `<3>` for ERROR to `<7>` for TRACE,
+/// which journald strips and keeps as the entry's priority, and text lines
+/// carry no time of their own (journald records it).
 pub fn init(format: LogFormat, level: &str) {
     let initial = filter(level).unwrap_or_else(|_| filter("info").expect("info is a filter"));
-    let builder = tracing_subscriber::fmt()
+    let line = Line {
+        json: matches!(format, LogFormat::Json),
+        journal: stderr_is_journal(std::env::var("JOURNAL_STREAM").ok().as_deref()),
+    };
+    let b = tracing_subscriber::fmt()
         .with_env_filter(initial)
         .with_writer(std::io::stderr)
-        .with_target(false);
-    match format {
-        LogFormat::Json => {
-            let b = builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
-                .with_filter_reloading();
-            let handle = b.reload_handle();
-            if b.try_init().is_ok() {
-                let _ = SET_LEVEL.set(Box::new(move |l| {
-                    handle.reload(filter(l)?).map_err(|e| e.to_string())
-                }));
+        .fmt_fields(JsonFields::new())
+        .event_format(line)
+        .with_filter_reloading();
+    let handle = b.reload_handle();
+    if b.try_init().is_ok() {
+        let _ = SET_LEVEL.set(Box::new(move |l| {
+            handle.reload(filter(l)?).map_err(|e| e.to_string())
+        }));
+    }
+}
+
+/// Whether standard error is the journal stream systemd gave us:
+/// `JOURNAL_STREAM` is `device:inode` of that stream, and a child whose
+/// output was redirected has another.
+fn stderr_is_journal(journal_stream: Option<&str>) -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some((dev, ino)) = journal_stream.and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let Ok(meta) = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| std::fs::File::from(fd).metadata())
+    else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
+/// One log line, JSON or text, with every field at one path: the event's
+/// own fields and those of the spans it is in (a poll's `payment_id` and
+/// `provider`) side by side at the top, never under `span`; an event's
+/// field wins over a span's of the same name.
+struct Line {
+    json: bool,
+    journal: bool,
+}
+
+impl<S, N> FormatEvent<S, N> for Line
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: format::Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let mut fields = Fields::default();
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let ext = span.extensions();
+                // The spans' fields were recorded as JSON (`JsonFields`).
+                if let Some(Ok(serde_json::Value::Object(map))) = ext
+                    .get::<FormattedFields<N>>()
+                    .map(|f| serde_json::from_str::<serde_json::Value>(f))
+                {
+                    for (k, v) in map {
+                        fields.put(k, v);
+                    }
+                }
             }
         }
-        LogFormat::Text => {
-            let b = builder.with_ansi(false).with_filter_reloading();
-            let handle = b.reload_handle();
-            if b.try_init().is_ok() {
-                let _ = SET_LEVEL.set(Box::new(move |l| {
-                    handle.reload(filter(l)?).map_err(|e| e.to_string())
-                }));
-            }
+        event.record(&mut fields);
+        let level = *event.metadata().level();
+        if self.journal {
+            write!(w, "<{}>", priority(level))?;
         }
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let message = fields.take("message");
+        if self.json {
+            let mut head = vec![
+                ("timestamp", serde_json::Value::String(now)),
+                ("level", serde_json::Value::String(level.to_string())),
+            ];
+            if let Some(m) = message {
+                head.push(("message", m));
+            }
+            w.write_char('{')?;
+            let all = head
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .chain(fields.0);
+            for (i, (k, v)) in all.enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                write!(w, "{sep}{}:{v}", serde_json::Value::String(k))?;
+            }
+            writeln!(w, "}}")
+        } else {
+            if !self.journal {
+                write!(w, "{now} ")?;
+            }
+            write!(w, "{level:>5}")?;
+            if let Some(m) = message {
+                match m {
+                    serde_json::Value::String(m) => write!(w, " {m}")?,
+                    other => write!(w, " {other}")?,
+                }
+            }
+            for (k, v) in fields.0 {
+                match v {
+                    serde_json::Value::String(s) if is_bare(&s) => write!(w, " {k}={s}")?,
+                    other => write!(w, " {k}={other}")?,
+                }
+            }
+            writeln!(w)
+        }
+    }
+}
+
+/// syslog's priority for a level, as journald reads it from `<N>`.
+fn priority(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        Level::DEBUG | Level::TRACE => 7,
+    }
+}
+
+/// A text value that needs no quotes: no spaces, quotes or `=`.
+fn is_bare(s: &str) -> bool {
+    !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '=' | '\\'))
+}
+
+/// Fields in the order first seen; a later value replaces an earlier one.
+#[derive(Default)]
+struct Fields(Vec<(String, serde_json::Value)>);
+
+impl Fields {
+    fn put(&mut self, k: String, v: serde_json::Value) {
+        match self.0.iter_mut().find(|(name, _)| *name == k) {
+            Some(slot) => slot.1 = v,
+            None => self.0.push((k, v)),
+        }
+    }
+
+    fn take(&mut self, k: &str) -> Option<serde_json::Value> {
+        let i = self.0.iter().position(|(name, _)| name == k)?;
+        Some(self.0.remove(i).1)
+    }
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, f: &Field, v: &dyn std::fmt::Debug) {
+        self.put(f.name().into(), format!("{v:?}").into());
+    }
+    fn record_str(&mut self, f: &Field, v: &str) {
+        self.put(f.name().into(), v.into());
+    }
+    fn record_i64(&mut self, f: &Field, v: i64) {
+        self.put(f.name().into(), v.into());
+    }
+    fn record_u64(&mut self, f: &Field, v: u64) {
+        self.put(f.name().into(), v.into());
+    }
+    fn record_f64(&mut self, f: &Field, v: f64) {
+        self.put(f.name().into(), v.into());
+    }
+    fn record_bool(&mut self, f: &Field, v: bool) {
+        self.put(f.name().into(), v.into());
+    }
+    fn record_error(&mut self, f: &Field, v: &(dyn std::error::Error + 'static)) {
+        self.put(f.name().into(), v.to_string().into());
     }
 }
 
@@ -98,8 +256,113 @@ pub fn set_level(level: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_level, filter};
+    use super::{check_level, filter, stderr_is_journal, Line};
     use std::sync::{Arc, Mutex};
+    use tracing_subscriber::fmt::format::JsonFields;
+
+    /// What `Line` writes for a poll-like span with one event in it and
+    /// one event outside any span.
+    fn lines(json: bool, journal: bool) -> Vec<String> {
+        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || Sink(sink.clone()))
+            .fmt_fields(JsonFields::new())
+            .event_format(Line { json, journal })
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("poll", payment_id = "pay_1", provider = "connpay");
+            let _in = span.enter();
+            tracing::warn!(
+                alert = "provider_answer_invalid",
+                error = "no \"status\" = here",
+                "status answer unreadable"
+            );
+            tracing::info!(
+                event = "transition",
+                payment_id = "pay_1",
+                attempts = 2u64,
+                "state changed"
+            );
+            drop(_in);
+            tracing::error!(alert = "store_error", "outside");
+        });
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn json_lines_have_one_path_per_field_with_span_fields_at_the_top() {
+        let lines = lines(true, false);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        let v: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(v[0]["payment_id"], "pay_1");
+        assert_eq!(v[0]["provider"], "connpay");
+        assert_eq!(v[0]["alert"], "provider_answer_invalid");
+        assert_eq!(v[0]["level"], "WARN");
+        assert_eq!(v[0]["message"], "status answer unreadable");
+        assert!(v[0]["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert!(v
+            .iter()
+            .all(|v| v.get("span").is_none() && v.get("fields").is_none()));
+        // Named by the event and its span: one key, written once.
+        assert_eq!(
+            lines[1].matches("\"payment_id\"").count(),
+            1,
+            "{}",
+            lines[1]
+        );
+        assert_eq!(v[1]["attempts"], 2);
+        assert!(v[2].get("payment_id").is_none());
+    }
+
+    #[test]
+    fn under_journald_lines_carry_their_priority_and_text_no_time() {
+        let text = lines(false, true);
+        assert!(text[0].starts_with("<4> WARN status answer unreadable payment_id=pay_1 provider=connpay alert=provider_answer_invalid error="), "{}", text[0]);
+        assert!(
+            text[0].ends_with(r#"error="no \"status\" = here""#),
+            "{}",
+            text[0]
+        );
+        assert!(text[1].starts_with("<6> INFO state changed"), "{}", text[1]);
+        assert!(
+            text[2].starts_with("<3>ERROR outside alert=store_error"),
+            "{}",
+            text[2]
+        );
+        let json = lines(true, true);
+        assert!(json[2].starts_with("<3>{\"timestamp\":"), "{}", json[2]);
+        // Outside systemd: a time first, no priority.
+        let plain = lines(false, false);
+        assert!(
+            plain[0].contains("Z  WARN status answer unreadable"),
+            "{}",
+            plain[0]
+        );
+        assert!(!plain[0].starts_with('<'));
+    }
+
+    #[test]
+    fn journal_stream_is_only_ours_when_it_names_our_stderr() {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::File::from(std::io::stderr().as_fd().try_clone_to_owned().unwrap())
+            .metadata()
+            .unwrap();
+        let ours = format!("{}:{}", meta.dev(), meta.ino());
+        assert!(stderr_is_journal(Some(&ours)));
+        assert!(!stderr_is_journal(Some(&format!(
+            "{}:{}",
+            meta.dev(),
+            meta.ino() + 1
+        ))));
+        assert!(!stderr_is_journal(Some("garbage")));
+        assert!(!stderr_is_journal(None));
+    }
 
     /// The messages a subscriber with `level`'s filter lets through.
     fn passed(level: &str) -> String {

@@ -224,3 +224,46 @@ async fn sigterm_under_load_exits_0_and_loses_nothing() {
     }
     sim.shutdown().await;
 }
+
+/// Started by systemd, whose `JOURNAL_STREAM` names the process's standard
+/// error, every line starts with its syslog priority for journald: the
+/// binary wires the detection to the output.
+#[tokio::test]
+async fn under_journald_each_line_starts_with_its_priority() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let sim = start_sim(&cancel).await;
+    let config = write_config(dir.path(), &sim.base_url(), &Polling::default(), "");
+    let (reader, writer) = std::io::pipe().unwrap();
+    let meta = std::fs::File::from(std::os::fd::OwnedFd::from(writer.try_clone().unwrap()))
+        .metadata()
+        .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_payrecon"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env(KEY_ENV, CONTROL_KEY)
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stdout(std::process::Stdio::null())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        BufReader::new(reader)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("payrecon ready"))
+    })
+    .await
+    .unwrap()
+    .expect("a ready line");
+    let json = ready
+        .strip_prefix("<6>")
+        .unwrap_or_else(|| panic!("{ready}"));
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["level"], "INFO");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    sim.shutdown().await;
+}

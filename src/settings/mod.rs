@@ -125,8 +125,9 @@ pub(crate) fn d30d() -> Duration {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// Human-readable lines without colour or timestamps of its own
-    /// (journald adds them).
+    /// Human-readable `LEVEL message key=value` lines without colour; the
+    /// time first, but under journald (which records it) a syslog
+    /// priority instead.
     #[default]
     Text,
     /// One JSON object per line, stable field names.
