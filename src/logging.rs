@@ -6,7 +6,8 @@
 use std::sync::OnceLock;
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::subscriber::Interest;
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, JsonFields};
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -26,22 +27,66 @@ static SET_LEVEL: OnceLock<SetLevel> = OnceLock::new();
 /// which journald strips and keeps as the entry's priority, and text lines
 /// carry no time of their own (journald records it).
 pub fn init(format: LogFormat, level: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer as _;
     let initial = filter(level).unwrap_or_else(|_| filter("info").expect("info is a filter"));
     let line = Line {
         json: matches!(format, LogFormat::Json),
         journal: stderr_is_journal(std::env::var("JOURNAL_STREAM").ok().as_deref()),
     };
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(initial)
+    let (level_filter, handle) = tracing_subscriber::reload::Layer::new(initial);
+    let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .fmt_fields(JsonFields::new())
         .event_format(line)
-        .with_filter_reloading();
-    let handle = b.reload_handle();
-    if b.try_init().is_ok() {
+        .with_filter(level_filter);
+    let installed = tracing_subscriber::registry()
+        .with(output)
+        .with(AlertCounter.with_filter(HasAlert))
+        .try_init();
+    if installed.is_ok() {
         let _ = SET_LEVEL.set(Box::new(move |l| {
             handle.reload(filter(l)?).map_err(|e| e.to_string())
         }));
+    }
+}
+
+/// Counts every event with an `alert` field into `payrecon_alerts_total`,
+/// whatever `log.level` lets through to the output.
+struct AlertCounter;
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for AlertCounter {
+    fn on_event(&self, event: &Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if let Some(serde_json::Value::String(alert)) = fields.take("alert") {
+            crate::metrics::alert_raised(&alert);
+        }
+    }
+}
+
+/// Only events that carry an `alert` field reach [`AlertCounter`]; decided
+/// once per call site, so every other event costs it nothing.
+struct HasAlert;
+
+impl HasAlert {
+    fn has(meta: &Metadata<'_>) -> bool {
+        meta.is_event() && meta.fields().field("alert").is_some()
+    }
+}
+
+impl<S> tracing_subscriber::layer::Filter<S> for HasAlert {
+    fn enabled(&self, meta: &Metadata<'_>, _: &tracing_subscriber::layer::Context<'_, S>) -> bool {
+        Self::has(meta)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        if Self::has(meta) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
     }
 }
 

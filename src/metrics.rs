@@ -1,234 +1,517 @@
-//! `GET /metrics` in the Prometheus text format (version 0.0.4). Counters
-//! are since the process started; gauges are read at scrape time.
+//! `GET /metrics` in the OpenMetrics text format, encoded by
+//! prometheus-client. Histograms and the labelled counters live in
+//! [`Metrics`] for the process's life; the rest is read at scrape time
+//! (the engine's counters, the store's gauges). Names are stable;
+//! docs/operations.md lists them and deploy/prometheus-alerts.yml uses them.
 
-use std::fmt::Write;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 
 use crate::engine::{Engine, PollOutcome};
+use crate::model::ProviderId;
+use crate::state::State;
+
+/// Every alert payrecon raises: the `alert` field of its log events, as
+/// docs/operations.md lists them. `payrecon_alerts_total{alert}` counts
+/// each, from 0, so a rule sees the first one (tests/alerts.rs checks
+/// this list against the source, the docs and the Prometheus rules).
+pub const ALERTS: [&str; 32] = [
+    "action_outcome_unknown",
+    "action_panicked",
+    "amount_mismatch",
+    "callback_signature_invalid",
+    "circuit_open",
+    "connection_limit",
+    "drift",
+    "notification_abandoned",
+    "notify_client_failed",
+    "notify_endpoint_disabled",
+    "notify_panicked",
+    "orphan_limit",
+    "panic",
+    "payment_stale",
+    "poll_panicked",
+    "provider_answer_invalid",
+    "provider_field_unreadable",
+    "provider_inquiry_failed",
+    "provider_inquiry_rejected",
+    "provider_login_failed",
+    "provider_status_unknown",
+    "reconcile_abandoned",
+    "reload_failed",
+    "scheduler_stalled",
+    "signals_unavailable",
+    "start_failed",
+    "store_error",
+    "store_flush_failed",
+    "sweep_failed",
+    "sweep_panicked",
+    "unconfirmed_callback",
+    "unconfirmed_reversal",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByAlert {
+    alert: String,
+}
+
+/// Alerts raised in this process, by name; fed by the log layer
+/// ([`crate::logging`]) whatever `log.level` lets through.
+fn alerts() -> &'static Family<ByAlert, Counter> {
+    static ALERTS_RAISED: std::sync::OnceLock<Family<ByAlert, Counter>> =
+        std::sync::OnceLock::new();
+    ALERTS_RAISED.get_or_init(|| {
+        let f = Family::default();
+        for a in ALERTS {
+            let _ = f.get_or_create(&ByAlert { alert: a.into() });
+        }
+        f
+    })
+}
+
+/// Counts one alert raised (a log event with an `alert` field).
+pub fn alert_raised(alert: &str) {
+    alerts()
+        .get_or_create(&ByAlert {
+            alert: alert.into(),
+        })
+        .inc();
+}
+
+/// How many times `alert` was raised in this process.
+pub fn alert_count(alert: &str) -> u64 {
+    alerts()
+        .get_or_create(&ByAlert {
+            alert: alert.into(),
+        })
+        .get()
+}
+
+/// The content type of [`render`]'s answer.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByProvider {
+    provider: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderCall {
+    provider: &'static str,
+    call: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Transition {
+    provider: &'static str,
+    to: &'static str,
+}
+
+/// What became of a callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackOutcome {
+    /// Verified and recorded (a state change or not).
+    Applied,
+    /// Forged or malformed; nothing stored.
+    Rejected,
+    /// Seen before; acknowledged, nothing written.
+    Duplicate,
+    /// Kept until its payment is tracked.
+    Orphaned,
+    /// Refused for now (503): the store said no.
+    Refused,
+}
+
+/// A provider call, for `payrecon_provider_request_seconds{call}`.
+#[derive(Debug, Clone, Copy)]
+pub enum Call {
+    /// A status inquiry (poll, sweep, claim check, action settlement).
+    Inquiry,
+    /// An outbound action.
+    Action,
+}
+
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Histograms, and the counters that carry a `provider` label, kept for
+/// the process's life. Cheap to update: one atomic add per bucket hit.
+#[derive(Debug)]
+pub struct Metrics {
+    provider_request: Family<ProviderCall, Histogram>,
+    callback: Family<ByProvider, Histogram>,
+    delivery: Histogram,
+    sweep: Family<ByProvider, Histogram>,
+    poll_lag: Histogram,
+    callbacks: [Family<ByProvider, Counter>; 4],
+    transitions: Family<Transition, Counter>,
+    sweeps: Family<ByProvider, Counter>,
+    drift: Family<ByProvider, Counter>,
+    last_sweep: Family<ByProvider, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+/// 5 ms to 41 s: provider calls and notification deliveries, whose
+/// timeouts are seconds.
+fn request_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+/// 0.25 ms to 4 s: a callback's verification and durable commit.
+fn callback_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.00025, 2.0, 15))
+}
+
+/// 0.5 s to 68 min: a whole sweep.
+fn sweep_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.5, 2.0, 14))
+}
+
+/// 1 ms to 16 s: how late a poll starts.
+fn lag_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            provider_request: Family::new_with_constructor(request_buckets),
+            callback: Family::new_with_constructor(callback_buckets),
+            delivery: request_buckets(),
+            sweep: Family::new_with_constructor(sweep_buckets),
+            poll_lag: lag_buckets(),
+            callbacks: Default::default(),
+            transitions: Family::default(),
+            sweeps: Family::default(),
+            drift: Family::default(),
+            last_sweep: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn provider_call(&self, pid: ProviderId, call: Call, took: Duration) {
+        let call = match call {
+            Call::Inquiry => "inquiry",
+            Call::Action => "action",
+        };
+        self.provider_request
+            .get_or_create(&ProviderCall {
+                provider: pid.as_str(),
+                call,
+            })
+            .observe(seconds(took));
+    }
+
+    /// A callback handled: how long verification and commit took.
+    pub fn callback(&self, pid: ProviderId, outcome: CallbackOutcome, took: Duration) {
+        let p = ByProvider {
+            provider: pid.as_str(),
+        };
+        self.callback.get_or_create(&p).observe(seconds(took));
+        let i = match outcome {
+            CallbackOutcome::Applied | CallbackOutcome::Refused => None,
+            CallbackOutcome::Rejected => Some(1),
+            CallbackOutcome::Duplicate => Some(2),
+            CallbackOutcome::Orphaned => Some(3),
+        };
+        self.callbacks[0].get_or_create(&p).inc();
+        if let Some(i) = i {
+            self.callbacks[i].get_or_create(&p).inc();
+        }
+    }
+
+    pub fn delivery(&self, took: Duration) {
+        self.delivery.observe(seconds(took));
+    }
+
+    pub fn transition(&self, pid: ProviderId, to: State) {
+        self.transitions
+            .get_or_create(&Transition {
+                provider: pid.as_str(),
+                to: to.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn sweep_started(&self, pid: ProviderId) {
+        self.sweeps
+            .get_or_create(&ByProvider {
+                provider: pid.as_str(),
+            })
+            .inc();
+    }
+
+    /// A sweep that ran to its end: its time, and when it ended.
+    pub fn sweep_done(&self, pid: ProviderId, took: Duration, now_ms: u64) {
+        let p = ByProvider {
+            provider: pid.as_str(),
+        };
+        self.sweep.get_or_create(&p).observe(seconds(took));
+        self.last_sweep
+            .get_or_create(&p)
+            .set(now_ms as f64 / 1000.0);
+    }
+
+    pub fn drift(&self, pid: ProviderId) {
+        self.drift
+            .get_or_create(&ByProvider {
+                provider: pid.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn poll_lag(&self, lag: Duration) {
+        self.poll_lag.observe(seconds(lag));
+    }
+}
 
 /// Renders every metric. Names are stable; docs/operations.md lists them.
 pub async fn render(engine: &Engine) -> String {
-    let orphans = engine.store().orphan_count().await.unwrap_or(0) as u64;
+    let orphans = engine.store().orphan_count().await.unwrap_or(0) as i64;
     let counts = engine.store().action_counts().await.unwrap_or_default();
     let c = &engine.counters;
+    let m = &engine.metrics;
     let store = engine.store();
-    let mut out = String::with_capacity(4096);
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        write_metric(&mut out, name, kind, help, samples)
-    };
-    let one = |v: u64| vec![(String::new(), v as f64)];
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut r = Registry::default();
+    // Counter names are given without `_total`: the encoder adds it.
+    let counter = |r: &mut Registry, name: &str, help: &str, v: u64| {
+        r.register(name, help, ConstCounter::new(v))
+    };
+    let gauge = |r: &mut Registry, name: &str, help: &str, v: i64| {
+        r.register(name, help, ConstGauge::new(v))
+    };
 
-    metric(
-        "payrecon_callbacks_received_total",
-        "counter",
-        "Callbacks received, valid or not.",
-        &one(load(&c.callbacks_received)),
-    );
-    metric(
-        "payrecon_callbacks_rejected_total",
-        "counter",
-        "Callbacks refused: forged or malformed; nothing of them stored.",
-        &one(load(&c.callbacks_rejected)),
-    );
-    metric(
-        "payrecon_callbacks_deduplicated_total",
-        "counter",
-        "Callbacks seen before; acknowledged, nothing written.",
-        &one(load(&c.callbacks_duplicate)),
-    );
-    metric(
-        "payrecon_callbacks_orphaned_total",
-        "counter",
-        "Callbacks kept until their payment is tracked.",
-        &one(load(&c.callbacks_orphaned)),
-    );
-    metric(
-        "payrecon_orphans",
-        "gauge",
-        "Orphan callbacks waiting for their payment.",
-        &one(orphans),
-    );
-    metric(
-        "payrecon_orphans_refused_total",
-        "counter",
-        "Callbacks refused (503) because too many orphans wait.",
-        &one(load(&c.orphans_refused)),
-    );
-    metric(
-        "payrecon_orphans_expired_total",
-        "counter",
-        "Orphan callbacks forgotten after callback.orphan_ttl.",
-        &one(load(&c.orphans_expired)),
-    );
-    metric(
-        "payrecon_windows_leased_elsewhere_total",
-        "counter",
-        "Polls left to another instance holding the window's lease (PostgreSQL).",
-        &one(load(&c.windows_leased_elsewhere)),
-    );
-    metric(
-        "payrecon_windows_taken_over_total",
-        "counter",
-        "Windows no instance held, claimed by this one (PostgreSQL).",
-        &one(load(&c.windows_taken_over)),
+    let build = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+    build
+        .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
+        .set(1);
+    r.register(
+        "payrecon_build_info",
+        "The running payrecon's version; always 1",
+        build,
     );
 
     let ids = engine.provider_ids();
-    let mut polls = vec![];
+    // Every provider's counters from the start, at 0: a series that
+    // appears only with its first event hides the first increase from
+    // rate() and from alerts.
     for pid in &ids {
-        for outcome in PollOutcome::ALL {
-            polls.push((
-                format!("{{provider=\"{pid}\",outcome=\"{}\"}}", outcome.as_str()),
-                c.polls_of(*pid, outcome) as f64,
-            ));
+        let p = ByProvider {
+            provider: pid.as_str(),
+        };
+        for family in m.callbacks.iter().chain([&m.sweeps, &m.drift]) {
+            let _ = family.get_or_create(&p);
         }
     }
-    metric(
-        "payrecon_polls_total",
-        "counter",
-        "Status polls by provider and outcome (skipped: circuit open).",
-        &polls,
+    r.register(
+        "payrecon_alerts",
+        "Alerts raised (log events with an alert field), by name; docs/operations.md says what each means",
+        alerts().clone(),
+    );
+    let [received, rejected, duplicate, orphaned] = m.callbacks.clone();
+    r.register(
+        "payrecon_callbacks_received",
+        "Callbacks received, valid or not",
+        received,
+    );
+    r.register(
+        "payrecon_callbacks_rejected",
+        "Callbacks refused: forged or malformed; nothing of them stored",
+        rejected,
+    );
+    r.register(
+        "payrecon_callbacks_deduplicated",
+        "Callbacks seen before; acknowledged, nothing written",
+        duplicate,
+    );
+    r.register(
+        "payrecon_callbacks_orphaned",
+        "Callbacks kept until their payment is tracked",
+        orphaned,
+    );
+    r.register(
+        "payrecon_callback_seconds",
+        "From a callback's arrival to its durable commit (or refusal)",
+        m.callback.clone(),
+    );
+    gauge(
+        &mut r,
+        "payrecon_orphans",
+        "Orphan callbacks waiting for their payment",
+        orphans,
+    );
+    counter(
+        &mut r,
+        "payrecon_orphans_refused",
+        "Callbacks refused (503) because too many orphans wait",
+        load(&c.orphans_refused),
+    );
+    counter(
+        &mut r,
+        "payrecon_orphans_expired",
+        "Orphan callbacks forgotten after callback.orphan_ttl",
+        load(&c.orphans_expired),
+    );
+    counter(
+        &mut r,
+        "payrecon_windows_leased_elsewhere",
+        "Polls left to another instance holding the window's lease (PostgreSQL)",
+        load(&c.windows_leased_elsewhere),
+    );
+    counter(
+        &mut r,
+        "payrecon_windows_taken_over",
+        "Windows no instance held, claimed by this one (PostgreSQL)",
+        load(&c.windows_taken_over),
     );
 
-    let lag = &c.poll_lag;
-    let mut lags: Vec<(String, f64)> = [0.5, 0.9, 0.99]
-        .iter()
-        .map(|q| {
-            (
-                format!("{{quantile=\"{q}\"}}"),
-                lag.quantile_us(*q) as f64 / 1e6,
-            )
-        })
-        .collect();
-    // A summary's count is its own series: `_count` without labels.
-    lags.push(("@count".into(), lag.count() as f64));
-    metric(
+    let polls = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+    for pid in &ids {
+        for outcome in PollOutcome::ALL {
+            polls
+                .get_or_create(&vec![
+                    ("provider", pid.as_str()),
+                    ("outcome", outcome.as_str()),
+                ])
+                .inc_by(c.polls_of(*pid, outcome));
+        }
+    }
+    r.register(
+        "payrecon_polls",
+        "Status polls by provider and outcome (skipped: circuit open)",
+        polls,
+    );
+    r.register(
         "payrecon_poll_lag_seconds",
-        "summary",
-        "How late polls start after they fall due.",
-        &lags,
+        "How late polls start after they fall due",
+        m.poll_lag.clone(),
     );
-
-    metric(
-        "payrecon_transitions_total",
-        "counter",
-        "Payment state changes.",
-        &one(load(&c.transitions)),
+    r.register(
+        "payrecon_provider_request_seconds",
+        "Provider calls by provider and kind (inquiry, action), answered or not",
+        m.provider_request.clone(),
     );
-    metric(
-        "payrecon_sweeps_total",
-        "counter",
-        "Reconciliation sweeps run.",
-        &one(load(&c.sweeps)),
+    r.register(
+        "payrecon_transitions",
+        "Payment state changes by provider and new state",
+        m.transitions.clone(),
     );
-    metric(
-        "payrecon_drift_total",
-        "counter",
-        "Payments reported as drift by sweeps.",
-        &one(load(&c.drift)),
+    r.register(
+        "payrecon_sweeps",
+        "Reconciliation sweeps started, by provider",
+        m.sweeps.clone(),
     );
-    metric(
-        "payrecon_stale_total",
-        "counter",
-        "Payments that became stale.",
-        &one(load(&c.stale)),
+    r.register(
+        "payrecon_sweep_seconds",
+        "Reconciliation sweeps that ran to their end: how long they took",
+        m.sweep.clone(),
+    );
+    r.register(
+        "payrecon_last_successful_sweep_timestamp_seconds",
+        "When each provider's last sweep that ran to its end ended (Unix time)",
+        m.last_sweep.clone(),
+    );
+    r.register(
+        "payrecon_drift",
+        "Payments reported as drift by sweeps, by provider",
+        m.drift.clone(),
+    );
+    counter(
+        &mut r,
+        "payrecon_stale",
+        "Payments that became stale",
+        load(&c.stale),
     );
 
     // Every state, zeros included, so alerts on a series never see it vanish.
-    let actions: Vec<_> = ["queued", "sending", "succeeded", "failed", "unknown"]
-        .iter()
-        .map(|state| {
-            let n = counts.get(*state).copied().unwrap_or(0);
-            (format!("{{state=\"{state}\"}}"), n as f64)
-        })
-        .collect();
-    metric(
-        "payrecon_actions",
-        "gauge",
-        "Outbound actions by state.",
-        &actions,
-    );
+    let actions = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+    for state in ["queued", "sending", "succeeded", "failed", "unknown"] {
+        let n = counts.get(state).copied().unwrap_or(0);
+        actions.get_or_create(&vec![("state", state)]).set(n as i64);
+    }
+    r.register("payrecon_actions", "Outbound actions by state", actions);
 
-    metric(
+    gauge(
+        &mut r,
         "payrecon_notifications_backlog",
-        "gauge",
-        "Notifications waiting for delivery.",
-        &one(store.notice_backlog() as u64),
+        "Notifications waiting for delivery",
+        store.notice_backlog() as i64,
     );
-    metric(
-        "payrecon_notifications_delivered_total",
-        "counter",
-        "Notifications the platform acknowledged.",
-        &one(load(&c.notices_delivered)),
+    counter(
+        &mut r,
+        "payrecon_notifications_delivered",
+        "Notifications the platform acknowledged",
+        load(&c.notices_delivered),
     );
-    metric(
-        "payrecon_notifications_failed_total",
-        "counter",
-        "Failed delivery attempts (each is retried).",
-        &one(load(&c.notices_failed)),
+    counter(
+        &mut r,
+        "payrecon_notifications_failed",
+        "Failed delivery attempts (each is retried)",
+        load(&c.notices_failed),
     );
-    metric(
+    r.register(
+        "payrecon_notification_delivery_seconds",
+        "Notification deliveries, answered or not",
+        m.delivery.clone(),
+    );
+    gauge(
+        &mut r,
         "payrecon_notifications_dead",
-        "gauge",
-        "Notifications given up after the retry horizon.",
-        &one(store.dead_notices() as u64),
+        "Notifications given up after the retry horizon",
+        store.dead_notices() as i64,
     );
 
-    let mut state = vec![];
-    let mut opened = vec![];
+    let state = Family::<ByProvider, Gauge>::default();
+    let opened = Family::<ByProvider, Counter>::default();
     for pid in &ids {
         if let Some(b) = engine.breaker(*pid) {
-            let l = format!("{{provider=\"{pid}\"}}");
-            state.push((l.clone(), b.state().as_gauge() as f64));
-            opened.push((l, load(&b.opened) as f64));
+            let l = ByProvider {
+                provider: pid.as_str(),
+            };
+            state.get_or_create(&l).set(b.state().as_gauge() as i64);
+            opened.get_or_create(&l).inc_by(load(&b.opened));
         }
     }
-    metric(
+    r.register(
         "payrecon_circuit_state",
-        "gauge",
-        "Circuit breaker: 0 closed, 1 open, 2 half-open.",
-        &state,
+        "Circuit breaker: 0 closed, 1 open, 2 half-open",
+        state,
     );
-    metric(
-        "payrecon_circuit_opened_total",
-        "counter",
-        "Times each provider's circuit opened.",
-        &opened,
+    r.register(
+        "payrecon_circuit_opened",
+        "Times each provider's circuit opened",
+        opened,
     );
 
-    metric(
+    gauge(
+        &mut r,
         "payrecon_poll_queue",
-        "gauge",
-        "Poll deadlines waiting in the scheduler.",
-        &one(engine.scheduler().stats().queued.load(Ordering::Relaxed)),
+        "Poll deadlines waiting in the scheduler",
+        engine.scheduler().stats().queued.load(Ordering::Relaxed) as i64,
     );
-    metric(
+    gauge(
+        &mut r,
         "payrecon_payments",
-        "gauge",
-        "Payments in the store.",
-        &one(store.payment_count() as u64),
+        "Payments in the store",
+        store.payment_count() as i64,
     );
-    metric(
+    gauge(
+        &mut r,
         "payrecon_store_size_bytes",
-        "gauge",
-        "The sled store's size on disk.",
-        &one(store.size_on_disk()),
+        "The sled store's size on disk",
+        store.size_on_disk() as i64,
     );
+    let mut out = String::with_capacity(8192);
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &r);
     out
-}
-
-fn write_metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, v) in samples {
-        match labels.strip_prefix('@') {
-            Some(suffix) => {
-                let _ = writeln!(out, "{name}_{suffix} {v}");
-            }
-            None => {
-                let _ = writeln!(out, "{name}{labels} {v}");
-            }
-        }
-    }
 }

@@ -57,6 +57,34 @@ async fn a_sweep_finds_a_final_state_that_no_callback_brought() {
     // Final now: the next sweep has nothing to ask.
     let r = h.engine.reconcile(ProviderId::Connpay).await.unwrap();
     assert_eq!((r.candidates, r.asked), (0, 0));
+    // What Prometheus sees: the drift and the transition under their
+    // provider, two sweeps timed, and when the last one ended.
+    let metrics = scrape(h.admin_addr).await;
+    for line in [
+        "payrecon_drift_total{provider=\"connpay\"} 1",
+        "payrecon_sweeps_total{provider=\"connpay\"} 2",
+        "payrecon_sweep_seconds_count{provider=\"connpay\"} 2",
+        "payrecon_transitions_total{provider=\"connpay\",to=\"succeeded\"} 1",
+        "payrecon_provider_request_seconds_count{provider=\"connpay\",call=\"inquiry\"}",
+        "payrecon_build_info{version=\"",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    let swept_at: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "payrecon_last_successful_sweep_timestamp_seconds{provider=\"connpay\"} ",
+            )
+        })
+        .expect("the last sweep's time")
+        .parse()
+        .unwrap();
+    let now = payrecon::model::now_ms() as f64 / 1000.0;
+    assert!(
+        swept_at <= now && now - swept_at < 60.0,
+        "{swept_at} vs {now}"
+    );
     h.stop().await;
 }
 
@@ -187,12 +215,7 @@ async fn an_open_circuit_stops_one_provider_while_another_keeps_polling() {
         CircuitState::Closed
     );
     // The same, as an operator's scraper sees it.
-    let metrics = reqwest::get(format!("http://{}/metrics", h.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(h.admin_addr).await;
     assert!(
         metrics.contains("payrecon_circuit_state{provider=\"myfatoorah\"} 1"),
         "{metrics}"
@@ -211,6 +234,8 @@ async fn an_open_circuit_stops_one_provider_while_another_keeps_polling() {
         "payrecon_callbacks_rejected_total",
         "payrecon_callbacks_deduplicated_total",
         "payrecon_poll_lag_seconds_count",
+        "payrecon_poll_lag_seconds_bucket{le=",
+        "payrecon_notification_delivery_seconds_count",
         "payrecon_transitions_total",
         "payrecon_actions",
         "payrecon_notifications_backlog",

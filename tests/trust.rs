@@ -492,12 +492,7 @@ async fn replays_for_an_unknown_payment_stop_at_the_per_key_limit_with_a_503() {
         h.engine.store().orphan_count().await.unwrap(),
         limit as usize
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", h.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(h.admin_addr).await;
     assert!(
         metrics.contains(&format!("payrecon_orphans {limit}")),
         "{metrics}"

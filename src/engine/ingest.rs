@@ -10,6 +10,25 @@ impl Engine {
         pid: ProviderId,
         raw: &RawCallback<'_>,
     ) -> Result<Ingested, EngineError> {
+        use crate::metrics::CallbackOutcome as Outcome;
+        let started = Instant::now();
+        let ingested = self.ingest_timed(pid, raw).await;
+        let outcome = match &ingested {
+            Ok(Ingested::Applied(_)) => Outcome::Applied,
+            Ok(Ingested::Duplicate) => Outcome::Duplicate,
+            Ok(Ingested::Orphaned) => Outcome::Orphaned,
+            Err(EngineError::Callback(_)) => Outcome::Rejected,
+            Err(_) => Outcome::Refused,
+        };
+        self.metrics.callback(pid, outcome, started.elapsed());
+        ingested
+    }
+
+    async fn ingest_timed(
+        self: &Arc<Self>,
+        pid: ProviderId,
+        raw: &RawCallback<'_>,
+    ) -> Result<Ingested, EngineError> {
         self.counters
             .callbacks_received
             .fetch_add(1, Ordering::Relaxed);

@@ -30,6 +30,7 @@ use tracing::Instrument;
 use crate::circuit::Breaker;
 use crate::engine::notify::NotifySettings;
 use crate::engine::scheduler::Scheduler;
+use crate::metrics::Call;
 use crate::model::{now_ms, Keys, Payment, PollWindow, ProviderId, Source};
 use crate::pacer::Pacer;
 use crate::providers::{CallbackError, InquiryError, Provider, RawCallback};
@@ -110,6 +111,8 @@ pub struct Engine {
     /// named on the window leases it holds.
     instance: String,
     pub counters: Counters,
+    /// Histograms and provider-labelled counters for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The lease owner an engine writes: the process's [`crate::model::instance_id`],
@@ -171,6 +174,7 @@ impl Engine {
             action_deadline_ms: AtomicU64::new(action_deadline.as_millis() as u64),
             instance: engine_instance(),
             counters: Counters::default(),
+            metrics: Default::default(),
         });
         let weak: Weak<Engine> = Arc::downgrade(&engine);
         let (scheduler, task) = Scheduler::start(cancel, move |id, provider, due| {
@@ -385,6 +389,7 @@ impl Engine {
 
     pub(crate) fn log_change(&self, c: &Change) {
         self.counters.transitions.fetch_add(1, Ordering::Relaxed);
+        self.metrics.transition(c.provider, c.to);
         // Its notice was queued with the change; the worker sends it.
         self.notices.wake.notify_one();
         tracing::info!(

@@ -308,6 +308,7 @@ impl Engine {
             .header("webhook-signature", cfg.signature(&id, ts, &body, now))
             .body(body)
             .send();
+        let asked = tokio::time::Instant::now();
         let outcome = tokio::select! {
             r = send => match r {
                 Ok(r) if r.status().is_success() => Delivery::Delivered,
@@ -322,6 +323,7 @@ impl Engine {
             // Stays queued with the same id; sent again after the restart.
             _ = self.cancelled() => return,
         };
+        self.metrics.delivery(asked.elapsed());
         let c = &self.counters;
         let result = match outcome {
             Delivery::Delivered => {

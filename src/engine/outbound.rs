@@ -324,11 +324,14 @@ impl Engine {
             a.attempts += 1;
             a.updated_ms = now_ms();
             self.store().update_action(&a, vec![]).await?;
+            let asked = tokio::time::Instant::now();
             let sent = tokio::select! {
                 r = provider.send_action(&payment, &a.request) => r,
                 // Left `sending`: settled by inquiry after the restart.
                 _ = self.cancelled() => return Ok(()),
             };
+            self.metrics
+                .provider_call(a.provider, crate::metrics::Call::Action, asked.elapsed());
             match &sent {
                 Ok(_) | Err(SendError::Final { .. }) => breaker.success(),
                 Err(_) => breaker.failure(),

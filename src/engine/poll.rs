@@ -240,8 +240,9 @@ impl Engine {
             p = limit.acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = self.cancel.cancelled() => return,
         };
-        let lag = Instant::now().saturating_duration_since(due).as_micros() as u64;
-        self.counters.poll_lag.record(lag);
+        let lag = Instant::now().saturating_duration_since(due);
+        self.counters.poll_lag.record(lag.as_micros() as u64);
+        self.metrics.poll_lag(lag);
         // A callback may have settled it while the poll waited its turn.
         let Ok(Some(payment)) = self.store.get(&id).await else {
             return;
@@ -282,11 +283,14 @@ impl Engine {
             if !self.pace(pid).await {
                 return;
             }
+            let asked = Instant::now();
             let r = tokio::select! {
                 r = provider.inquire(&payment).instrument(span.clone()) => r,
                 // The window stays as persisted; a restart polls it again.
                 _ = self.cancel.cancelled() => return,
             };
+            self.metrics
+                .provider_call(pid, Call::Inquiry, asked.elapsed());
             match &r {
                 Err(InquiryError::Transient(_)) => breaker.failure(),
                 _ => breaker.success(),

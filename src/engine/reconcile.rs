@@ -37,7 +37,12 @@ impl Engine {
                 "a reconciliation sweep of {pid} is running on another instance"
             )));
         }
+        let started = Instant::now();
         let swept = self.sweep(pid, provider, &lease).await;
+        // Ran to its end: not stopped by the circuit (nor by an error).
+        if matches!(&swept, Ok(r) if !r.paused_by_circuit) {
+            self.metrics.sweep_done(pid, started.elapsed(), now_ms());
+        }
         if let Err(e) = self.store.release_lease(&lease, &self.instance).await {
             tracing::warn!(provider = %pid, error = %e, "sweep lease not released; it runs out on its own");
         }
@@ -52,6 +57,7 @@ impl Engine {
         lease: &str,
     ) -> Result<SweepReport, EngineError> {
         self.counters.sweeps.fetch_add(1, Ordering::Relaxed);
+        self.metrics.sweep_started(pid);
         let settings = self.sweep_settings(pid);
         let breaker = self.breakers[&pid].clone();
         let mut report = SweepReport {
@@ -189,12 +195,16 @@ impl Engine {
         if !self.pace(p.provider).await {
             return Swept::Failed;
         }
+        let asked = Instant::now();
         let result = tokio::select! {
             r = provider.inquire(&p) => r,
             _ = self.cancel.cancelled() => return Swept::Failed,
         };
+        self.metrics
+            .provider_call(p.provider, Call::Inquiry, asked.elapsed());
         let not_found = |why: &str| {
             self.counters.drift.fetch_add(1, Ordering::Relaxed);
+            self.metrics.drift(p.provider);
             tracing::warn!(alert = "drift", kind = "unknown_at_provider", payment_id = %p.id, provider = %p.provider, state = %p.state, error = why, "drift: the provider does not know a payment payrecon tracks");
             Swept::Drift { changed: false }
         };
@@ -230,6 +240,7 @@ impl Engine {
             Ok(o) => match &o.change {
                 Some(c) => {
                     self.counters.drift.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.drift(p.provider);
                     tracing::warn!(alert = "drift", kind = "missed_change", payment_id = %p.id, provider = %c.provider, from = %c.from, to = %c.to, "drift: the provider reports a state that no poll or callback brought");
                     self.log_change(c);
                     Swept::Drift { changed: true }

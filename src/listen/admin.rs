@@ -110,7 +110,7 @@ impl Admin {
             ("GET", ["metrics"]) => {
                 return http::text_owned(
                     StatusCode::OK,
-                    "text/plain; version=0.0.4",
+                    crate::metrics::CONTENT_TYPE,
                     crate::metrics::render(&self.engine).await,
                 )
             }

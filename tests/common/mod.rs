@@ -409,3 +409,13 @@ pub async fn start_daemon(
     let admin = AdminClient::new(&format!("http://{}", d.admin_addr), None);
     (d, admin)
 }
+
+/// `GET /metrics` on an admin listener, as a scraper sees it.
+pub async fn scrape(admin_addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{admin_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
