@@ -1,22 +1,19 @@
 //! `GET /metrics` in the OpenMetrics text format, encoded by
-//! prometheus-client. Histograms and the labelled counters live in
-//! [`Metrics`] for the process's life; the rest is read at scrape time
+//! prometheus-client. Histograms and the labelled counters live in the
+//! engine's [`Metrics`](crate::engine::stats::Metrics) for the process's life; the rest is read at scrape time
 //! (the engine's counters, the store's gauges). Names are stable;
 //! docs/operations.md lists them and deploy/prometheus-alerts.yml uses them.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::engine::stats::ByProvider;
 use crate::engine::{Engine, PollOutcome};
-use crate::model::ProviderId;
-use crate::state::State;
 
 /// Every alert payrecon raises: the `alert` field of its log events, as
 /// docs/operations.md lists them. `payrecon_alerts_total{alert}` counts
@@ -63,7 +60,7 @@ struct ByAlert {
 }
 
 /// Alerts raised in this process, by name; fed by the log layer
-/// ([`crate::logging`]) whatever `log.level` lets through.
+/// (src/logging.rs) whatever `log.level` lets through.
 fn alerts() -> &'static Family<ByAlert, Counter> {
     static ALERTS_RAISED: std::sync::OnceLock<Family<ByAlert, Counter>> =
         std::sync::OnceLock::new();
@@ -96,182 +93,6 @@ pub fn alert_count(alert: &str) -> u64 {
 
 /// The content type of [`render`]'s answer.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ByProvider {
-    provider: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ProviderCall {
-    provider: &'static str,
-    call: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Transition {
-    provider: &'static str,
-    to: &'static str,
-}
-
-/// What became of a callback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallbackOutcome {
-    /// Verified and recorded (a state change or not).
-    Applied,
-    /// Forged or malformed; nothing stored.
-    Rejected,
-    /// Seen before; acknowledged, nothing written.
-    Duplicate,
-    /// Kept until its payment is tracked.
-    Orphaned,
-    /// Refused for now (503): the store said no.
-    Refused,
-}
-
-/// A provider call, for `payrecon_provider_request_seconds{call}`.
-#[derive(Debug, Clone, Copy)]
-pub enum Call {
-    /// A status inquiry (poll, sweep, claim check, action settlement).
-    Inquiry,
-    /// An outbound action.
-    Action,
-}
-
-fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
-/// Histograms, and the counters that carry a `provider` label, kept for
-/// the process's life. Cheap to update: one atomic add per bucket hit.
-#[derive(Debug)]
-pub struct Metrics {
-    provider_request: Family<ProviderCall, Histogram>,
-    callback: Family<ByProvider, Histogram>,
-    delivery: Histogram,
-    sweep: Family<ByProvider, Histogram>,
-    poll_lag: Histogram,
-    callbacks: [Family<ByProvider, Counter>; 4],
-    transitions: Family<Transition, Counter>,
-    sweeps: Family<ByProvider, Counter>,
-    drift: Family<ByProvider, Counter>,
-    last_sweep: Family<ByProvider, Gauge<f64, std::sync::atomic::AtomicU64>>,
-}
-
-/// 5 ms to 41 s: provider calls and notification deliveries, whose
-/// timeouts are seconds.
-fn request_buckets() -> Histogram {
-    Histogram::new(exponential_buckets(0.005, 2.0, 14))
-}
-
-/// 0.25 ms to 4 s: a callback's verification and durable commit.
-fn callback_buckets() -> Histogram {
-    Histogram::new(exponential_buckets(0.00025, 2.0, 15))
-}
-
-/// 0.5 s to 68 min: a whole sweep.
-fn sweep_buckets() -> Histogram {
-    Histogram::new(exponential_buckets(0.5, 2.0, 14))
-}
-
-/// 1 ms to 16 s: how late a poll starts.
-fn lag_buckets() -> Histogram {
-    Histogram::new(exponential_buckets(0.001, 2.0, 15))
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics {
-            provider_request: Family::new_with_constructor(request_buckets),
-            callback: Family::new_with_constructor(callback_buckets),
-            delivery: request_buckets(),
-            sweep: Family::new_with_constructor(sweep_buckets),
-            poll_lag: lag_buckets(),
-            callbacks: Default::default(),
-            transitions: Family::default(),
-            sweeps: Family::default(),
-            drift: Family::default(),
-            last_sweep: Family::default(),
-        }
-    }
-}
-
-impl Metrics {
-    pub fn provider_call(&self, pid: ProviderId, call: Call, took: Duration) {
-        let call = match call {
-            Call::Inquiry => "inquiry",
-            Call::Action => "action",
-        };
-        self.provider_request
-            .get_or_create(&ProviderCall {
-                provider: pid.as_str(),
-                call,
-            })
-            .observe(seconds(took));
-    }
-
-    /// A callback handled: how long verification and commit took.
-    pub fn callback(&self, pid: ProviderId, outcome: CallbackOutcome, took: Duration) {
-        let p = ByProvider {
-            provider: pid.as_str(),
-        };
-        self.callback.get_or_create(&p).observe(seconds(took));
-        let i = match outcome {
-            CallbackOutcome::Applied | CallbackOutcome::Refused => None,
-            CallbackOutcome::Rejected => Some(1),
-            CallbackOutcome::Duplicate => Some(2),
-            CallbackOutcome::Orphaned => Some(3),
-        };
-        self.callbacks[0].get_or_create(&p).inc();
-        if let Some(i) = i {
-            self.callbacks[i].get_or_create(&p).inc();
-        }
-    }
-
-    pub fn delivery(&self, took: Duration) {
-        self.delivery.observe(seconds(took));
-    }
-
-    pub fn transition(&self, pid: ProviderId, to: State) {
-        self.transitions
-            .get_or_create(&Transition {
-                provider: pid.as_str(),
-                to: to.as_str(),
-            })
-            .inc();
-    }
-
-    pub fn sweep_started(&self, pid: ProviderId) {
-        self.sweeps
-            .get_or_create(&ByProvider {
-                provider: pid.as_str(),
-            })
-            .inc();
-    }
-
-    /// A sweep that ran to its end: its time, and when it ended.
-    pub fn sweep_done(&self, pid: ProviderId, took: Duration, now_ms: u64) {
-        let p = ByProvider {
-            provider: pid.as_str(),
-        };
-        self.sweep.get_or_create(&p).observe(seconds(took));
-        self.last_sweep
-            .get_or_create(&p)
-            .set(now_ms as f64 / 1000.0);
-    }
-
-    pub fn drift(&self, pid: ProviderId) {
-        self.drift
-            .get_or_create(&ByProvider {
-                provider: pid.as_str(),
-            })
-            .inc();
-    }
-
-    pub fn poll_lag(&self, lag: Duration) {
-        self.poll_lag.observe(seconds(lag));
-    }
-}
 
 /// Renders every metric. Names are stable; docs/operations.md lists them.
 pub async fn render(engine: &Engine) -> String {

@@ -226,23 +226,62 @@ async fn track_show_and_list_talk_to_a_running_daemon() {
     let id = v["id"].as_str().unwrap().to_string();
     assert_eq!(v["state"], "pending");
 
-    let out = tokio::process::Command::new(bin)
-        .args(["show", "--admin-url", &admin, &id])
-        .output()
-        .await
-        .unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec![args[0], "--admin-url", &admin];
+        all.extend(&args[1..]);
+        let all: Vec<String> = all.iter().map(|a| a.to_string()).collect();
+        async move {
+            tokio::process::Command::new(bin)
+                .args(&all)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let text = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).into_owned();
+
+    // For a person: aligned fields, local times, the history as a table.
+    let out = run(&["show", &id]).await;
     assert!(out.status.success());
+    let shown = text(&out);
+    assert!(
+        shown.starts_with(&format!(
+            "payment   {id}\nprovider  connpay\nstate     pending"
+        )),
+        "{shown}"
+    );
+    assert!(shown.contains("\npolling   open until "), "{shown}");
+    assert!(shown.contains("access_token=[redacted]"), "{shown}");
+    // For scripts: the API's answer.
+    let out = run(&["show", &id, "--json"]).await;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["id"], id.as_str());
     assert!(v["history"].is_array());
 
-    let out = tokio::process::Command::new(bin)
-        .args(["list", "--admin-url", &admin, "--state", "pending"])
-        .output()
-        .await
-        .unwrap();
+    let out = run(&["list", "--state", "pending"]).await;
+    let listed = text(&out);
+    assert!(listed.starts_with("payment "), "{listed}");
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(
+        listed
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with(&format!("{id}  connpay   pending")),
+        "{listed}"
+    );
+    let out = run(&["list", "--state", "pending", "--json"]).await;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["payments"].as_array().unwrap().len(), 1);
+
+    // A value outside the allowed ones is a usage error (2) that lists them.
+    let out = run(&["list", "--state", "done"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("succeeded") && err.contains("pending"),
+        "{err}"
+    );
 
     let out = tokio::process::Command::new(bin)
         .args(["show", "--admin-url", &admin, "pay_missing"])

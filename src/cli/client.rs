@@ -27,6 +27,16 @@ pub struct AdminClient {
     http: reqwest::Client,
 }
 
+/// The limit on a whole request that answers at once (a read, a track).
+const QUICK: Duration = Duration::from_secs(30);
+
+/// How long a request may take once connected.
+enum Wait {
+    Quick,
+    /// A sweep or an export: no limit but the connection's.
+    AsLongAsItTakes,
+}
+
 impl AdminClient {
     pub fn new(base: &str, token: Option<String>) -> AdminClient {
         AdminClient {
@@ -38,8 +48,10 @@ impl AdminClient {
             // closed before message completed", which cannot be retried
             // blindly (was it applied?). On loopback a connection costs
             // less than that ambiguity.
+            // No limit on the whole request here: a sweep or an export
+            // runs as long as it runs. Others get QUICK (send_raw).
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
+                .connect_timeout(Duration::from_secs(5))
                 .pool_max_idle_per_host(0)
                 .build()
                 .unwrap_or_default(),
@@ -194,12 +206,13 @@ impl AdminClient {
         self.send(self.http.post(url).json(&body)).await
     }
 
+    /// Runs a sweep and waits for its end, however long it takes.
     pub async fn reconcile(&self, provider: &str) -> Result<serde_json::Value, ClientError> {
-        self.send(
-            self.http
-                .post(format!("{}/v1/reconcile/{provider}", self.base)),
-        )
-        .await
+        let rb = self
+            .http
+            .post(format!("{}/v1/reconcile/{provider}", self.base));
+        let bytes = self.send_raw(rb, Wait::AsLongAsItTakes).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     /// The export of a running daemon, as the bytes it serves.
@@ -208,19 +221,29 @@ impl AdminClient {
             .append_pair("since", since)
             .append_pair("format", format)
             .finish();
-        self.send_raw(self.http.get(format!("{}/v1/export?{q}", self.base)))
-            .await
+        self.send_raw(
+            self.http.get(format!("{}/v1/export?{q}", self.base)),
+            Wait::AsLongAsItTakes,
+        )
+        .await
     }
 
     async fn send<T: DeserializeOwned>(
         &self,
         rb: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let bytes = self.send_raw(rb).await?;
+        let bytes = self.send_raw(rb, Wait::Quick).await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
-    async fn send_raw(&self, mut rb: reqwest::RequestBuilder) -> Result<Vec<u8>, ClientError> {
+    async fn send_raw(
+        &self,
+        mut rb: reqwest::RequestBuilder,
+        wait: Wait,
+    ) -> Result<Vec<u8>, ClientError> {
+        if let Wait::Quick = wait {
+            rb = rb.timeout(QUICK);
+        }
         if let Some(t) = &self.token {
             rb = rb.bearer_auth(t);
         }

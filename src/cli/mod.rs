@@ -5,6 +5,7 @@
 pub mod actions;
 pub mod client;
 pub mod demo;
+pub mod human;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -59,7 +60,7 @@ pub enum Command {
     Track {
         #[command(flatten)]
         admin: AdminArgs,
-        #[arg(long)]
+        #[arg(long, value_parser = providers())]
         provider: String,
         /// A provider key, NAME=VALUE; repeat. For ConnPay: endpoint_id,
         /// invoice_id, session_token, access_token.
@@ -82,33 +83,46 @@ pub enum Command {
         /// The payrecon id (pay_...).
         #[arg(required_unless_present = "by")]
         id: Option<String>,
-        #[arg(long, requires = "by")]
+        #[arg(long, requires = "by", value_parser = providers())]
         provider: Option<String>,
         /// The provider's identifier, NAME=VALUE (ConnPay: invoice_id or order_id).
         #[arg(long, value_name = "NAME=VALUE", value_parser = parse_kv, requires = "provider", conflicts_with = "id")]
         by: Option<(String, String)>,
+        /// Print the API's JSON answer instead of a summary.
+        #[arg(long)]
+        json: bool,
     },
     /// List payments, a page at a time.
     List {
         #[command(flatten)]
         admin: AdminArgs,
-        #[arg(long)]
+        /// Only payments in this state.
+        #[arg(long, value_parser = states())]
         state: Option<String>,
-        #[arg(long)]
+        /// Only this provider's payments.
+        #[arg(long, value_parser = providers())]
         provider: Option<String>,
         /// Only payments whose provider reported other money than tracked.
         #[arg(long)]
         mismatch: bool,
+        /// Payments per page (the API's default when left out).
         #[arg(long)]
         limit: Option<usize>,
-        #[arg(long)]
+        /// Start after this payment id (the last page's `--after`).
+        #[arg(long, value_name = "PAYMENT_ID")]
         after: Option<String>,
+        /// Print the API's JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Show an action.
     ShowAction {
         #[command(flatten)]
         admin: AdminArgs,
         id: String,
+        /// Print the API's JSON answer instead of a summary.
+        #[arg(long)]
+        json: bool,
     },
     /// Settle an action whose outcome is unknown, after checking with the
     /// provider by hand.
@@ -116,8 +130,8 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
         id: String,
-        /// succeeded or failed.
-        #[arg(long = "as", value_name = "STATE")]
+        /// What the provider says became of it.
+        #[arg(long = "as", value_name = "STATE", value_parser = ["succeeded", "failed"])]
         state: String,
         #[arg(long)]
         note: Option<String>,
@@ -154,7 +168,7 @@ pub enum Command {
     Reconcile {
         #[command(flatten)]
         admin: AdminArgs,
-        #[arg(long)]
+        #[arg(long, value_parser = providers())]
         provider: String,
     },
     /// Write final states for accounting, from a stopped daemon's store
@@ -165,6 +179,8 @@ pub enum Command {
         /// Payments final at or after this: 2026-11-01 or an RFC 3339 time.
         #[arg(long)]
         since: String,
+        /// csv (a header line, then one payment per line) or jsonl (one
+        /// JSON object per line).
         #[arg(long, default_value = "csv", value_parser = ["csv", "jsonl"])]
         format: String,
         /// Read the store named in this config file (offline).
@@ -202,6 +218,24 @@ pub struct AdminArgs {
         default_value = "http://127.0.0.1:8081"
     )]
     pub admin_url: String,
+}
+
+/// The provider names, as `--provider` takes them (listed in `--help`).
+fn providers() -> clap::builder::PossibleValuesParser {
+    crate::model::ProviderId::ALL
+        .iter()
+        .map(|p| p.as_str())
+        .collect::<Vec<_>>()
+        .into()
+}
+
+/// The payment states, as `--state` takes them.
+fn states() -> clap::builder::PossibleValuesParser {
+    crate::state::State::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .into()
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -385,13 +419,15 @@ async fn dispatch(cli: Cli) -> ExitCode {
             id,
             provider,
             by,
-        } => match (id, provider, by) {
-            (_, Some(p), Some((name, value))) => {
-                print_json(client(&admin).find(&p, &name, &value).await)
-            }
-            (Some(id), _, _) => print_json(client(&admin).get(&id).await),
-            _ => fail("give a payment id, or --provider and --by NAME=VALUE"),
-        },
+            json,
+        } => {
+            let found = match (id, provider, by) {
+                (_, Some(p), Some((name, value))) => client(&admin).find(&p, &name, &value).await,
+                (Some(id), _, _) => client(&admin).get(&id).await,
+                _ => return usage("give a payment id, or --provider and --by NAME=VALUE"),
+            };
+            print_as(found, json, human::payment)
+        }
         Command::List {
             admin,
             state,
@@ -399,7 +435,8 @@ async fn dispatch(cli: Cli) -> ExitCode {
             mismatch,
             limit,
             after,
-        } => print_json(
+            json,
+        } => print_as(
             client(&admin)
                 .list_filtered(
                     state.as_deref(),
@@ -409,8 +446,12 @@ async fn dispatch(cli: Cli) -> ExitCode {
                     after.as_deref(),
                 )
                 .await,
+            json,
+            human::page,
         ),
-        Command::ShowAction { admin, id } => print_json(client(&admin).get_action(&id).await),
+        Command::ShowAction { admin, id, json } => {
+            print_as(client(&admin).get_action(&id).await, json, human::action)
+        }
         Command::ResolveAction {
             admin,
             id,
@@ -420,7 +461,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             let state = match state.as_str() {
                 "succeeded" => ActionState::Succeeded,
                 "failed" => ActionState::Failed,
-                other => return fail(format!("--as takes succeeded or failed, not `{other}`")),
+                other => return usage(format!("--as takes succeeded or failed, not `{other}`")),
             };
             print_json(
                 client(&admin)
@@ -436,10 +477,13 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Replay { admin, id, since } => match (id, since) {
             (Some(id), _) => print_json(client(&admin).replay(&id).await),
             (None, Some(since)) => print_json(client(&admin).replay_since(&since).await),
-            (None, None) => fail("give a webhook id or --since"),
+            (None, None) => usage("give a webhook id or --since"),
         },
         Command::Reconcile { admin, provider } => {
-            print_json(client(&admin).reconcile(&provider).await)
+            let spinner = progress(format!("sweeping {provider}"));
+            let swept = client(&admin).reconcile(&provider).await;
+            spinner.finish_and_clear();
+            print_json(swept)
         }
         Command::Export {
             admin,
@@ -478,11 +522,11 @@ async fn export(
     use std::io::Write;
     let since_ms = match crate::export::parse_since(&since) {
         Ok(s) => s,
-        Err(m) => return fail(format!("--since: {m}")),
+        Err(m) => return usage(format!("--since: {m}")),
     };
     let fmt: crate::export::Format = match format.parse() {
         Ok(f) => f,
-        Err(m) => return fail(format!("--format: {m}")),
+        Err(m) => return usage(format!("--format: {m}")),
     };
     let path = match (config, store) {
         (Some(c), _) => match Config::load_file(&c) {
@@ -495,7 +539,10 @@ async fn export(
         (None, s) => s,
     };
     let Some(path) = path else {
-        return match client(&admin).export(&since, &format).await {
+        let spinner = progress("exporting".to_string());
+        let exported = client(&admin).export(&since, &format).await;
+        spinner.finish_and_clear();
+        return match exported {
             Ok(body) => print_out(&body),
             Err(e) => fail(e),
         };
@@ -535,6 +582,36 @@ fn client(a: &AdminArgs) -> AdminClient {
             .ok()
             .filter(|t| !t.is_empty()),
     )
+}
+
+/// A spinner with the time taken, on standard error when it is a
+/// terminal (nothing otherwise), for a request that waits on a long
+/// operation.
+pub fn progress(what: String) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner().with_message(what);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+/// A usage error found after parsing: exit status 2, like clap's own.
+fn usage(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("payrecon: {msg}\n\nFor more information, try '--help'.");
+    ExitCode::from(2)
+}
+
+/// The answer as JSON (`--json`) or as `human` writes it for a person.
+fn print_as<T: serde::Serialize, E: std::fmt::Display>(
+    r: Result<T, E>,
+    json: bool,
+    human: fn(&T) -> String,
+) -> ExitCode {
+    match r {
+        Ok(v) if !json => print_out(human(&v)),
+        other => print_json(other),
+    }
 }
 
 fn print_json<T: serde::Serialize, E: std::fmt::Display>(r: Result<T, E>) -> ExitCode {

@@ -10,7 +10,7 @@ impl Engine {
         pid: ProviderId,
         raw: &RawCallback<'_>,
     ) -> Result<Ingested, EngineError> {
-        use crate::metrics::CallbackOutcome as Outcome;
+        use stats::CallbackOutcome as Outcome;
         let started = Instant::now();
         let ingested = self.ingest_timed(pid, raw).await;
         let outcome = match &ingested {

@@ -8,7 +8,7 @@ pub mod outbound;
 mod poll;
 mod reconcile;
 pub mod scheduler;
-mod stats;
+pub mod stats;
 
 use ingest::{alert_observed, warn_mismatch};
 pub use reconcile::SweepReport;
@@ -30,7 +30,6 @@ use tracing::Instrument;
 use crate::circuit::Breaker;
 use crate::engine::notify::NotifySettings;
 use crate::engine::scheduler::Scheduler;
-use crate::metrics::Call;
 use crate::model::{now_ms, Keys, Payment, PollWindow, ProviderId, Source};
 use crate::pacer::Pacer;
 use crate::providers::{CallbackError, InquiryError, Provider, RawCallback};
@@ -40,6 +39,7 @@ use crate::store::{
     Change, Ingested, Lease, NewPayment, Store, StoreError, SweepMark, Tracked, WindowChange,
 };
 use crate::sync::{read, write};
+use stats::Call;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -112,7 +112,7 @@ pub struct Engine {
     instance: String,
     pub counters: Counters,
     /// Histograms and provider-labelled counters for `/metrics`.
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: stats::Metrics,
 }
 
 /// The lease owner an engine writes: the process's [`crate::model::instance_id`],

@@ -330,8 +330,11 @@ impl Engine {
                 // Left `sending`: settled by inquiry after the restart.
                 _ = self.cancelled() => return Ok(()),
             };
-            self.metrics
-                .provider_call(a.provider, crate::metrics::Call::Action, asked.elapsed());
+            self.metrics.provider_call(
+                a.provider,
+                crate::engine::stats::Call::Action,
+                asked.elapsed(),
+            );
             match &sent {
                 Ok(_) | Err(SendError::Final { .. }) => breaker.success(),
                 Err(_) => breaker.failure(),

@@ -149,6 +149,199 @@ impl LagHistogram {
     }
 }
 
+/// The engine's side of `/metrics` (rendered in src/metrics.rs).
+mod prom {
+    use std::time::Duration;
+
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+
+    use crate::model::ProviderId;
+    use crate::state::State;
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    pub(crate) struct ByProvider {
+        pub(crate) provider: &'static str,
+    }
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    pub(crate) struct ProviderCall {
+        provider: &'static str,
+        call: &'static str,
+    }
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    pub(crate) struct Transition {
+        provider: &'static str,
+        to: &'static str,
+    }
+
+    /// What became of a callback.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum CallbackOutcome {
+        /// Verified and recorded (a state change or not).
+        Applied,
+        /// Forged or malformed; nothing stored.
+        Rejected,
+        /// Seen before; acknowledged, nothing written.
+        Duplicate,
+        /// Kept until its payment is tracked.
+        Orphaned,
+        /// Refused for now (503): the store said no.
+        Refused,
+    }
+
+    /// A provider call, for `payrecon_provider_request_seconds{call}`.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Call {
+        /// A status inquiry (poll, sweep, claim check, action settlement).
+        Inquiry,
+        /// An outbound action.
+        Action,
+    }
+
+    fn seconds(d: Duration) -> f64 {
+        d.as_secs_f64()
+    }
+
+    /// Histograms, and the counters that carry a `provider` label, kept for
+    /// the process's life. Cheap to update: one atomic add per bucket hit.
+    #[derive(Debug)]
+    pub struct Metrics {
+        pub(crate) provider_request: Family<ProviderCall, Histogram>,
+        pub(crate) callback: Family<ByProvider, Histogram>,
+        pub(crate) delivery: Histogram,
+        pub(crate) sweep: Family<ByProvider, Histogram>,
+        pub(crate) poll_lag: Histogram,
+        pub(crate) callbacks: [Family<ByProvider, Counter>; 4],
+        pub(crate) transitions: Family<Transition, Counter>,
+        pub(crate) sweeps: Family<ByProvider, Counter>,
+        pub(crate) drift: Family<ByProvider, Counter>,
+        pub(crate) last_sweep: Family<ByProvider, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    }
+
+    /// 5 ms to 41 s: provider calls and notification deliveries, whose
+    /// timeouts are seconds.
+    fn request_buckets() -> Histogram {
+        Histogram::new(exponential_buckets(0.005, 2.0, 14))
+    }
+
+    /// 0.25 ms to 4 s: a callback's verification and durable commit.
+    fn callback_buckets() -> Histogram {
+        Histogram::new(exponential_buckets(0.00025, 2.0, 15))
+    }
+
+    /// 0.5 s to 68 min: a whole sweep.
+    fn sweep_buckets() -> Histogram {
+        Histogram::new(exponential_buckets(0.5, 2.0, 14))
+    }
+
+    /// 1 ms to 16 s: how late a poll starts.
+    fn lag_buckets() -> Histogram {
+        Histogram::new(exponential_buckets(0.001, 2.0, 15))
+    }
+
+    impl Default for Metrics {
+        fn default() -> Self {
+            Metrics {
+                provider_request: Family::new_with_constructor(request_buckets),
+                callback: Family::new_with_constructor(callback_buckets),
+                delivery: request_buckets(),
+                sweep: Family::new_with_constructor(sweep_buckets),
+                poll_lag: lag_buckets(),
+                callbacks: Default::default(),
+                transitions: Family::default(),
+                sweeps: Family::default(),
+                drift: Family::default(),
+                last_sweep: Family::default(),
+            }
+        }
+    }
+
+    impl Metrics {
+        pub fn provider_call(&self, pid: ProviderId, call: Call, took: Duration) {
+            let call = match call {
+                Call::Inquiry => "inquiry",
+                Call::Action => "action",
+            };
+            self.provider_request
+                .get_or_create(&ProviderCall {
+                    provider: pid.as_str(),
+                    call,
+                })
+                .observe(seconds(took));
+        }
+
+        /// A callback handled: how long verification and commit took.
+        pub fn callback(&self, pid: ProviderId, outcome: CallbackOutcome, took: Duration) {
+            let p = ByProvider {
+                provider: pid.as_str(),
+            };
+            self.callback.get_or_create(&p).observe(seconds(took));
+            let i = match outcome {
+                CallbackOutcome::Applied | CallbackOutcome::Refused => None,
+                CallbackOutcome::Rejected => Some(1),
+                CallbackOutcome::Duplicate => Some(2),
+                CallbackOutcome::Orphaned => Some(3),
+            };
+            self.callbacks[0].get_or_create(&p).inc();
+            if let Some(i) = i {
+                self.callbacks[i].get_or_create(&p).inc();
+            }
+        }
+
+        pub fn delivery(&self, took: Duration) {
+            self.delivery.observe(seconds(took));
+        }
+
+        pub fn transition(&self, pid: ProviderId, to: State) {
+            self.transitions
+                .get_or_create(&Transition {
+                    provider: pid.as_str(),
+                    to: to.as_str(),
+                })
+                .inc();
+        }
+
+        pub fn sweep_started(&self, pid: ProviderId) {
+            self.sweeps
+                .get_or_create(&ByProvider {
+                    provider: pid.as_str(),
+                })
+                .inc();
+        }
+
+        /// A sweep that ran to its end: its time, and when it ended.
+        pub fn sweep_done(&self, pid: ProviderId, took: Duration, now_ms: u64) {
+            let p = ByProvider {
+                provider: pid.as_str(),
+            };
+            self.sweep.get_or_create(&p).observe(seconds(took));
+            self.last_sweep
+                .get_or_create(&p)
+                .set(now_ms as f64 / 1000.0);
+        }
+
+        pub fn drift(&self, pid: ProviderId) {
+            self.drift
+                .get_or_create(&ByProvider {
+                    provider: pid.as_str(),
+                })
+                .inc();
+        }
+
+        pub fn poll_lag(&self, lag: Duration) {
+            self.poll_lag.observe(seconds(lag));
+        }
+    }
+}
+
+pub(crate) use prom::ByProvider;
+pub use prom::{Call, CallbackOutcome, Metrics};
+
 #[cfg(test)]
 mod tests {
     use super::LagHistogram;

@@ -124,6 +124,13 @@ pub async fn run(count: usize) -> Result<bool, String> {
 
     let mut shown: HashMap<String, State> = HashMap::new();
     let mut done = false;
+    // On a terminal: how many have settled so far, below the table.
+    let bar = indicatif::ProgressBar::new(total as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("  {bar:30} {pos}/{len} settled ({elapsed})")
+    {
+        bar.set_style(style);
+    }
     while started.elapsed() < DEMO_DEADLINE {
         let page = admin
             .list(None, None, Some(1000), None)
@@ -145,23 +152,27 @@ pub async fn run(count: usize) -> Result<bool, String> {
                     )
                 };
                 let secs = at.saturating_sub(p.created_ms) as f64 / 1000.0;
-                println!(
-                    "  {name:<9} {:<10} {:<9} {secs:>6.1}s  {label}",
-                    p.state.as_str(),
-                    source.as_str()
-                );
+                bar.suspend(|| {
+                    println!(
+                        "  {name:<9} {:<10} {:<9} {secs:>6.1}s  {label}",
+                        p.state.as_str(),
+                        source.as_str()
+                    )
+                });
                 shown.insert(p.id.clone(), p.state);
             }
             if truth(&p.id) == Some(p.state) {
                 settled += 1;
             }
         }
+        bar.set_position(settled as u64);
         if settled == total {
             done = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    bar.finish_and_clear();
 
     // Summary, from the daemon's own records.
     let page = admin
