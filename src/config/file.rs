@@ -33,6 +33,19 @@ pub struct FileConfig {
     /// `[notify]`: state changes POSTed to the platform. Absent: none.
     #[serde(default)]
     pub notify: Option<NotifyConfig>,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: whom provider calls and notifications trust. The system's
+/// trust store and the webpki roots always; this adds more.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// A PEM file of CA certificates to trust as well (a corporate CA
+    /// that re-signs outbound TLS, a provider's private CA).
+    #[serde(default)]
+    pub extra_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

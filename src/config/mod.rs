@@ -153,6 +153,14 @@ impl Config {
             }
         };
         crate::logging::check_level(&file.log.level).map_err(|e| err("log.level", e))?;
+        // Before the providers below are built: their clients trust these.
+        if let Some(path) = &file.tls.extra_ca_file {
+            let roots =
+                crate::providers::tls::read_roots(path).map_err(|e| err("tls.extra_ca_file", e))?;
+            crate::providers::tls::trust_also(roots);
+        } else {
+            crate::providers::tls::trust_also(vec![]);
+        }
         let admin_token = match &file.admin.token_env {
             Some(var) => Some(secret("admin.token_env", var)?),
             None => None,

@@ -191,7 +191,7 @@ impl Engine {
     pub(crate) async fn run_notifier(self: Arc<Self>) {
         // No redirects: a 3xx is a failed delivery (Standard Webhooks), not
         // a bodiless GET elsewhere that a 200 would count as delivered.
-        let client = match reqwest::Client::builder()
+        let client = match crate::providers::tls::with_roots(reqwest::Client::builder())
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(USER_AGENT)
             .build()

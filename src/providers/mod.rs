@@ -184,6 +184,47 @@ pub fn no_headers(_: &str) -> Option<String> {
     None
 }
 
+pub mod tls {
+    //! Whom outbound TLS trusts: the webpki roots, the system's trust
+    //! store (`/etc/ssl/certs`, where a corporate CA is installed), and
+    //! the CAs in `tls.extra_ca_file`. The config loader reads that file
+    //! (check-config names it when it is unreadable or holds no
+    //! certificate) and sets it here before it builds the providers;
+    //! every client built afterwards trusts it.
+
+    use std::path::Path;
+    use std::sync::RwLock;
+
+    static EXTRA: RwLock<Vec<reqwest::Certificate>> = RwLock::new(Vec::new());
+
+    /// The CA certificates in a PEM file; at least one.
+    pub fn read_roots(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        let roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("`{}` is not PEM certificates: {e}", path.display()))?;
+        if roots.is_empty() {
+            return Err(format!("`{}` holds no PEM certificate", path.display()));
+        }
+        Ok(roots)
+    }
+
+    /// The extra CAs every client built from now on trusts.
+    pub fn trust_also(roots: Vec<reqwest::Certificate>) {
+        *crate::sync::write(&EXTRA) = roots;
+    }
+
+    /// `builder` with the system's store and the extra CAs.
+    pub fn with_roots(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        crate::sync::read(&EXTRA)
+            .iter()
+            .cloned()
+            .fold(builder.tls_built_in_native_certs(true), |b, c| {
+                b.add_root_certificate(c)
+            })
+    }
+}
+
 /// The HTTP client every provider uses: `timeout` for a whole request,
 /// five seconds to connect (rustls), and a `User-Agent` that names the
 /// version and the instance (the provider's logs then say which of
@@ -194,7 +235,7 @@ pub fn http_client(timeout: std::time::Duration) -> reqwest::Client {
         env!("CARGO_PKG_VERSION"),
         crate::model::instance_id()
     );
-    reqwest::Client::builder()
+    tls::with_roots(reqwest::Client::builder())
         .user_agent(agent)
         .timeout(timeout)
         .connect_timeout(std::time::Duration::from_secs(5))
