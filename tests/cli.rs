@@ -371,3 +371,23 @@ fn the_unit_checks_the_config_first_and_does_not_restart_on_a_config_error() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("store.path"));
     }
 }
+
+/// Every flag and argument of every command, the provider action commands
+/// included, says in `--help` what it is for.
+#[test]
+fn every_argument_has_help_text() {
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id != "help" && id != "version" && arg.get_help().is_none() {
+                missing.push(format!("{path} {id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+    let mut missing = vec![];
+    walk(&payrecon::cli::command(), "payrecon", &mut missing);
+    assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+}

@@ -39,11 +39,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon.
     Run {
+        /// The config file (/etc/payrecon/config.toml under systemd).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
     /// Check a config file (and that its secrets are in the environment).
     CheckConfig {
+        /// The config file to check.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// Look secrets up in DIR (one file per secret, named like its
@@ -60,6 +62,7 @@ pub enum Command {
     Track {
         #[command(flatten)]
         admin: AdminArgs,
+        /// The payment's provider.
         #[arg(long, value_parser = providers())]
         provider: String,
         /// A provider key, NAME=VALUE; repeat. For ConnPay: endpoint_id,
@@ -70,8 +73,11 @@ pub enum Command {
         /// which keeps tokens out of the process list.
         #[arg(long, value_name = "FILE")]
         keys_file: Option<PathBuf>,
+        /// The amount tracked, in minor units (1250 for 12.50 EUR);
+        /// a provider reporting other money raises amount_mismatch.
         #[arg(long)]
         amount_minor: Option<i64>,
+        /// The currency of --amount-minor (ISO 4217: EUR, KWD).
         #[arg(long)]
         currency: Option<String>,
     },
@@ -83,6 +89,7 @@ pub enum Command {
         /// The payrecon id (pay_...).
         #[arg(required_unless_present = "by")]
         id: Option<String>,
+        /// The provider whose identifier --by names.
         #[arg(long, requires = "by", value_parser = providers())]
         provider: Option<String>,
         /// The provider's identifier, NAME=VALUE (ConnPay: invoice_id or order_id).
@@ -119,6 +126,7 @@ pub enum Command {
     ShowAction {
         #[command(flatten)]
         admin: AdminArgs,
+        /// The action's id (act_...).
         id: String,
         /// Print the API's JSON answer instead of a summary.
         #[arg(long)]
@@ -129,10 +137,12 @@ pub enum Command {
     ResolveAction {
         #[command(flatten)]
         admin: AdminArgs,
+        /// The action's id (act_...).
         id: String,
         /// What the provider says became of it.
         #[arg(long = "as", value_name = "STATE", value_parser = ["succeeded", "failed"])]
         state: String,
+        /// Why, for the record (who checked, what the provider said).
         #[arg(long)]
         note: Option<String>,
     },
@@ -144,6 +154,7 @@ pub enum Command {
         /// Start after this webhook id (the last page's `next_after`).
         #[arg(long, value_name = "WEBHOOK_ID")]
         after: Option<String>,
+        /// Dead letters per page (the API's default when left out).
         #[arg(long)]
         limit: Option<usize>,
     },
@@ -168,6 +179,7 @@ pub enum Command {
     Reconcile {
         #[command(flatten)]
         admin: AdminArgs,
+        /// The provider to sweep; waits for the sweep's end.
         #[arg(long, value_parser = providers())]
         provider: String,
     },
@@ -200,6 +212,7 @@ pub enum Command {
     /// Print a shell completion script (the Debian package installs
     /// bash, zsh and fish ones).
     Completions {
+        /// The shell to write the script for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
