@@ -129,7 +129,14 @@ pub async fn render(engine: &Engine) -> String {
         let p = ByProvider {
             provider: pid.as_str(),
         };
-        for family in m.callbacks.iter().chain([&m.sweeps, &m.drift]) {
+        for family in [
+            &m.callbacks_received,
+            &m.callbacks_rejected,
+            &m.callbacks_duplicate,
+            &m.callbacks_orphaned,
+            &m.sweeps,
+            &m.drift,
+        ] {
             let _ = family.get_or_create(&p);
         }
     }
@@ -138,26 +145,25 @@ pub async fn render(engine: &Engine) -> String {
         "Alerts raised (log events with an alert field), by name; docs/operations.md says what each means",
         alerts().clone(),
     );
-    let [received, rejected, duplicate, orphaned] = m.callbacks.clone();
     r.register(
         "payrecon_callbacks_received",
         "Callbacks received, valid or not",
-        received,
+        m.callbacks_received.clone(),
     );
     r.register(
         "payrecon_callbacks_rejected",
         "Callbacks refused: forged or malformed; nothing of them stored",
-        rejected,
+        m.callbacks_rejected.clone(),
     );
     r.register(
         "payrecon_callbacks_deduplicated",
         "Callbacks seen before; acknowledged, nothing written",
-        duplicate,
+        m.callbacks_duplicate.clone(),
     );
     r.register(
         "payrecon_callbacks_orphaned",
         "Callbacks kept until their payment is tracked",
-        orphaned,
+        m.callbacks_orphaned.clone(),
     );
     r.register(
         "payrecon_callback_seconds",

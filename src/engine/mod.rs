@@ -387,6 +387,20 @@ impl Engine {
         Ok(tracked)
     }
 
+    /// A provider call, timed into `payrecon_provider_request_seconds`
+    /// (not when it is dropped unfinished at shutdown).
+    pub(crate) async fn timed<T>(
+        &self,
+        pid: ProviderId,
+        call: Call,
+        request: impl std::future::Future<Output = T>,
+    ) -> T {
+        let asked = Instant::now();
+        let answer = request.await;
+        self.metrics.provider_call(pid, call, asked.elapsed());
+        answer
+    }
+
     pub(crate) fn log_change(&self, c: &Change) {
         self.counters.transitions.fetch_add(1, Ordering::Relaxed);
         self.metrics.transition(c.provider, c.to);

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use crate::action::{Action, ActionRequest, ActionState, Confirmation, SendError, Undescribed};
 use crate::circuit::Breaker;
+use crate::engine::stats::Call;
 use crate::engine::{Engine, EngineError};
 use crate::model::{now_ms, Payment, ProviderId, Report, Source};
 use crate::providers::Provider;
@@ -324,17 +325,12 @@ impl Engine {
             a.attempts += 1;
             a.updated_ms = now_ms();
             self.store().update_action(&a, vec![]).await?;
-            let asked = tokio::time::Instant::now();
+            let send = provider.send_action(&payment, &a.request);
             let sent = tokio::select! {
-                r = provider.send_action(&payment, &a.request) => r,
+                r = self.timed(a.provider, Call::Action, send) => r,
                 // Left `sending`: settled by inquiry after the restart.
                 _ = self.cancelled() => return Ok(()),
             };
-            self.metrics.provider_call(
-                a.provider,
-                crate::engine::stats::Call::Action,
-                asked.elapsed(),
-            );
             match &sent {
                 Ok(_) | Err(SendError::Final { .. }) => breaker.success(),
                 Err(_) => breaker.failure(),
@@ -409,7 +405,7 @@ impl Engine {
                 if !self.still_ours(a).await? {
                     return Ok(Settled::Done);
                 }
-                let r = ask.await;
+                let r = self.timed(a.provider, Call::Inquiry, ask).await;
                 match &r {
                     Err(crate::providers::InquiryError::Transient(_)) => breaker.failure(),
                     _ => breaker.success(),

@@ -191,7 +191,10 @@ impl Engine {
             if !self.pace(pid).await {
                 return Err((false, "shutting down".to_string()));
             }
-            match provider.inquire(&payment).await {
+            match self
+                .timed(pid, Call::Inquiry, provider.inquire(&payment))
+                .await
+            {
                 Ok(r) => {
                     breaker.success();
                     Ok(r)
@@ -283,14 +286,12 @@ impl Engine {
             if !self.pace(pid).await {
                 return;
             }
-            let asked = Instant::now();
+            let ask = self.timed(pid, Call::Inquiry, provider.inquire(&payment));
             let r = tokio::select! {
-                r = provider.inquire(&payment).instrument(span.clone()) => r,
+                r = ask.instrument(span.clone()) => r,
                 // The window stays as persisted; a restart polls it again.
                 _ = self.cancel.cancelled() => return,
             };
-            self.metrics
-                .provider_call(pid, Call::Inquiry, asked.elapsed());
             match &r {
                 Err(InquiryError::Transient(_)) => breaker.failure(),
                 _ => breaker.success(),

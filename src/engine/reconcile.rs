@@ -195,13 +195,10 @@ impl Engine {
         if !self.pace(p.provider).await {
             return Swept::Failed;
         }
-        let asked = Instant::now();
         let result = tokio::select! {
-            r = provider.inquire(&p) => r,
+            r = self.timed(p.provider, Call::Inquiry, provider.inquire(&p)) => r,
             _ = self.cancel.cancelled() => return Swept::Failed,
         };
-        self.metrics
-            .provider_call(p.provider, Call::Inquiry, asked.elapsed());
         let not_found = |why: &str| {
             self.counters.drift.fetch_add(1, Ordering::Relaxed);
             self.metrics.drift(p.provider);

@@ -216,7 +216,10 @@ mod prom {
         pub(crate) delivery: Histogram,
         pub(crate) sweep: Family<ByProvider, Histogram>,
         pub(crate) poll_lag: Histogram,
-        pub(crate) callbacks: [Family<ByProvider, Counter>; 4],
+        pub(crate) callbacks_received: Family<ByProvider, Counter>,
+        pub(crate) callbacks_rejected: Family<ByProvider, Counter>,
+        pub(crate) callbacks_duplicate: Family<ByProvider, Counter>,
+        pub(crate) callbacks_orphaned: Family<ByProvider, Counter>,
         pub(crate) transitions: Family<Transition, Counter>,
         pub(crate) sweeps: Family<ByProvider, Counter>,
         pub(crate) drift: Family<ByProvider, Counter>,
@@ -252,7 +255,10 @@ mod prom {
                 delivery: request_buckets(),
                 sweep: Family::new_with_constructor(sweep_buckets),
                 poll_lag: lag_buckets(),
-                callbacks: Default::default(),
+                callbacks_received: Family::default(),
+                callbacks_rejected: Family::default(),
+                callbacks_duplicate: Family::default(),
+                callbacks_orphaned: Family::default(),
                 transitions: Family::default(),
                 sweeps: Family::default(),
                 drift: Family::default(),
@@ -281,15 +287,15 @@ mod prom {
                 provider: pid.as_str(),
             };
             self.callback.get_or_create(&p).observe(seconds(took));
-            let i = match outcome {
+            self.callbacks_received.get_or_create(&p).inc();
+            let also = match outcome {
                 CallbackOutcome::Applied | CallbackOutcome::Refused => None,
-                CallbackOutcome::Rejected => Some(1),
-                CallbackOutcome::Duplicate => Some(2),
-                CallbackOutcome::Orphaned => Some(3),
+                CallbackOutcome::Rejected => Some(&self.callbacks_rejected),
+                CallbackOutcome::Duplicate => Some(&self.callbacks_duplicate),
+                CallbackOutcome::Orphaned => Some(&self.callbacks_orphaned),
             };
-            self.callbacks[0].get_or_create(&p).inc();
-            if let Some(i) = i {
-                self.callbacks[i].get_or_create(&p).inc();
+            if let Some(family) = also {
+                family.get_or_create(&p).inc();
             }
         }
 
