@@ -64,7 +64,9 @@ path = "{store}"
 [callback]
 listen = "127.0.0.1:0"
 max_body_bytes = 4096
-header_read_timeout = "300ms"
+# Long enough that a client starved of CPU between connecting and
+# writing its request is not cut off (the admin listener shares it).
+header_read_timeout = "2s"
 {callback_extra}
 
 [admin]
