@@ -261,12 +261,25 @@ pub struct Process {
     pub admin: AdminClient,
     pub admin_url: String,
     pub callback_url: String,
+    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test shows what the daemon logged last: a rare failure
+        // is then explained by its first occurrence.
+        if std::thread::panicking() {
+            let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+            eprintln!(
+                "--- the daemon's last {} log lines ---",
+                logs.len().min(200)
+            );
+            for line in logs.iter().rev().take(200).rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
@@ -288,6 +301,7 @@ impl Process {
             .spawn()
             .expect("payrecon starts");
         let stderr = child.stderr.take().unwrap();
+        let kept = logs.clone();
         let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -306,6 +320,7 @@ impl Process {
             admin_url: format!("http://{}", field("admin_addr")),
             callback_url: format!("http://{}/callback/connpay", field("callback_addr")),
             child,
+            logs: kept,
         }
     }
 
