@@ -103,14 +103,6 @@ pub async fn render(engine: &Engine) -> String {
     let store = engine.store();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let mut r = Registry::default();
-    // Counter names are given without `_total`: the encoder adds it.
-    let counter = |r: &mut Registry, name: &str, help: &str, v: u64| {
-        r.register(name, help, ConstCounter::new(v))
-    };
-    let gauge = |r: &mut Registry, name: &str, help: &str, v: i64| {
-        r.register(name, help, ConstGauge::new(v))
-    };
-
     let build = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
     build
         .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
@@ -170,36 +162,6 @@ pub async fn render(engine: &Engine) -> String {
         "From a callback's arrival to its durable commit (or refusal)",
         m.callback.clone(),
     );
-    gauge(
-        &mut r,
-        "payrecon_orphans",
-        "Orphan callbacks waiting for their payment",
-        orphans,
-    );
-    counter(
-        &mut r,
-        "payrecon_orphans_refused",
-        "Callbacks refused (503) because too many orphans wait",
-        load(&c.orphans_refused),
-    );
-    counter(
-        &mut r,
-        "payrecon_orphans_expired",
-        "Orphan callbacks forgotten after callback.orphan_ttl",
-        load(&c.orphans_expired),
-    );
-    counter(
-        &mut r,
-        "payrecon_windows_leased_elsewhere",
-        "Polls left to another instance holding the window's lease (PostgreSQL)",
-        load(&c.windows_leased_elsewhere),
-    );
-    counter(
-        &mut r,
-        "payrecon_windows_taken_over",
-        "Windows no instance held, claimed by this one (PostgreSQL)",
-        load(&c.windows_taken_over),
-    );
 
     let polls = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
     for pid in &ids {
@@ -252,12 +214,6 @@ pub async fn render(engine: &Engine) -> String {
         "Payments reported as drift by sweeps, by provider",
         m.drift.clone(),
     );
-    counter(
-        &mut r,
-        "payrecon_stale",
-        "Payments that became stale",
-        load(&c.stale),
-    );
 
     // Every state, zeros included, so alerts on a series never see it vanish.
     let actions = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
@@ -267,34 +223,10 @@ pub async fn render(engine: &Engine) -> String {
     }
     r.register("payrecon_actions", "Outbound actions by state", actions);
 
-    gauge(
-        &mut r,
-        "payrecon_notifications_backlog",
-        "Notifications waiting for delivery",
-        store.notice_backlog() as i64,
-    );
-    counter(
-        &mut r,
-        "payrecon_notifications_delivered",
-        "Notifications the platform acknowledged",
-        load(&c.notices_delivered),
-    );
-    counter(
-        &mut r,
-        "payrecon_notifications_failed",
-        "Failed delivery attempts (each is retried)",
-        load(&c.notices_failed),
-    );
     r.register(
         "payrecon_notification_delivery_seconds",
         "Notification deliveries, answered or not",
         m.delivery.clone(),
-    );
-    gauge(
-        &mut r,
-        "payrecon_notifications_dead",
-        "Notifications given up after the retry horizon",
-        store.dead_notices() as i64,
     );
 
     let state = Family::<ByProvider, Gauge>::default();
@@ -319,24 +251,83 @@ pub async fn render(engine: &Engine) -> String {
         opened,
     );
 
-    gauge(
-        &mut r,
-        "payrecon_poll_queue",
-        "Poll deadlines waiting in the scheduler",
-        engine.scheduler().stats().queued.load(Ordering::Relaxed) as i64,
-    );
-    gauge(
-        &mut r,
-        "payrecon_payments",
-        "Payments in the store",
-        store.payment_count() as i64,
-    );
-    gauge(
-        &mut r,
-        "payrecon_store_size_bytes",
-        "The sled store's size on disk",
-        store.size_on_disk() as i64,
-    );
+    // Read at scrape time. Counter names are given without `_total`: the
+    // encoder adds it.
+    let counters: [(&str, &str, u64); 7] = [
+        (
+            "payrecon_orphans_refused",
+            "Callbacks refused (503) because too many orphans wait",
+            load(&c.orphans_refused),
+        ),
+        (
+            "payrecon_orphans_expired",
+            "Orphan callbacks forgotten after callback.orphan_ttl",
+            load(&c.orphans_expired),
+        ),
+        (
+            "payrecon_windows_leased_elsewhere",
+            "Polls left to another instance holding the window's lease (PostgreSQL)",
+            load(&c.windows_leased_elsewhere),
+        ),
+        (
+            "payrecon_windows_taken_over",
+            "Windows no instance held, claimed by this one (PostgreSQL)",
+            load(&c.windows_taken_over),
+        ),
+        (
+            "payrecon_stale",
+            "Payments that became stale",
+            load(&c.stale),
+        ),
+        (
+            "payrecon_notifications_delivered",
+            "Notifications the platform acknowledged",
+            load(&c.notices_delivered),
+        ),
+        (
+            "payrecon_notifications_failed",
+            "Failed delivery attempts (each is retried)",
+            load(&c.notices_failed),
+        ),
+    ];
+    for (name, help, v) in counters {
+        r.register(name, help, ConstCounter::new(v));
+    }
+    let gauges: [(&str, &str, i64); 6] = [
+        (
+            "payrecon_orphans",
+            "Orphan callbacks waiting for their payment",
+            orphans,
+        ),
+        (
+            "payrecon_notifications_backlog",
+            "Notifications waiting for delivery",
+            store.notice_backlog() as i64,
+        ),
+        (
+            "payrecon_notifications_dead",
+            "Notifications given up after the retry horizon",
+            store.dead_notices() as i64,
+        ),
+        (
+            "payrecon_poll_queue",
+            "Poll deadlines waiting in the scheduler",
+            engine.scheduler().stats().queued.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "payrecon_payments",
+            "Payments in the store",
+            store.payment_count() as i64,
+        ),
+        (
+            "payrecon_store_size_bytes",
+            "The sled store's size on disk",
+            store.size_on_disk() as i64,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        r.register(name, help, ConstGauge::new(v));
+    }
     let mut out = String::with_capacity(8192);
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &r);
