@@ -3,6 +3,7 @@
 //! by inquiry before it moves a state.
 
 use super::*;
+use crate::model::Report;
 
 /// How often an instance looks for windows nobody holds.
 const FREE_WINDOWS_EVERY: Duration = Duration::from_secs(5);
@@ -301,18 +302,39 @@ impl Engine {
             self.counters.count_poll(pid, PollOutcome::Skipped);
             None
         };
-        let _enter = span.enter();
+        // `instrument`, not `enter`: a span entered over an `.await` stays on
+        // the stack of the thread the task left, and that thread's next event
+        // is logged in it (or, once the span is closed, trips
+        // tracing-subscriber's debug assertion and panics the event's task).
+        let moved = self
+            .record_poll(&id, pid, &*provider, &payment, &window, result)
+            .instrument(span)
+            .await;
+        self.follow_window(id, pid, moved);
+    }
+
+    /// Records what one poll found (or that it did not ask: `None`) and
+    /// moves the window on. Returns the window as it now stands.
+    async fn record_poll(
+        &self,
+        id: &str,
+        pid: ProviderId,
+        provider: &dyn Provider,
+        payment: &Payment,
+        window: &PollWindow,
+        result: Option<Result<Report, InquiryError>>,
+    ) -> Option<PollWindow> {
         let now = now_ms();
-        let change = next_window_change(&*provider, &window, now);
-        let moved = match result {
+        let change = next_window_change(provider, window, now);
+        match result {
             // Circuit open: the window moves on without asking.
-            None => self.advance_window(&id, change).await,
+            None => self.advance_window(id, change).await,
             Some(Ok(report)) => {
                 self.counters.count_poll(pid, PollOutcome::Ok);
                 if report.state.is_none() {
-                    alert_unmapped(&payment, &report.raw_status);
+                    alert_unmapped(payment, &report.raw_status);
                 }
-                match self.store.observe(&id, report, change, now).await {
+                match self.store.observe(id, report, change, now).await {
                     Ok(o) => {
                         alert_observed(&o);
                         if let Some(c) = &o.change {
@@ -339,10 +361,9 @@ impl Engine {
                         tracing::warn!(alert = "provider_inquiry_rejected", error = %m, "provider does not know this payment; state left as it is")
                     }
                 }
-                self.advance_window(&id, change).await
+                self.advance_window(id, change).await
             }
-        };
-        self.follow_window(id, pid, moved);
+        }
     }
 }
 

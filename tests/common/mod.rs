@@ -268,10 +268,16 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // A failed test shows what the daemon logged last: a rare failure
-        // is then explained by its first occurrence.
-        if std::thread::panicking() {
-            let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        if !std::thread::panicking() {
+            // A panic inside the daemon is a defect even where the test's
+            // own checks pass (it is caught, and the request or unit of work
+            // it broke is retried or fails elsewhere).
+            let panicked: Vec<&String> = logs.iter().filter(|l| is_panic_line(l)).collect();
+            assert!(panicked.is_empty(), "the daemon panicked: {panicked:#?}");
+        } else {
+            // A failed test shows what the daemon logged last: a rare
+            // failure is then explained by its first occurrence.
             eprintln!(
                 "--- the daemon's last {} log lines ---",
                 logs.len().min(200)
@@ -281,6 +287,20 @@ impl Drop for Process {
             }
         }
     }
+}
+
+/// A log line of a caught panic (`payrecon::guard::install_panic_hook` and the
+/// workers' `*_panicked` alerts), in JSON or text.
+fn is_panic_line(line: &str) -> bool {
+    ["\"alert\":\"", "alert="].iter().any(|k| {
+        line.split(k).skip(1).any(|rest| {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            name == "panic" || name.ends_with("_panicked")
+        })
+    })
 }
 
 impl Process {
