@@ -27,6 +27,7 @@ async fn sigkill_mid_window_then_restart_loses_nothing() {
 
     let d = Process::spawn(&config, &[], logs.clone());
     sim.set_callback_url(&d.callback_url);
+    sim.limit_callbacks(None);
     let script = Script {
         settle: Settle::Manual,
         ..Default::default()
@@ -80,9 +81,13 @@ async fn sigkill_mid_window_then_restart_loses_nothing() {
     for (id, _) in &windows {
         before.push(d.admin.get(id).await.unwrap().payment.window.unwrap());
     }
-    // Others settle while the kill lands: the kill comes once a third of
-    // their callbacks are acknowledged, so some are acknowledged just
-    // before it and the rest are cut off and re-sent by the gateway later.
+    // Others settle while the kill lands: the gateway sends the callbacks
+    // of half of them only, and the kill comes once half of those are
+    // acknowledged. Some are acknowledged just before it, some are cut off
+    // in flight and re-sent, and the other half cannot have arrived
+    // (however fast the machine) and go out after the restart.
+    let admitted = racing.len() / 2;
+    sim.limit_callbacks(Some(admitted as u64));
     for (_, inv) in &racing {
         sim.settle(inv);
     }
@@ -92,8 +97,8 @@ async fn sigkill_mid_window_then_restart_loses_nothing() {
             .filter(|(_, inv)| sim.truth(inv).unwrap().callbacks_acked >= 1)
             .count()
     };
-    wait_until("a third of the racing callbacks acknowledged", || async {
-        acked() >= racing.len() / 3
+    wait_until("half of the admitted callbacks acknowledged", || async {
+        acked() >= admitted / 2
     })
     .await;
     let mut d = d;
@@ -104,8 +109,8 @@ async fn sigkill_mid_window_then_restart_loses_nothing() {
         .map(|(_, inv)| sim.truth(inv).unwrap().callbacks_acked >= 1)
         .collect();
     assert!(
-        acked_at_kill.iter().any(|a| !a),
-        "the kill came after every callback; nothing raced"
+        acked_at_kill.iter().filter(|a| !**a).count() >= racing.len() - admitted,
+        "a callback held back by the gateway was acknowledged"
     );
     let polls_at_kill: Vec<u32> = windows
         .iter()
@@ -115,6 +120,7 @@ async fn sigkill_mid_window_then_restart_loses_nothing() {
 
     let d = Process::spawn(&config, &[], logs.clone());
     sim.set_callback_url(&d.callback_url);
+    sim.limit_callbacks(None);
     // Every callback acknowledged before the kill is there at once.
     for (id, _) in &settled {
         assert_eq!(
@@ -148,9 +154,17 @@ async fn sigkill_mid_window_then_restart_loses_nothing() {
             .all(|((_, inv), n)| sim.truth(inv).unwrap().polls > *n)
     })
     .await;
-    // Callbacks cut off by the kill are re-sent and land.
+    // Callbacks cut off by the kill and those held back go out to the
+    // restarted daemon and are acknowledged; every racing payment settles
+    // (by its callback or by a poll, whichever lands first).
+    wait_until("every racing callback acknowledged", || async {
+        racing
+            .iter()
+            .all(|(_, inv)| sim.truth(inv).unwrap().callbacks_acked >= 1)
+    })
+    .await;
     for (id, _) in &racing {
-        wait_until("re-sent callback applied", || async {
+        wait_until("racing payment settled", || async {
             d.admin.get(id).await.unwrap().payment.state == State::Succeeded
         })
         .await;

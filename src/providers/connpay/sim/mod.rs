@@ -200,6 +200,9 @@ struct Inner {
     cancel: CancellationToken,
     seq: std::sync::atomic::AtomicU64,
     requests: std::sync::atomic::AtomicU64,
+    /// Settled transfers whose callbacks may still go out; `None`: any
+    /// number ([`ConnpaySim::limit_callbacks`]).
+    callback_budget: tokio::sync::watch::Sender<Option<u64>>,
 }
 
 /// A running ConnPay sandbox.
@@ -234,6 +237,7 @@ impl ConnpaySim {
             cancel: cancel.clone(),
             seq: Default::default(),
             requests: Default::default(),
+            callback_budget: tokio::sync::watch::Sender::new(None),
         });
         let i = inner.clone();
         inner.tasks.spawn(http::serve(
@@ -258,6 +262,14 @@ impl ConnpaySim {
 
     pub fn set_callback_url(&self, url: &str) {
         *lock(&self.inner.callback_url) = Some(url.to_string());
+    }
+
+    /// Lets the callbacks of `transfers` more settled transfers go out;
+    /// those of later ones wait until the limit is lifted (`None`). A test
+    /// then knows which callbacks cannot have arrived, whatever the
+    /// machine's speed.
+    pub fn limit_callbacks(&self, transfers: Option<u64>) {
+        self.inner.callback_budget.send_replace(transfers);
     }
 
     pub fn set_faults(&self, f: Faults) {

@@ -76,6 +76,9 @@ pub(super) fn spawn_callbacks(inner: &Arc<Inner>, (sends, delay, transfer): Plan
             _ = inner2.cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
         }
+        if !admitted(&inner2).await {
+            return;
+        }
         for (kind, status, orderid) in sends {
             if !send_callback(&inner2, &transfer, kind, status, &orderid).await {
                 return;
@@ -84,7 +87,38 @@ pub(super) fn spawn_callbacks(inner: &Arc<Inner>, (sends, delay, transfer): Plan
     });
 }
 
+/// Waits for the callback budget to admit one more transfer's callbacks
+/// (at once when there is no limit); `false` if the sandbox stops first.
+async fn admitted(inner: &Inner) -> bool {
+    let mut changed = inner.callback_budget.subscribe();
+    loop {
+        let mut admitted = false;
+        inner.callback_budget.send_if_modified(|budget| match budget {
+            None => {
+                admitted = true;
+                false
+            }
+            Some(0) => false,
+            Some(n) => {
+                *n -= 1;
+                admitted = true;
+                true
+            }
+        });
+        if admitted {
+            return true;
+        }
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return false,
+            r = changed.changed() => if r.is_err() { return false },
+        }
+    }
+}
+
 /// Sends one callback until it is acknowledged with 200, like the gateway.
+/// Each attempt goes to the callback URL as it is then: the gateway's
+/// address for a merchant is fixed, and a daemon restarted in a test
+/// listens on a new port that `set_callback_url` names.
 async fn send_callback(
     inner: &Inner,
     t: &NewTransfer,
@@ -92,9 +126,6 @@ async fn send_callback(
     status: &str,
     orderid: &str,
 ) -> bool {
-    let Some(url) = lock(&inner.callback_url).clone() else {
-        return false;
-    };
     let amount = format!("{}.{:02}", t.amount_centis / 100, t.amount_centis % 100);
     let ctl = control(status, orderid, &t.invoice_id, &inner.key);
     let query: String = form_urlencoded::Serializer::new(String::new())
@@ -108,9 +139,12 @@ async fn send_callback(
         .append_pair("descriptor", "PAYRECON SANDBOX")
         .append_pair("control", &ctl)
         .finish();
-    let full = format!("{url}?{query}");
     let mut backoff = Duration::from_millis(50);
     for _ in 0..CALLBACK_ATTEMPTS {
+        let Some(url) = lock(&inner.callback_url).clone() else {
+            return false;
+        };
+        let full = format!("{url}?{query}");
         if let Some(tr) = lock(&inner.transfers).get_mut(&t.invoice_id) {
             tr.callbacks_sent += 1;
         }
