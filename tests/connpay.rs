@@ -120,6 +120,17 @@ async fn duplicate_and_out_of_order_callbacks_leave_one_transition() {
     );
     let dup_id = h.track(&dup).await;
     let ooo_id = h.track(&ooo).await;
+    // The windows close first: a poll that saw the settlement before the
+    // callback would be the one to advance the state.
+    wait_until("both poll windows closed", || async {
+        for id in [&dup_id, &ooo_id] {
+            if h.get(id).await.payment.window.is_some_and(|w| w.open) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
     h.sim.settle("dup-1");
     h.sim.settle("ooo-1");
     wait_until("all callbacks acknowledged", || async {
