@@ -27,7 +27,6 @@ async fn sigkill_mid_window_then_restart_loses_nothing() {
 
     let d = Process::spawn(&config, &[], logs.clone());
     sim.set_callback_url(&d.callback_url);
-    sim.limit_callbacks(None);
     let script = Script {
         settle: Settle::Manual,
         ..Default::default()
