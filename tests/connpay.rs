@@ -71,10 +71,7 @@ async fn a_transfer_is_settled_by_its_callback_after_the_window() {
         },
     );
     let id = h.track(&t).await;
-    wait_until("window closed", || async {
-        !h.get(&id).await.payment.window.unwrap().open
-    })
-    .await;
+    h.window_closed(&id).await;
     let polls_in_window = h.sim.truth("late-1").unwrap().polls;
     assert!(polls_in_window >= 1);
     assert_eq!(h.get(&id).await.payment.state, State::Pending);
@@ -122,15 +119,8 @@ async fn duplicate_and_out_of_order_callbacks_leave_one_transition() {
     let ooo_id = h.track(&ooo).await;
     // The windows close first: a poll that saw the settlement before the
     // callback would be the one to advance the state.
-    wait_until("both poll windows closed", || async {
-        for id in [&dup_id, &ooo_id] {
-            if h.get(id).await.payment.window.is_some_and(|w| w.open) {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    h.window_closed(&dup_id).await;
+    h.window_closed(&ooo_id).await;
     h.sim.settle("dup-1");
     h.sim.settle("ooo-1");
     wait_until("all callbacks acknowledged", || async {
@@ -205,10 +195,7 @@ async fn a_reversal_after_approval_is_recorded_and_held_unconfirmed() {
     // Approved only once the poll window has closed, so the approval comes
     // by callback whatever the machine's load (a poll could otherwise see
     // it first).
-    wait_until("the poll window closed", || async {
-        h.get(&id).await.payment.window.is_some_and(|w| !w.open)
-    })
-    .await;
+    h.window_closed(&id).await;
     h.sim.settle("rev-1");
     wait_until("the reversal recorded", || async {
         h.get(&id)
@@ -259,10 +246,7 @@ async fn a_bad_control_gets_403_and_nothing_is_stored() {
         },
     );
     let id = h.track(&t).await;
-    wait_until("window closed", || async {
-        !h.get(&id).await.payment.window.unwrap().open
-    })
-    .await;
+    h.window_closed(&id).await;
     let before = h.get(&id).await.history.unwrap().len();
     let inbox_before = h.engine.store().inbox_len();
     let http = reqwest::Client::new();

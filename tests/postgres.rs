@@ -73,10 +73,7 @@ async fn payments_settle_by_polls_and_callbacks_on_postgres() {
     assert_eq!(raws, ["PROCESSING", "REDIRECT_REQUEST", "APPROVED"]);
 
     // Settled only after its window: the callbacks, not a poll, bring it.
-    wait_until("the callback payment's window closed", || async {
-        !h.get(&dup_id).await.payment.window.unwrap().open
-    })
-    .await;
+    h.window_closed(&dup_id).await;
     h.sim.settle("pg-dup-1");
     wait_until("three deliveries acknowledged", || async {
         h.sim.truth("pg-dup-1").unwrap().callbacks_acked == 3

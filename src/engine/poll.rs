@@ -302,10 +302,7 @@ impl Engine {
             self.counters.count_poll(pid, PollOutcome::Skipped);
             None
         };
-        // `instrument`, not `enter`: a span entered over an `.await` stays on
-        // the stack of the thread the task left, and that thread's next event
-        // is logged in it (or, once the span is closed, trips
-        // tracing-subscriber's debug assertion and panics the event's task).
+        // `instrument`, never `enter` over an `.await` (clippy.toml says why).
         let moved = self
             .record_poll(&id, pid, &*provider, &payment, &window, result)
             .instrument(span)

@@ -186,6 +186,15 @@ impl Harness {
         self.admin.get(id).await.unwrap()
     }
 
+    /// Waits until the payment's poll window has closed: from then on only
+    /// a callback (or a sweep) can move its state.
+    pub async fn window_closed(&self, id: &str) {
+        wait_until("the poll window closed", || async {
+            self.get(id).await.payment.window.is_some_and(|w| !w.open)
+        })
+        .await;
+    }
+
     pub async fn stop(mut self) {
         self.cancel.cancel();
         if let Some(d) = self.daemon.take() {
@@ -289,18 +298,13 @@ impl Drop for Process {
     }
 }
 
-/// A log line of a caught panic (`payrecon::guard::install_panic_hook` and the
-/// workers' `*_panicked` alerts), in JSON or text.
+/// A log line of a caught panic: `alert=panic` from
+/// `payrecon::guard::install_panic_hook`, or a worker's `*_panicked` alert.
 fn is_panic_line(line: &str) -> bool {
-    ["\"alert\":\"", "alert="].iter().any(|k| {
-        line.split(k).skip(1).any(|rest| {
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect();
-            name == "panic" || name.ends_with("_panicked")
-        })
-    })
+    payrecon::metrics::ALERTS
+        .iter()
+        .filter(|a| **a == "panic" || a.ends_with("_panicked"))
+        .any(|a| line.contains(&format!("\"alert\":\"{a}\"")))
 }
 
 impl Process {
